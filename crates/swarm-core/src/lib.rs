@@ -1,0 +1,20 @@
+//! # swarm-core
+//!
+//! The vocabulary every other SwarmDirector crate speaks. No IO lives here.
+//!
+//! # Layout
+//! - [`task`]: ids, states, priorities, the submitted [`task::TaskSpec`] and the
+//!   stored [`task::Task`], per-stage [`task::Timings`].
+//! - [`error`]: the field-level validation error every layer reports bad input with.
+//! - [`config`]: `swarmd.toml` as types, with defaults and validation.
+//! - [`clock`]: wall-clock milliseconds and their RFC 3339 rendering.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod task;
+
+pub use error::FieldError;
+pub use task::{Priority, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};

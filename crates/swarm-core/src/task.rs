@@ -1,0 +1,624 @@
+//! The task: what a client submits ([`TaskSpec`]), what is stored and returned
+//! ([`Task`]), and the small types around them.
+//!
+//! A task moves `queued → running → succeeded | failed | timed_out | cancelled`;
+//! a queued task may also end `cancelled` or `timed_out` (its deadline passed
+//! before it started). Terminal states never change again.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::rfc3339;
+use crate::error::FieldError;
+
+/// A task's identifier: a UUIDv7, so ids sort by creation time and the
+/// newest-first listing is an index scan on the primary key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(uuid::Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// The id's 16 bytes; the last ones are random, good for sharding.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    /// Stored and waiting in its pool's queue.
+    Queued,
+    /// An agent instance is working on it.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error from the agent (see `error`).
+    Failed,
+    /// Its deadline passed, in the queue or while running (see `error.stage`).
+    TimedOut,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task can no longer change.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    "status",
+                    format!(
+                        "unknown status `{s}`; expected one of queued, running, succeeded, failed, timed_out, cancelled"
+                    ),
+                )
+            })
+    }
+}
+
+impl Serialize for TaskStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Scheduling priority. `medium` is accepted on input as `normal`, as the
+/// prototype used it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Priority {
+    /// Served before everything else.
+    Critical,
+    /// Served before normal and low.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served when nothing more urgent waits (but never starved).
+    Low,
+}
+
+impl Priority {
+    /// All priorities, most urgent first; `index()` is the position here.
+    pub const ALL: [Priority; 4] = [Self::Critical, Self::High, Self::Normal, Self::Low];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// 0 (critical) to 3 (low): the stored form and the queue class.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The inverse of [`Priority::index`]; out-of-range values read as `low`.
+    pub fn from_index(i: i64) -> Self {
+        match i {
+            0 => Self::Critical,
+            1 => Self::High,
+            2 => Self::Normal,
+            _ => Self::Low,
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "critical" => Ok(Self::Critical),
+            "high" => Ok(Self::High),
+            "normal" | "medium" => Ok(Self::Normal),
+            "low" => Ok(Self::Low),
+            _ => Err(FieldError::invalid(
+                "priority",
+                format!(
+                    "unknown priority `{s}`; expected one of critical, high, normal (or medium), low"
+                ),
+            )),
+        }
+    }
+}
+
+impl Serialize for Priority {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: FieldError| de::Error::custom(e.message))
+    }
+}
+
+/// The body of `POST /api/tasks` (and the prototype's `POST /task`).
+///
+/// Unknown fields are rejected so a typo (`timout_ms`) is an error, not a
+/// silently ignored setting.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// What kind of work this is; decides the department unless `agent` is set.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Input for the agent; a JSON object.
+    #[serde(default)]
+    pub args: Option<Value>,
+    /// Short human title; also read by the director's keyword rules.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Longer description; also read by the keyword rules.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Scheduling priority, default `normal`.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Names the agent (department) explicitly, bypassing routing.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Deadline for the whole task (queue wait and run), from acceptance.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Hold the response up to this long for the task to finish.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Makes retries safe: a second submission with the same key (per tenant)
+    /// returns the first task instead of creating another.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Bounds a submission is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecLimits {
+    /// Largest accepted `wait_ms`.
+    pub max_wait_ms: u64,
+}
+
+impl TaskSpec {
+    /// Checks the fields that do not depend on routing (those are the
+    /// director's and the agent's to check). Normalises `args: null` to `{}`.
+    pub fn validate(&mut self, limits: SpecLimits) -> Result<(), FieldError> {
+        let t = &self.task_type;
+        if t.is_empty() {
+            return Err(FieldError::missing("type"));
+        }
+        if t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(FieldError::invalid(
+                "type",
+                "`type` must be 1-64 characters of letters, digits, `_`, `-` or `.`",
+            ));
+        }
+        match &self.args {
+            None | Some(Value::Null) => self.args = Some(Value::Object(Default::default())),
+            Some(Value::Object(_)) => {}
+            Some(_) => return Err(FieldError::invalid("args", "`args` must be a JSON object")),
+        }
+        check_len("title", self.title.as_deref(), 500)?;
+        check_len("description", self.description.as_deref(), 20_000)?;
+        if let Some(agent) = &self.agent
+            && agent.is_empty()
+        {
+            return Err(FieldError::invalid("agent", "`agent` must not be empty"));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(FieldError::invalid(
+                "timeout_ms",
+                "`timeout_ms` must be at least 1",
+            ));
+        }
+        if let Some(w) = self.wait_ms
+            && w > limits.max_wait_ms
+        {
+            return Err(FieldError::invalid(
+                "wait_ms",
+                format!(
+                    "`wait_ms` must be at most {} (server.max_wait_ms)",
+                    limits.max_wait_ms
+                ),
+            ));
+        }
+        if let Some(k) = &self.idempotency_key
+            && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+        {
+            return Err(FieldError::invalid(
+                "idempotency_key",
+                "`idempotency_key` must be 1-255 printable characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The agent input object (`{}` when none was given).
+    pub fn args(&self) -> &Value {
+        static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+        self.args
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(|| Value::Object(Default::default())))
+    }
+}
+
+fn check_len(field: &str, v: Option<&str>, max: usize) -> Result<(), FieldError> {
+    match v {
+        Some(s) if s.chars().count() > max => Err(FieldError::invalid(
+            field,
+            format!("`{field}` must be at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Why a task did not succeed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Stable code: `agent_error`, `timeout`, `cancelled`, `panic`, …
+    pub code: String,
+    /// What happened, for humans.
+    pub message: String,
+    /// The stage the task was in: `queue` or `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+impl TaskError {
+    /// An error with the given code, message and stage.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, stage: Option<&str>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            stage: stage.map(str::to_string),
+        }
+    }
+}
+
+/// Milliseconds each stage of a task took. Absent stages were not reached.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Parsing, validation and routing, before the store was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_ms: Option<f64>,
+    /// Until the task's row was committed (group commit included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_ms: Option<f64>,
+    /// From acceptance until an instance started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<f64>,
+    /// The agent's own run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<f64>,
+    /// Storing the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_ms: Option<f64>,
+    /// From acceptance to the stored outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+}
+
+/// A task as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// The tenant that submitted it; only that tenant (or an admin) reads it.
+    pub tenant: String,
+    /// The submitted `type`.
+    pub task_type: String,
+    /// Lifecycle state.
+    pub status: TaskStatus,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// The department (pool) the director chose.
+    pub department: String,
+    /// The agent kind that runs in that department.
+    pub agent: String,
+    /// The instance that ran (or runs) it.
+    pub instance: Option<String>,
+    /// Submitted title.
+    pub title: Option<String>,
+    /// Submitted description.
+    pub description: Option<String>,
+    /// Agent input.
+    pub args: Value,
+    /// The agent's output, when succeeded.
+    pub result: Option<Value>,
+    /// Why it did not succeed.
+    pub error: Option<TaskError>,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The deadline budget it was given.
+    pub timeout_ms: i64,
+    /// Absolute deadline, epoch ms (`created_at + timeout_ms`).
+    pub deadline_at: i64,
+    /// Accepted, epoch ms.
+    pub created_at: i64,
+    /// Last started, epoch ms.
+    pub started_at: Option<i64>,
+    /// Finished, epoch ms.
+    pub finished_at: Option<i64>,
+    /// How many times an instance started it (more than one after recovery).
+    pub attempts: i32,
+    /// Per-stage latencies.
+    pub timings: Timings,
+}
+
+impl Serialize for Task {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            id: TaskId,
+            #[serde(rename = "type")]
+            task_type: &'a str,
+            status: TaskStatus,
+            priority: Priority,
+            tenant: &'a str,
+            department: &'a str,
+            agent: &'a str,
+            instance: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            title: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            description: Option<&'a str>,
+            args: &'a Value,
+            result: Option<&'a Value>,
+            error: Option<&'a TaskError>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            idempotency_key: Option<&'a str>,
+            timeout_ms: i64,
+            deadline_at: String,
+            created_at: String,
+            started_at: Option<String>,
+            finished_at: Option<String>,
+            attempts: i32,
+            timings: &'a Timings,
+        }
+        View {
+            id: self.id,
+            task_type: &self.task_type,
+            status: self.status,
+            priority: self.priority,
+            tenant: &self.tenant,
+            department: &self.department,
+            agent: &self.agent,
+            instance: self.instance.as_deref(),
+            title: self.title.as_deref(),
+            description: self.description.as_deref(),
+            args: &self.args,
+            result: self.result.as_ref(),
+            error: self.error.as_ref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+            timeout_ms: self.timeout_ms,
+            deadline_at: rfc3339(self.deadline_at),
+            created_at: rfc3339(self.created_at),
+            started_at: self.started_at.map(rfc3339),
+            finished_at: self.finished_at.map(rfc3339),
+            attempts: self.attempts,
+            timings: &self.timings,
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<TaskSpec, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    const LIMITS: SpecLimits = SpecLimits {
+        max_wait_ms: 60_000,
+    };
+
+    #[test]
+    fn medium_is_normal_and_priorities_order() {
+        assert_eq!("medium".parse::<Priority>().unwrap(), Priority::Normal);
+        assert_eq!("HIGH".parse::<Priority>().unwrap(), Priority::High);
+        assert!(Priority::Critical < Priority::Low);
+        for p in Priority::ALL {
+            assert_eq!(Priority::from_index(p.index() as i64), p);
+        }
+    }
+
+    #[test]
+    fn unknown_priority_names_the_choices() {
+        let err = spec(r#"{"type":"echo","priority":"urgent"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("expected one of critical"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = spec(r#"{"type":"echo","timout_ms":5}"#).unwrap_err();
+        assert!(err.to_string().contains("timout_ms"), "{err}");
+    }
+
+    #[test]
+    fn validate_normalises_args_and_checks_fields() {
+        let mut s = spec(r#"{"type":"echo"}"#).unwrap();
+        s.validate(LIMITS).unwrap();
+        assert_eq!(s.args(), &serde_json::json!({}));
+
+        let mut s = spec(r#"{"type":"echo","args":[1]}"#).unwrap();
+        assert_eq!(
+            s.validate(LIMITS).unwrap_err().field.as_deref(),
+            Some("args")
+        );
+
+        let mut s = spec(r#"{"type":"a b"}"#).unwrap();
+        assert_eq!(
+            s.validate(LIMITS).unwrap_err().field.as_deref(),
+            Some("type")
+        );
+
+        let mut s = spec(r#"{"type":""}"#).unwrap();
+        assert_eq!(s.validate(LIMITS).unwrap_err().code, "missing_field");
+
+        let mut s = spec(r#"{"type":"echo","wait_ms":60001}"#).unwrap();
+        assert_eq!(
+            s.validate(LIMITS).unwrap_err().field.as_deref(),
+            Some("wait_ms")
+        );
+
+        let mut s = spec(r#"{"type":"echo","timeout_ms":0}"#).unwrap();
+        assert_eq!(
+            s.validate(LIMITS).unwrap_err().field.as_deref(),
+            Some("timeout_ms")
+        );
+
+        let mut s = spec(r#"{"type":"echo","idempotency_key":""}"#).unwrap();
+        assert_eq!(
+            s.validate(LIMITS).unwrap_err().field.as_deref(),
+            Some("idempotency_key")
+        );
+    }
+
+    #[test]
+    fn status_round_trips_and_terminality() {
+        for st in TaskStatus::ALL {
+            assert_eq!(st.as_str().parse::<TaskStatus>().unwrap(), st);
+        }
+        assert!(!TaskStatus::Queued.is_terminal());
+        assert!(!TaskStatus::Running.is_terminal());
+        assert!(TaskStatus::TimedOut.is_terminal());
+        assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn task_ids_sort_by_creation() {
+        let a = TaskId::new();
+        let b = TaskId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<TaskId>().unwrap(), a);
+        assert!(a.to_string() < b.to_string());
+    }
+
+    #[test]
+    fn task_serialises_with_rfc3339_times() {
+        let t = Task {
+            id: TaskId::new(),
+            tenant: "default".into(),
+            task_type: "echo".into(),
+            status: TaskStatus::Succeeded,
+            priority: Priority::High,
+            department: "echo".into(),
+            agent: "echo".into(),
+            instance: Some("echo-0".into()),
+            title: None,
+            description: None,
+            args: serde_json::json!({"x": 1}),
+            result: Some(serde_json::json!({"x": 1})),
+            error: None,
+            idempotency_key: None,
+            timeout_ms: 1000,
+            deadline_at: 1000,
+            created_at: 0,
+            started_at: Some(1),
+            finished_at: None,
+            attempts: 1,
+            timings: Timings {
+                run_ms: Some(1.5),
+                ..Default::default()
+            },
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["type"], "echo");
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["priority"], "high");
+        assert_eq!(v["created_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["finished_at"], Value::Null);
+        assert_eq!(v["timings"], serde_json::json!({"run_ms": 1.5}));
+        assert!(v.get("title").is_none());
+    }
+}

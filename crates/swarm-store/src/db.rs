@@ -1,0 +1,261 @@
+//! Connections, migrations and every SQL statement.
+//!
+//! One set of statements serves both databases: both accept `$N`
+//! placeholders, `RETURNING`, `ON CONFLICT … DO NOTHING`, and the schemas
+//! store times as integers and JSON as text. Where a statement must differ
+//! (row locking for multi-node claims) the PostgreSQL variant is separate.
+//! [`with_db!`] expands a body once per backend, so each copy is checked
+//! against its own driver's types.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ColumnIndex, Decode, Row, SqlSafeStr, Type};
+use swarm_core::config::{DatabaseConfig, SqliteSync};
+use swarm_core::{Task, TaskError, TaskStatus, Timings};
+
+use crate::StoreError;
+use crate::model::{Backend, priority_from_db};
+
+/// A pool on one of the two backends.
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+/// Expands `$body` once per backend with `$p` bound to that backend's pool.
+macro_rules! with_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($p) => $body,
+            $crate::db::Db::Pg($p) => $body,
+        }
+    };
+}
+pub(crate) use with_db;
+
+impl Db {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Pg(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// The columns every task read selects, in [`task_from_row`]'s order.
+pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, department, agent, instance, \
+     title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
+     created_at, started_at, finished_at, attempts, timings";
+
+fn migrations(backend: Backend) -> Migrator {
+    let init = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        init.into_sql_str(),
+        false,
+    )])
+}
+
+/// Opens the pool the configuration names and brings its schema up to date.
+pub(crate) async fn connect(cfg: &DatabaseConfig) -> Result<Db, StoreError> {
+    let url = cfg.url.trim();
+    let acquire = Duration::from_millis(cfg.acquire_timeout_ms);
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let life = Duration::from_millis(cfg.max_lifetime_ms);
+    let db = if url.starts_with("sqlite:") {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("bad SQLite URL `{url}`: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match cfg.sqlite_synchronous {
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+                SqliteSync::Full => SqliteSynchronous::Full,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory")
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .min_connections(cfg.min_connections)
+            .acquire_timeout(acquire)
+            .idle_timeout(idle)
+            .max_lifetime(life)
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                StoreError::Connect(format!("cannot open SQLite database `{url}`: {e}"))
+            })?;
+        Db::Sqlite(pool)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?
+            .application_name("swarmd");
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .min_connections(cfg.min_connections)
+            .acquire_timeout(acquire)
+            .idle_timeout(idle)
+            .max_lifetime(life)
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Connect(format!("cannot connect to PostgreSQL: {e}")))?;
+        Db::Pg(pool)
+    } else {
+        return Err(StoreError::Config(format!(
+            "database URL must start with `sqlite:` or `postgres:`, got `{url}`"
+        )));
+    };
+    let migrator = migrations(db.backend());
+    with_db!(&db, p => migrator.run(p).await)
+        .map_err(|e| StoreError::Connect(format!("migrating the schema failed: {e}")))?;
+    Ok(db)
+}
+
+/// Reads a task from a row selected with [`TASK_COLS`].
+pub(crate) fn task_from_row<'r, R>(row: &'r R) -> Result<Task, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get(0)?;
+    let status: String = row.try_get(3)?;
+    let args: String = row.try_get(10)?;
+    let result: Option<String> = row.try_get(11)?;
+    let error: Option<String> = row.try_get(12)?;
+    let timings: String = row.try_get(20)?;
+    let attempts: i64 = row.try_get(19)?;
+    Ok(Task {
+        id: id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("task id `{id}` is not a UUID")))?,
+        tenant: row.try_get(1)?,
+        task_type: row.try_get(2)?,
+        status: TaskStatus::from_str(&status)
+            .map_err(|_| StoreError::Corrupt(format!("task {id}: unknown status `{status}`")))?,
+        priority: priority_from_db(row.try_get(4)?),
+        department: row.try_get(5)?,
+        agent: row.try_get(6)?,
+        instance: row.try_get(7)?,
+        title: row.try_get(8)?,
+        description: row.try_get(9)?,
+        args: parse_json(&id, "args", &args)?,
+        result: result.map(|r| parse_json(&id, "result", &r)).transpose()?,
+        error: error
+            .map(|e| {
+                serde_json::from_str::<TaskError>(&e)
+                    .map_err(|err| StoreError::Corrupt(format!("task {id}: error: {err}")))
+            })
+            .transpose()?,
+        idempotency_key: row.try_get(13)?,
+        timeout_ms: row.try_get(14)?,
+        deadline_at: row.try_get(15)?,
+        created_at: row.try_get(16)?,
+        started_at: row.try_get(17)?,
+        finished_at: row.try_get(18)?,
+        attempts: attempts as i32,
+        timings: serde_json::from_str::<Timings>(&timings).unwrap_or_default(),
+    })
+}
+
+fn parse_json(id: &str, what: &str, text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("task {id}: {what}: {e}")))
+}
+
+/// Serialises a value the store writes as JSON text.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Values written here are our own types and `serde_json::Value`, whose
+    // serialisation cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+pub(crate) const SQL_START: &str = "UPDATE tasks SET status = 'running', instance = $2, started_at = $3, \
+     attempts = attempts + 1 WHERE id = $1 AND status = 'queued' AND owner = $4 RETURNING attempts";
+
+pub(crate) const SQL_FINISH_QUEUED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
+     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
+     WHERE id = $1 AND status = 'queued'";
+pub(crate) const SQL_FINISH_RUNNING: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
+     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
+     WHERE id = $1 AND status = 'running'";
+pub(crate) const SQL_FINISH_UNFINISHED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
+     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
+     WHERE id = $1 AND status IN ('queued', 'running')";
+
+pub(crate) const SQL_REQUEUE: &str =
+    "UPDATE tasks SET status = 'queued' WHERE id = $1 AND status = 'running' AND owner = $2";
+
+pub(crate) const SQL_CANCEL_REQUEST: &str = "UPDATE tasks SET cancel_requested = TRUE \
+     WHERE id = $1 AND status IN ('queued', 'running')";
+
+pub(crate) const SQL_NODE_REGISTER: &str = "INSERT INTO nodes (node_id, started_at, heartbeat_at, pid, version) \
+     VALUES ($1, $2, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET started_at = excluded.started_at, \
+     heartbeat_at = excluded.heartbeat_at, pid = excluded.pid, version = excluded.version";
+
+pub(crate) const SQL_HEARTBEAT: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE node_id = $1";
+
+pub(crate) const SQL_NODE_LEAVE: &str = "UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1";
+
+pub(crate) const SQL_OUTBOX_INSERT: &str = "INSERT INTO outbox \
+     (id, task_id, tenant, sender, recipients, subject, body, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+pub(crate) const SQL_INSERT_HEAD: &str = "INSERT INTO tasks (id, tenant, type, status, priority, \
+     department, agent, title, description, args, idempotency_key, request_hash, timeout_ms, \
+     deadline_at, created_at, owner, timings) ";
+pub(crate) const SQL_INSERT_TAIL: &str =
+    " ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id";
+
+pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority, department, agent, \
+     instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
+     created_at, started_at, finished_at, attempts, timings, request_hash \
+     FROM tasks WHERE tenant = $1 AND idempotency_key = $2";
+
+pub(crate) const SQL_GET: &str = "SELECT id, tenant, type, status, priority, department, agent, \
+     instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
+     created_at, started_at, finished_at, attempts, timings FROM tasks WHERE id = $1";
+
+/// Startup claim on SQLite: one process owns the file (see the lock file),
+/// so everything unfinished is ours.
+pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
+     WHERE status IN ('queued', 'running') RETURNING id, tenant, type, status, priority, \
+     department, agent, instance, title, description, args, result, error, idempotency_key, \
+     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+
+/// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
+pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
+     WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
+     priority, department, agent, instance, title, description, args, result, error, \
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+
+/// Rescue on PostgreSQL: unfinished tasks of nodes whose heartbeat stopped.
+/// `SKIP LOCKED` lets several live nodes rescue concurrently without
+/// taking the same task twice.
+pub(crate) const SQL_RESCUE_PG: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
+     WHERE id IN (SELECT t.id FROM tasks t LEFT JOIN nodes n ON n.node_id = t.owner \
+       WHERE t.status IN ('queued', 'running') \
+         AND (t.owner IS NULL OR (t.owner <> $1 AND (n.node_id IS NULL OR n.heartbeat_at < $2))) \
+       ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED) \
+     RETURNING id, tenant, type, status, priority, department, agent, instance, title, \
+     description, args, result, error, idempotency_key, timeout_ms, deadline_at, created_at, \
+     started_at, finished_at, attempts, timings";
+
+pub(crate) const SQL_CANCEL_POLL: &str = "SELECT id FROM tasks WHERE owner = $1 \
+     AND cancel_requested = TRUE AND status IN ('queued', 'running')";
