@@ -1,0 +1,31 @@
+//! # swarm-agents
+//!
+//! What does the work. An [`Agent`] gets a task's input, its deadline and a
+//! cancellation token, and returns JSON or an [`AgentError`]. The engine owns
+//! scheduling, deadlines and storage; an agent only does its job, promptly
+//! giving up when its token fires.
+//!
+//! # Layout
+//! - [`agent`]: the [`Agent`] trait, [`AgentContext`], [`AgentInput`], [`AgentError`].
+//! - [`echo`]: returns its input.
+//! - [`sim`]: a stand-in for a saturating LLM provider (latency, jitter,
+//!   failures, CPU burn, capacity per group).
+//! - [`communications`]: the prototype's workflow: draft, two reviewers in
+//!   parallel, merge the edits it agrees with, hand to email.
+//! - [`email`]: sends over pooled SMTP, or stores into the [`Outbox`].
+//! - [`registry`]: builds the built-in agents from configuration.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod agent;
+pub mod communications;
+pub mod echo;
+pub mod email;
+pub mod registry;
+pub mod sim;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use agent::{Agent, AgentContext, AgentError, AgentInput, Progress};
+pub use email::{Outbox, OutboxMessage};
+pub use registry::{BUILTIN_KINDS, builtin_agents};
