@@ -140,7 +140,8 @@ pub struct DirectorConfig {
     /// `type` → department name, or `"auto"` for keyword routing. A type
     /// that names a department goes there without an entry here.
     pub types: BTreeMap<String, String>,
-    /// Keyword rules, tried in order for `auto` types.
+    /// Keyword rules, tried in order for `auto` types. Rules in a file
+    /// replace the built-in ones (one rule: mail words → `communications`).
     pub rules: Vec<RuleConfig>,
 }
 

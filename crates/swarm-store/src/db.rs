@@ -214,8 +214,8 @@ pub(crate) const SQL_HEARTBEAT: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE
 pub(crate) const SQL_NODE_LEAVE: &str = "UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1";
 
 pub(crate) const SQL_OUTBOX_INSERT: &str = "INSERT INTO outbox \
-     (id, task_id, tenant, sender, recipients, subject, body, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (id, task_id, tenant, sender, recipients, cc, subject, body, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 pub(crate) const SQL_INSERT_HEAD: &str = "INSERT INTO tasks (id, tenant, type, status, priority, \
      department, agent, title, description, args, idempotency_key, request_hash, timeout_ms, \

@@ -306,7 +306,7 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = with_db!(&self.inner.db, p => {
             let mut qb = QueryBuilder::new(
-                "SELECT id, task_id, tenant, sender, recipients, subject, body, created_at FROM outbox WHERE 1 = 1",
+                "SELECT id, task_id, tenant, sender, recipients, cc, subject, body, created_at FROM outbox WHERE 1 = 1",
             );
             if let Some(t) = tenant {
                 qb.push(" AND tenant = ").push_bind(t.to_string());
@@ -316,15 +316,17 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
                 let recipients: String = r.try_get(4)?;
+                let cc: String = r.try_get(5)?;
                 out.push(OutboxRow {
                     id: r.try_get(0)?,
                     task_id: r.try_get(1)?,
                     tenant: r.try_get(2)?,
                     sender: r.try_get(3)?,
                     recipients: serde_json::from_str(&recipients).unwrap_or_default(),
-                    subject: r.try_get(5)?,
-                    body: r.try_get(6)?,
-                    created_at: r.try_get(7)?,
+                    cc: serde_json::from_str(&cc).unwrap_or_default(),
+                    subject: r.try_get(6)?,
+                    body: r.try_get(7)?,
+                    created_at: r.try_get(8)?,
                 });
             }
             out

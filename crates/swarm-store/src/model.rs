@@ -90,6 +90,8 @@ pub struct OutboxRow {
     pub sender: String,
     /// Recipients.
     pub recipients: Vec<String>,
+    /// Copy recipients.
+    pub cc: Vec<String>,
     /// Subject.
     pub subject: String,
     /// Body.

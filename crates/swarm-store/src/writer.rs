@@ -287,6 +287,7 @@ async fn apply(db: &Db, ops: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
                         .bind(o.tenant.clone())
                         .bind(o.sender.clone())
                         .bind(to_json(&o.recipients))
+                        .bind(to_json(&o.cc))
                         .bind(o.subject.clone())
                         .bind(o.body.clone())
                         .bind(o.created_at)

@@ -54,6 +54,7 @@ CREATE TABLE outbox (
     tenant     TEXT NOT NULL,
     sender     TEXT NOT NULL,
     recipients TEXT NOT NULL,                   -- JSON array
+    cc         TEXT NOT NULL DEFAULT '[]',      -- JSON array
     subject    TEXT NOT NULL,
     body       TEXT NOT NULL,
     created_at INTEGER NOT NULL

@@ -1,0 +1,760 @@
+//! The engine: the life of a task from admission to its stored outcome.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Value, json};
+use swarm_agents::{BUILTIN_KINDS, Outbox, OutboxMessage, builtin_agents};
+use swarm_core::clock::now_ms;
+use swarm_core::config::Config;
+use swarm_core::task::SpecLimits;
+use swarm_core::{FieldError, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};
+use swarm_store::{Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, Store};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::director::Director;
+use crate::error::EngineError;
+use crate::hub::{Hub, TaskEvent};
+use crate::pool::{Pool, PoolStatus, Queued};
+use crate::{background, run};
+
+/// Who is asking: reads and cancels are limited to the caller's tenant
+/// unless the caller is an admin.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The caller's tenant.
+    pub tenant: &'a str,
+    /// Admins see every tenant's tasks.
+    pub admin: bool,
+}
+
+impl Access<'_> {
+    fn may_read(&self, task: &Task) -> bool {
+        self.admin || task.tenant == self.tenant
+    }
+}
+
+/// A submission as the HTTP edge hands it over.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The parsed body.
+    pub spec: TaskSpec,
+    /// The caller's tenant.
+    pub tenant: String,
+    /// When the request arrived (admission latency is measured from here).
+    pub received_at: Instant,
+}
+
+/// What a submission produced.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The task as stored.
+    pub task: Task,
+    /// False when an idempotency key returned an earlier task.
+    pub created: bool,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The task ended (normally as `cancelled`; if it finished first, as it
+    /// finished).
+    Done(Task),
+    /// The task runs on another node, which was asked to cancel it.
+    Requested(Task),
+}
+
+/// The engine as `/api/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Build version.
+    pub version: &'static str,
+    /// This node's id.
+    pub node_id: String,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Database and its connection pool.
+    pub database: DatabaseStatus,
+    /// Departments.
+    pub pools: Vec<PoolStatus>,
+    /// Tasks this process is tracking (queued or running here).
+    pub live_tasks: usize,
+    /// Whether shutdown has begun.
+    pub draining: bool,
+}
+
+/// The connection pool, for `/api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseStatus {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Open connections.
+    pub size: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Connections in use.
+    pub in_use: u32,
+    /// Ceiling.
+    pub max: u32,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) store: Store,
+    pub(crate) node_id: String,
+    pub(crate) director: Director,
+    pub(crate) pools: BTreeMap<String, Arc<Pool>>,
+    pub(crate) hub: Hub,
+    started: Instant,
+    /// Fired when shutdown begins: no new submissions, no new starts.
+    pub(crate) stop_dispatch: CancellationToken,
+    /// Fired when the grace period ends: running tasks go back to the queue.
+    pub(crate) stop_runs: CancellationToken,
+    pub(crate) runs: TaskTracker,
+    background: TaskTracker,
+}
+
+/// The running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+/// Backs the email agent's outbox with the store's `outbox` table.
+struct StoreOutbox(Store);
+
+impl Outbox for StoreOutbox {
+    fn deliver(&self, msg: OutboxMessage) -> BoxFuture<'static, Result<String, String>> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            let id = TaskId::new().to_string();
+            store
+                .outbox_insert(OutboxRow {
+                    id: id.clone(),
+                    task_id: msg.task_id.to_string(),
+                    tenant: msg.tenant,
+                    sender: msg.from,
+                    recipients: msg.to,
+                    cc: msg.cc,
+                    subject: msg.subject,
+                    body: msg.body,
+                    created_at: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(id)
+        })
+    }
+}
+
+/// The node id when the configuration names none: SQLite has one node per
+/// file; on PostgreSQL, host and port tell processes apart and stay the same
+/// across a restart, so a restarted node takes its own tasks back at once.
+fn default_node_id(backend: Backend, listen: &str) -> String {
+    match backend {
+        Backend::Sqlite => "local".to_string(),
+        Backend::Postgres => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "localhost".to_string());
+            let port = listen.rsplit(':').next().unwrap_or("0");
+            format!("{host}:{port}")
+        }
+    }
+}
+
+/// Stable 64-bit FNV-1a of the request's meaningful fields, to tell an
+/// idempotent replay from a different request reusing the key. Stable across
+/// builds (unlike `DefaultHasher`), since it is stored.
+fn request_hash(spec: &TaskSpec) -> String {
+    let canonical = json!({
+        "type": spec.task_type,
+        "args": spec.args(),
+        "title": spec.title,
+        "description": spec.description,
+        "priority": spec.priority.map(|p| p.as_str()),
+        "agent": spec.agent,
+        "timeout_ms": spec.timeout_ms,
+    });
+    // serde_json's map is ordered by key, so this text is canonical.
+    let text = canonical.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+impl Engine {
+    /// Builds pools and agents, takes over unfinished tasks, and starts the
+    /// dispatchers and background loops.
+    pub async fn start(cfg: Config, store: Store) -> Result<Self, EngineError> {
+        cfg.validate(BUILTIN_KINDS)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let node_id = cfg
+            .node_id
+            .clone()
+            .unwrap_or_else(|| default_node_id(store.backend(), &cfg.server.listen));
+        let agents = builtin_agents(&cfg, Arc::new(StoreOutbox(store.clone())))
+            .map_err(EngineError::Internal)?;
+        let mut pools = BTreeMap::new();
+        for (name, pc) in &cfg.pools {
+            let kind = pc.agent_kind(name);
+            let agent = agents
+                .get(kind)
+                .cloned()
+                .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?;
+            pools.insert(name.clone(), Arc::new(Pool::new(name, pc, agent)));
+        }
+        let inner = Arc::new(Inner {
+            director: Director::new(&cfg),
+            cfg,
+            store,
+            node_id,
+            pools,
+            hub: Hub::new(),
+            started: Instant::now(),
+            stop_dispatch: CancellationToken::new(),
+            stop_runs: CancellationToken::new(),
+            runs: TaskTracker::new(),
+            background: TaskTracker::new(),
+        });
+        let engine = Engine { inner };
+        engine.recover().await?;
+        for pool in engine.inner.pools.values() {
+            engine
+                .inner
+                .background
+                .spawn(run::dispatch(engine.inner.clone(), pool.clone()));
+        }
+        engine
+            .inner
+            .background
+            .spawn(background::heartbeat(engine.clone()));
+        Ok(engine)
+    }
+
+    async fn recover(&self) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        inner.store.register_node(&inner.node_id, now_ms()).await?;
+        let tasks = inner.store.claim_at_start(&inner.node_id).await?;
+        if !tasks.is_empty() {
+            info!(count = tasks.len(), node = %inner.node_id, "re-queued unfinished tasks from a previous run");
+        }
+        for t in tasks {
+            self.adopt(t).await;
+        }
+        Ok(())
+    }
+
+    /// Queues a task this node has just claimed (recovery or rescue).
+    pub(crate) async fn adopt(&self, task: Task) {
+        let inner = &self.inner;
+        match inner.pools.get(&task.department) {
+            Some(pool) => {
+                inner.hub.register(task.clone());
+                pool.push(Queued {
+                    task,
+                    enqueued_at: Instant::now(),
+                    accepted_at: None,
+                });
+            }
+            None => {
+                // The department was removed from the configuration since the
+                // task was accepted: fail it visibly rather than drop it.
+                let finish = Finish {
+                    id: task.id,
+                    expect: Expect::Queued,
+                    status: TaskStatus::Failed,
+                    result: None,
+                    error: Some(TaskError::new(
+                        "department_gone",
+                        format!("department `{}` is no longer configured", task.department),
+                        Some("queue"),
+                    )),
+                    finished_at: now_ms(),
+                    timings: task.timings.clone(),
+                };
+                if let Err(e) = inner.store.finish(finish).await {
+                    warn!(task = %task.id, error = %e, "could not fail a task of a removed department");
+                }
+            }
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Validates, routes, stores and queues a task. Returns once the task is
+    /// durable.
+    pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        let inner = &self.inner;
+        if inner.stop_dispatch.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut spec = sub.spec;
+        spec.validate(SpecLimits {
+            max_wait_ms: inner.cfg.server.max_wait_ms,
+        })?;
+        let (department, _reason) = inner.director.route(&spec)?;
+        let pool = inner.pools.get(&department).ok_or_else(|| {
+            EngineError::Internal(format!("routed to missing pool `{department}`"))
+        })?;
+        pool.agent
+            .validate(spec.args())
+            .map_err(|e| e.nested_under("args"))?;
+        let timeout_ms = spec.timeout_ms.unwrap_or(pool.default_timeout_ms);
+        if timeout_ms > pool.max_timeout_ms {
+            return Err(FieldError::invalid(
+                "timeout_ms",
+                format!(
+                    "`timeout_ms` must be at most {} for department `{}`",
+                    pool.max_timeout_ms, pool.name
+                ),
+            )
+            .into());
+        }
+        if pool.is_full() {
+            pool.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded {
+                message: format!(
+                    "department `{}` has {} tasks queued (its bound); retry later",
+                    pool.name, pool.capacity
+                ),
+                retry_after_s: 1,
+            });
+        }
+        let now = now_ms();
+        let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
+        let task = Task {
+            id: TaskId::new(),
+            tenant: sub.tenant,
+            task_type: spec.task_type.clone(),
+            status: TaskStatus::Queued,
+            priority: spec.priority.unwrap_or_default(),
+            department: pool.name.clone(),
+            agent: pool.agent_kind.clone(),
+            instance: None,
+            title: spec.title.clone(),
+            description: spec.description.clone(),
+            args: spec.args().clone(),
+            result: None,
+            error: None,
+            idempotency_key: spec.idempotency_key.clone(),
+            timeout_ms: timeout_ms as i64,
+            deadline_at: now.saturating_add(timeout_ms as i64),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            timings: Timings {
+                admission_ms: Some(ms(sub.received_at.elapsed())),
+                ..Timings::default()
+            },
+        };
+        let persist_from = Instant::now();
+        let outcome = inner
+            .store
+            .insert(NewTask {
+                task,
+                request_hash,
+                owner: inner.node_id.clone(),
+            })
+            .await?;
+        match outcome {
+            InsertOutcome::Created(mut task) => {
+                task.timings.persist_ms = Some(ms(persist_from.elapsed()));
+                pool.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                inner.hub.register(task.clone());
+                pool.push(Queued {
+                    task: task.clone(),
+                    enqueued_at: Instant::now(),
+                    accepted_at: Some(sub.received_at),
+                });
+                Ok(Submitted {
+                    task,
+                    created: true,
+                })
+            }
+            InsertOutcome::Existing { task, same_request } => {
+                if !same_request {
+                    return Err(EngineError::Conflict {
+                        code: "idempotency_conflict",
+                        message: format!(
+                            "idempotency_key `{}` was already used for a different request (task {})",
+                            task.idempotency_key.as_deref().unwrap_or_default(),
+                            task.id
+                        ),
+                    });
+                }
+                let task = match inner.hub.current(task.id) {
+                    Some(live) => (*live).clone(),
+                    None => task,
+                };
+                Ok(Submitted {
+                    task,
+                    created: false,
+                })
+            }
+        }
+    }
+
+    /// One task, if the caller may see it.
+    pub async fn get(&self, id: TaskId, access: Access<'_>) -> Result<Task, EngineError> {
+        let task = match self.inner.hub.current(id) {
+            Some(t) => (*t).clone(),
+            None => self
+                .inner
+                .store
+                .get(id)
+                .await?
+                .ok_or(EngineError::NotFound)?,
+        };
+        if access.may_read(&task) {
+            Ok(task)
+        } else {
+            Err(EngineError::NotFound)
+        }
+    }
+
+    /// Tasks, newest first; clients see only their tenant's.
+    pub async fn list(
+        &self,
+        mut q: ListQuery,
+        access: Access<'_>,
+    ) -> Result<Vec<Task>, EngineError> {
+        if !access.admin {
+            q.tenant = Some(access.tenant.to_string());
+        }
+        Ok(self.inner.store.list(&q).await?)
+    }
+
+    /// Outbox messages, newest first; clients see only their tenant's.
+    pub async fn outbox(
+        &self,
+        limit: u32,
+        access: Access<'_>,
+    ) -> Result<Vec<OutboxRow>, EngineError> {
+        let tenant = (!access.admin).then_some(access.tenant);
+        Ok(self.inner.store.outbox_list(tenant, limit).await?)
+    }
+
+    /// Follows a task's changes (for `wait_ms` and server-sent events).
+    pub async fn watch(&self, id: TaskId, access: Access<'_>) -> Result<Watch, EngineError> {
+        if let Some((current, rx)) = self.inner.hub.subscribe(id) {
+            if !access.may_read(&current) {
+                return Err(EngineError::NotFound);
+            }
+            return Ok(Watch {
+                engine: self.clone(),
+                current,
+                rx: Some(rx),
+                ended: false,
+            });
+        }
+        let task = self.get(id, access).await?;
+        Ok(Watch {
+            engine: self.clone(),
+            current: Arc::new(task),
+            rx: None,
+            ended: false,
+        })
+    }
+
+    /// Waits up to `wait` for the task to end; returns its state then.
+    pub async fn wait(
+        &self,
+        id: TaskId,
+        access: Access<'_>,
+        wait: Duration,
+    ) -> Result<Task, EngineError> {
+        let mut watch = self.watch(id, access).await?;
+        let deadline = Instant::now() + wait;
+        while !watch.current().status.is_terminal() {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(watch.current().clone())
+    }
+
+    /// Cancels a queued or running task.
+    pub async fn cancel(
+        &self,
+        id: TaskId,
+        access: Access<'_>,
+    ) -> Result<CancelOutcome, EngineError> {
+        let task = self.get(id, access).await?;
+        if task.status.is_terminal() {
+            return Err(EngineError::Conflict {
+                code: "already_finished",
+                message: format!("task {id} already ended as {}", task.status),
+            });
+        }
+        if let Some(t) = self.cancel_local(&task).await? {
+            return Ok(CancelOutcome::Done(t));
+        }
+        // Not queued or running here: another node owns it.
+        self.inner.store.request_cancel(id).await?;
+        let now = self.get(id, access).await?;
+        if now.status.is_terminal() {
+            Ok(CancelOutcome::Done(now))
+        } else {
+            Ok(CancelOutcome::Requested(now))
+        }
+    }
+
+    /// Cancels a task if this node holds it; `None` if it does not.
+    pub(crate) async fn cancel_local(&self, task: &Task) -> Result<Option<Task>, EngineError> {
+        let inner = &self.inner;
+        let Some(pool) = inner.pools.get(&task.department) else {
+            return Ok(None);
+        };
+        if let Some(run) = pool.running_handle(task.id) {
+            run.cancel.cancel();
+            let admin = Access {
+                tenant: "",
+                admin: true,
+            };
+            return Ok(Some(
+                self.wait(task.id, admin, Duration::from_secs(30)).await?,
+            ));
+        }
+        let removed = pool.remove_queued(task.id);
+        let held_here = removed.is_some() || inner.hub.current(task.id).is_some();
+        if !held_here {
+            return Ok(None);
+        }
+        let mut timings = removed
+            .as_ref()
+            .map(|q| q.task.timings.clone())
+            .unwrap_or_else(|| task.timings.clone());
+        let now = now_ms();
+        timings.total_ms = Some((now - task.created_at).max(0) as f64);
+        let error = TaskError::new(
+            "cancelled",
+            "cancelled by client while queued",
+            Some("queue"),
+        );
+        let finished = inner
+            .store
+            .finish(Finish {
+                id: task.id,
+                expect: Expect::Queued,
+                status: TaskStatus::Cancelled,
+                result: None,
+                error: Some(error.clone()),
+                finished_at: now,
+                timings: timings.clone(),
+            })
+            .await?;
+        if finished {
+            pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            let mut t = removed.map(|q| q.task).unwrap_or_else(|| task.clone());
+            t.status = TaskStatus::Cancelled;
+            t.error = Some(error);
+            t.finished_at = Some(now);
+            t.timings = timings;
+            inner.hub.publish(t.clone());
+            return Ok(Some(t));
+        }
+        // It left the queue between our read and the update: it is starting
+        // (its run sees the cancel token) or it ended. Ask again.
+        if let Some(run) = pool.running_handle(task.id) {
+            run.cancel.cancel();
+        }
+        let admin = Access {
+            tenant: "",
+            admin: true,
+        };
+        Ok(Some(
+            self.wait(task.id, admin, Duration::from_secs(30)).await?,
+        ))
+    }
+
+    /// Pools, database pool, uptime.
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let db = inner.store.pool_stats();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            node_id: inner.node_id.clone(),
+            uptime_s: inner.started.elapsed().as_secs_f64(),
+            database: DatabaseStatus {
+                backend: inner.store.backend().as_str(),
+                size: db.size,
+                idle: db.idle,
+                in_use: db.size.saturating_sub(db.idle),
+                max: db.max,
+            },
+            pools: inner.pools.values().map(|p| p.status()).collect(),
+            live_tasks: inner.hub.len(),
+            draining: inner.stop_dispatch.is_cancelled(),
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        Ok(self.inner.store.ping().await?)
+    }
+
+    /// Graceful shutdown: stop taking and starting work, let running tasks
+    /// finish for up to `grace`, then hand the rest back to the queue (the
+    /// store keeps them `queued` for the next start or another node).
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop_dispatch.cancel();
+        inner.runs.close();
+        let running: usize = inner.pools.values().map(|p| p.running_count()).sum();
+        info!(running, grace_ms = grace.as_millis() as u64, "draining");
+        if tokio::time::timeout(grace, inner.runs.wait())
+            .await
+            .is_err()
+        {
+            warn!("grace period over; returning running tasks to the queue");
+            inner.stop_runs.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), inner.runs.wait()).await;
+        }
+        inner.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), inner.background.wait()).await;
+        let queued: usize = inner.pools.values().map(|p| p.drain().len()).sum();
+        if queued > 0 {
+            info!(queued, "left queued tasks in the store for the next start");
+        }
+        if let Err(e) = inner.store.leave(&inner.node_id).await {
+            warn!(error = %e, "could not mark this node as gone");
+        }
+    }
+}
+
+/// A task's changes as they happen.
+pub struct Watch {
+    engine: Engine,
+    current: Arc<Task>,
+    rx: Option<tokio::sync::broadcast::Receiver<TaskEvent>>,
+    ended: bool,
+}
+
+/// How often a watch polls the store for a task another node runs.
+const POLL: Duration = Duration::from_millis(250);
+
+impl Watch {
+    /// The latest state seen.
+    pub fn current(&self) -> &Task {
+        &self.current
+    }
+
+    /// The next event; `None` after the task has ended.
+    pub async fn next(&mut self) -> Option<TaskEvent> {
+        if self.ended || self.current.status.is_terminal() {
+            self.ended = true;
+            return None;
+        }
+        loop {
+            if let Some(rx) = &mut self.rx {
+                match rx.recv().await {
+                    Ok(TaskEvent::State(t)) => {
+                        self.current = t.clone();
+                        return Some(TaskEvent::State(t));
+                    }
+                    Ok(ev @ TaskEvent::Progress(_)) => return Some(ev),
+                    Err(RecvError::Lagged(_)) => {
+                        if let Some(t) = self.refresh().await {
+                            return Some(TaskEvent::State(t));
+                        }
+                    }
+                    Err(RecvError::Closed) => {
+                        // The hub forgot the task: it ended, or this process
+                        // handed it back. The store has the truth.
+                        self.rx = None;
+                        if let Some(t) = self.refresh().await {
+                            return Some(TaskEvent::State(t));
+                        }
+                    }
+                }
+            } else {
+                tokio::time::sleep(POLL).await;
+                if let Some((current, rx)) = self.engine.inner.hub.subscribe(self.current.id) {
+                    self.rx = Some(rx);
+                    if *current != *self.current {
+                        self.current = current.clone();
+                        return Some(TaskEvent::State(current));
+                    }
+                    continue;
+                }
+                if let Some(t) = self.refresh().await {
+                    return Some(TaskEvent::State(t));
+                }
+            }
+        }
+    }
+
+    /// Re-reads the task; returns it if it changed.
+    async fn refresh(&mut self) -> Option<Arc<Task>> {
+        let id = self.current.id;
+        let latest = match self.engine.inner.hub.current(id) {
+            Some(t) => Some(t),
+            None => match self.engine.inner.store.get(id).await {
+                Ok(Some(t)) => Some(Arc::new(t)),
+                Ok(None) => None,
+                Err(e) => {
+                    warn!(task = %id, error = %e, "watch could not re-read its task");
+                    None
+                }
+            },
+        }?;
+        if *latest != *self.current {
+            self.current = latest.clone();
+            Some(latest)
+        } else {
+            None
+        }
+    }
+}
+
+/// Builds the `progress` reporter for one run.
+pub(crate) fn progress_for(engine: &Arc<Inner>, id: TaskId) -> swarm_agents::Progress {
+    let weak = Arc::downgrade(engine);
+    swarm_agents::Progress::new(move |v: Value| {
+        if let Some(inner) = weak.upgrade() {
+            inner.hub.progress(id, v);
+        }
+    })
+}

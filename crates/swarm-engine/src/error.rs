@@ -1,0 +1,57 @@
+//! The engine's errors, each mapping to one HTTP status at the edge.
+
+use swarm_core::FieldError;
+use swarm_store::StoreError;
+
+/// Why an engine call did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad input (422).
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// No such task for this caller (404). Another tenant's task is also
+    /// "not found", so ids leak nothing.
+    #[error("task not found")]
+    NotFound,
+    /// The request conflicts with the task's state or an earlier request (409).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+    /// The target pool cannot take more work now (503 + `Retry-After`).
+    #[error("{message}")]
+    Overloaded {
+        /// Explanation.
+        message: String,
+        /// Suggested wait before retrying, seconds.
+        retry_after_s: u64,
+    },
+    /// The database is unreachable or saturated (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The engine is shutting down (503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A bug or corrupt data (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<FieldError> for EngineError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::Closed => Self::ShuttingDown,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! # swarm-engine
+//!
+//! The life of a task between the HTTP edge and the agents: admission
+//! (validation, routing, bounds), durable storage, per-department queues,
+//! dispatch under each pool's concurrency limit, running under a deadline
+//! with cancellation, recording the outcome, and telling waiters. It knows
+//! nothing of HTTP.
+//!
+//! # Layout
+//! - [`engine`]: [`Engine`], its API (submit, get, list, watch, wait, cancel,
+//!   status, shutdown) and start-up recovery.
+//! - [`director`]: routing a task to a department.
+//! - `pool`: a department's queue, permits, instances and counters.
+//! - `run`: the dispatcher and one task's run.
+//! - `hub`: live task state for waiters and event streams.
+//! - `background`: heartbeat, cross-node cancels, rescue of dead nodes' tasks.
+//! - [`error`]: the engine's error type, [`EngineError`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod background;
+pub mod director;
+pub mod engine;
+pub mod error;
+mod hub;
+mod pool;
+mod run;
+
+pub use engine::{
+    Access, CancelOutcome, DatabaseStatus, Engine, Status, Submission, Submitted, Watch,
+};
+pub use error::EngineError;
+pub use hub::TaskEvent;
+pub use pool::PoolStatus;
+pub use swarm_store::ListQuery;

@@ -1,0 +1,331 @@
+//! Dispatching and running tasks.
+//!
+//! A run races the agent's future against the task's deadline, a client
+//! cancel and the end of the shutdown grace period. Whichever wins, the
+//! agent's future is dropped (so its work stops at its next await) and its
+//! cancellation token fires (so work it handed elsewhere stops too). A
+//! panicking agent is caught and fails only its own task.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use swarm_agents::{AgentContext, AgentError, AgentInput};
+use swarm_core::clock::now_ms;
+use swarm_core::{Task, TaskError, TaskStatus};
+use swarm_store::{Expect, Finish, StoreError};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::engine::{Inner, ms, progress_for};
+use crate::pool::{Pool, Queued, Running};
+
+/// Takes a permit, then a task, then starts it; until shutdown.
+pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
+    loop {
+        let permit = tokio::select! {
+            p = pool.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = inner.stop_dispatch.cancelled() => return,
+        };
+        let queued = loop {
+            if let Some(q) = pool.pop() {
+                break q;
+            }
+            tokio::select! {
+                _ = pool.notify.notified() => {}
+                _ = inner.stop_dispatch.cancelled() => return,
+            }
+        };
+        inner
+            .runs
+            .spawn(run_task(inner.clone(), pool.clone(), queued, permit));
+    }
+}
+
+/// How a run ended, before it is recorded.
+enum Outcome {
+    Succeeded(Value),
+    Failed(TaskError),
+    TimedOut,
+    Cancelled,
+    /// Shutdown grace ran out: hand the task back, unfinished.
+    HandBack,
+}
+
+async fn run_task(
+    inner: Arc<Inner>,
+    pool: Arc<Pool>,
+    queued: Queued,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Queued {
+        task,
+        enqueued_at,
+        accepted_at,
+    } = queued;
+    let id = task.id;
+    let now = now_ms();
+    let queue_ms = match accepted_at {
+        Some(at) => ms(at.elapsed()),
+        None => (now - task.created_at).max(0) as f64,
+    };
+    let mut timings = task.timings.clone();
+    timings.queue_ms = Some(queue_ms);
+
+    // A task whose deadline passed while it waited is never started.
+    if now >= task.deadline_at {
+        let error = TaskError::new(
+            "deadline_exceeded",
+            format!("deadline of {} ms passed while queued", task.timeout_ms),
+            Some("queue"),
+        );
+        timings.total_ms = Some(total_ms(&task, accepted_at));
+        record(
+            &inner,
+            &pool,
+            task,
+            Expect::Queued,
+            TaskStatus::TimedOut,
+            None,
+            Some(error),
+            timings,
+        )
+        .await;
+        return;
+    }
+
+    // Tracked before the start is written, so a cancel arriving in between
+    // finds the token instead of a gap.
+    let user_cancel = CancellationToken::new();
+    pool.track_running(
+        id,
+        Running {
+            cancel: user_cancel.clone(),
+        },
+    );
+    let instance = pool.pick_instance().to_string();
+    let started = match inner.store.start(id, &instance, now, &inner.node_id).await {
+        Ok(Some(attempts)) => attempts,
+        Ok(None) => {
+            // Cancelled while queued, or taken over by another node.
+            pool.untrack_running(id);
+            debug!(task = %id, "task left the queue before it could start");
+            return;
+        }
+        Err(e) => {
+            pool.untrack_running(id);
+            warn!(task = %id, error = %e, "could not mark task running; it stays queued and is retried");
+            // Back off without holding the slot, then put it back in line.
+            let pool2 = pool.clone();
+            let stop = inner.stop_dispatch.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                pool2.push_front(Queued {
+                    task,
+                    enqueued_at,
+                    accepted_at,
+                });
+            });
+            return;
+        }
+    };
+
+    let mut running = task.clone();
+    running.status = TaskStatus::Running;
+    running.instance = Some(instance.clone());
+    running.started_at = Some(now);
+    running.attempts = started as i32;
+    running.timings = timings.clone();
+    inner.hub.publish(running.clone());
+
+    let ctx_cancel = inner.stop_runs.child_token();
+    let deadline = Instant::now() + Duration::from_millis((task.deadline_at - now).max(0) as u64);
+    let ctx = AgentContext {
+        task_id: id,
+        tenant: task.tenant.clone(),
+        instance,
+        deadline,
+        cancel: ctx_cancel.clone(),
+        progress: progress_for(&inner, id),
+    };
+    let input = AgentInput {
+        task_type: task.task_type.clone(),
+        title: task.title.clone(),
+        description: task.description.clone(),
+        args: task.args.clone(),
+    };
+    let run_started = Instant::now();
+    let agent = pool.agent.clone();
+    let outcome = tokio::select! {
+        r = AssertUnwindSafe(agent.run(ctx, input)).catch_unwind() => match r {
+            Ok(Ok(v)) => Outcome::Succeeded(v),
+            Ok(Err(e)) => Outcome::Failed(agent_error(&e)),
+            Err(panic) => Outcome::Failed(TaskError::new(
+                "agent_panic",
+                format!("the agent crashed: {}", panic_message(&panic)),
+                Some("run"),
+            )),
+        },
+        _ = tokio::time::sleep_until(deadline) => Outcome::TimedOut,
+        _ = user_cancel.cancelled() => Outcome::Cancelled,
+        _ = ctx_cancel.cancelled() => Outcome::HandBack,
+    };
+    // The agent's future is gone; stop whatever it started elsewhere.
+    ctx_cancel.cancel();
+    timings.run_ms = Some(ms(run_started.elapsed()));
+    timings.total_ms = Some(total_ms(&task, accepted_at));
+
+    let (status, result, error) = match outcome {
+        Outcome::Succeeded(v) => (TaskStatus::Succeeded, Some(v), None),
+        Outcome::Failed(e) => (TaskStatus::Failed, None, Some(e)),
+        Outcome::TimedOut => (
+            TaskStatus::TimedOut,
+            None,
+            Some(TaskError::new(
+                "deadline_exceeded",
+                format!("deadline of {} ms passed while running", task.timeout_ms),
+                Some("run"),
+            )),
+        ),
+        Outcome::Cancelled => (
+            TaskStatus::Cancelled,
+            None,
+            Some(TaskError::new(
+                "cancelled",
+                "cancelled by client while running",
+                Some("run"),
+            )),
+        ),
+        Outcome::HandBack => {
+            match inner.store.requeue(id, &inner.node_id).await {
+                Ok(_) => {
+                    let mut back = running;
+                    back.status = TaskStatus::Queued;
+                    inner.hub.publish(back);
+                }
+                Err(e) => {
+                    warn!(task = %id, error = %e, "could not hand task back; it is re-run at next start")
+                }
+            }
+            pool.untrack_running(id);
+            return;
+        }
+    };
+    record(
+        &inner,
+        &pool,
+        running,
+        Expect::Running,
+        status,
+        result,
+        error,
+        timings,
+    )
+    .await;
+    pool.untrack_running(id);
+}
+
+fn total_ms(task: &Task, accepted_at: Option<Instant>) -> f64 {
+    match accepted_at {
+        Some(at) => ms(at.elapsed()),
+        None => (now_ms() - task.created_at).max(0) as f64,
+    }
+}
+
+fn agent_error(e: &AgentError) -> TaskError {
+    let message = match e {
+        AgentError::Invalid {
+            field: Some(f),
+            message,
+        } => format!("args.{f}: {message}"),
+        other => other.to_string(),
+    };
+    TaskError::new(e.code(), message, Some("run"))
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Stores a terminal outcome (retrying while the database is unavailable),
+/// then tells waiters. Only what is durable is ever published.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    inner: &Arc<Inner>,
+    pool: &Arc<Pool>,
+    mut task: Task,
+    expect: Expect,
+    status: TaskStatus,
+    result: Option<Value>,
+    error: Option<TaskError>,
+    timings: swarm_core::Timings,
+) {
+    let finished_at = now_ms();
+    let finish = Finish {
+        id: task.id,
+        expect,
+        status,
+        result: result.clone(),
+        error: error.clone(),
+        finished_at,
+        timings: timings.clone(),
+    };
+    let complete_from = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let stored = loop {
+        match inner.store.finish(finish.clone()).await {
+            Ok(done) => break Some(done),
+            Err(StoreError::Unavailable(e)) if backoff <= Duration::from_secs(30) => {
+                warn!(task = %task.id, error = %e, "database unavailable recording an outcome; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                error!(task = %task.id, error = %e, "could not record the outcome; the task will run again after restart");
+                break None;
+            }
+        }
+    };
+    match stored {
+        Some(true) => {
+            let c = &pool.counters;
+            match status {
+                TaskStatus::Succeeded => &c.succeeded,
+                TaskStatus::Failed => &c.failed,
+                TaskStatus::TimedOut => &c.timed_out,
+                _ => &c.cancelled,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            task.status = status;
+            task.result = result;
+            task.error = error;
+            task.finished_at = Some(finished_at);
+            task.timings = timings;
+            task.timings.complete_ms = Some(ms(complete_from.elapsed()));
+            inner.hub.publish(task);
+        }
+        Some(false) => {
+            // Someone else ended it first (a cancel of a queued task); the
+            // store has the truth, and the hub already published it.
+            debug!(task = %task.id, "outcome not recorded: task already ended");
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,145 @@
+//! The one error type of the HTTP edge and its JSON envelope:
+//! `{"error_code": "...", "message": "...", "field": "..."}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use swarm_core::FieldError;
+use swarm_engine::EngineError;
+use tracing::error;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field, if one is to blame.
+    pub field: Option<String>,
+    /// Seconds for `Retry-After` (429/503).
+    pub retry_after_s: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error_code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// An error with no field.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// The same error naming `field`.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// 404 for an unknown task (or another tenant's).
+    pub fn task_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such task")
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: e.code,
+            message: e.message,
+            field: e.field,
+            retry_after_s: None,
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Invalid(f) => f.into(),
+            EngineError::NotFound => Self::task_not_found(),
+            EngineError::Conflict { code, message } => {
+                Self::new(StatusCode::CONFLICT, code, message)
+            }
+            EngineError::Overloaded {
+                message,
+                retry_after_s,
+            } => Self {
+                retry_after_s: Some(retry_after_s),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            },
+            EngineError::Unavailable(detail) => {
+                error!(%detail, "database unavailable");
+                Self {
+                    retry_after_s: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_unavailable",
+                        "the database is unavailable; retry shortly",
+                    )
+                }
+            }
+            EngineError::ShuttingDown => Self {
+                retry_after_s: Some(5),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down; retry on another instance or shortly",
+                )
+            },
+            EngineError::Internal(detail) => {
+                // The detail goes to the log, not to the client.
+                error!(%detail, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Envelope {
+            error_code: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+        })
+        .unwrap_or_default();
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        if let Some(s) = self.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

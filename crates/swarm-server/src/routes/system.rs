@@ -1,0 +1,104 @@
+//! Health, readiness, status, outbox, and the JSON fallbacks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use serde_json::{Value, json};
+use swarm_core::FieldError;
+use swarm_core::clock::rfc3339;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// `GET /health`: the process answers.
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /ready`: the database answers too.
+pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if app.closing.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ));
+    }
+    match tokio::time::timeout(Duration::from_secs(2), app.engine.ready()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("database not reachable: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "database did not answer within 2 s",
+        )),
+    }
+}
+
+/// `GET /api/status`.
+pub(crate) async fn status(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Json<swarm_engine::Status> {
+    Json(app.engine.status())
+}
+
+/// `GET /api/outbox?limit=`.
+pub(crate) async fn outbox(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| FieldError::invalid("limit", "`limit` must be 1-500"))?,
+    };
+    let rows = app.engine.outbox(limit, caller.access()).await?;
+    let messages: Vec<Value> = rows
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "task_id": m.task_id,
+                "tenant": m.tenant,
+                "from": m.sender,
+                "to": m.recipients,
+                "cc": m.cc,
+                "subject": m.subject,
+                "body": m.body,
+                "created_at": rfc3339(m.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+/// Unknown paths.
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+/// Known paths, wrong method.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this path",
+    )
+}

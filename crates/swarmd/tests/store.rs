@@ -1,0 +1,310 @@
+//! The durable store on real databases: group commit under concurrency,
+//! idempotency, guarded state changes, recovery and rescue.
+
+mod support;
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use support::{Backend, TestDb};
+use swarm_core::clock::now_ms;
+use swarm_core::config::DatabaseConfig;
+use swarm_core::{Priority, Task, TaskId, TaskStatus, Timings};
+use swarm_store::{Expect, Finish, InsertOutcome, ListQuery, NewTask, Store};
+
+async fn store(backend: Backend) -> Option<(Store, TestDb)> {
+    let db = TestDb::new(backend).await?;
+    let cfg = DatabaseConfig {
+        url: db.url.clone(),
+        ..DatabaseConfig::default()
+    };
+    Some((Store::connect(&cfg).await.expect("connect"), db))
+}
+
+fn task(tenant: &str, key: Option<&str>) -> Task {
+    let now = now_ms();
+    Task {
+        id: TaskId::new(),
+        tenant: tenant.into(),
+        task_type: "echo".into(),
+        status: TaskStatus::Queued,
+        priority: Priority::High,
+        department: "echo".into(),
+        agent: "echo".into(),
+        instance: None,
+        title: Some("t".into()),
+        description: None,
+        args: json!({"k": [1, 2, {"x": "y"}]}),
+        result: None,
+        error: None,
+        idempotency_key: key.map(str::to_string),
+        timeout_ms: 1000,
+        deadline_at: now + 1000,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        attempts: 0,
+        timings: Timings::default(),
+    }
+}
+
+fn new(t: Task, hash: Option<&str>, owner: &str) -> NewTask {
+    NewTask {
+        task: t,
+        request_hash: hash.map(str::to_string),
+        owner: owner.into(),
+    }
+}
+
+async fn concurrent_inserts_are_all_durable(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for i in 0..2000 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let t = task(if i % 2 == 0 { "a" } else { "b" }, None);
+            match store.insert(new(t, None, "n1")).await.unwrap() {
+                InsertOutcome::Created(t) => t.id,
+                other => panic!("expected Created, got {other:?}"),
+            }
+        }));
+    }
+    let mut ids = HashSet::new();
+    for h in handles {
+        ids.insert(h.await.unwrap());
+    }
+    assert_eq!(ids.len(), 2000);
+    let listed = store
+        .list(&ListQuery {
+            tenant: Some("a".into()),
+            limit: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1000);
+    assert!(listed.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    // Round trip of every field.
+    let one = listed[0].clone();
+    let back = store.get(one.id).await.unwrap().unwrap();
+    assert_eq!(back, one);
+    assert_eq!(back.args, json!({"k": [1, 2, {"x": "y"}]}));
+    assert_eq!(back.priority, Priority::High);
+}
+
+async fn idempotency_within_and_across_batches(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let mut handles = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .insert(new(task("a", Some("k1")), Some("h1"), "n1"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut created = 0;
+    let mut ids = HashSet::new();
+    for h in handles {
+        match h.await.unwrap() {
+            InsertOutcome::Created(t) => {
+                created += 1;
+                ids.insert(t.id);
+            }
+            InsertOutcome::Existing { task, same_request } => {
+                assert!(same_request);
+                ids.insert(task.id);
+            }
+        }
+    }
+    assert_eq!((created, ids.len()), (1, 1));
+    match store
+        .insert(new(task("a", Some("k1")), Some("h2"), "n1"))
+        .await
+        .unwrap()
+    {
+        InsertOutcome::Existing { same_request, .. } => assert!(!same_request),
+        other => panic!("{other:?}"),
+    }
+    // Another tenant may use the same key.
+    assert!(matches!(
+        store
+            .insert(new(task("b", Some("k1")), Some("h1"), "n1"))
+            .await
+            .unwrap(),
+        InsertOutcome::Created(_)
+    ));
+}
+
+async fn state_changes_are_guarded(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let t = task("a", None);
+    let id = t.id;
+    store.insert(new(t, None, "n1")).await.unwrap();
+    // Another node cannot start it.
+    assert_eq!(store.start(id, "i0", now_ms(), "n2").await.unwrap(), None);
+    assert_eq!(
+        store.start(id, "i0", now_ms(), "n1").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.start(id, "i0", now_ms(), "n1").await.unwrap(),
+        None,
+        "already running"
+    );
+    let fin = |expect, status| Finish {
+        id,
+        expect,
+        status,
+        result: Some(json!({"ok": true})),
+        error: None,
+        finished_at: now_ms(),
+        timings: Timings {
+            run_ms: Some(1.0),
+            ..Default::default()
+        },
+    };
+    assert!(
+        !store
+            .finish(fin(Expect::Queued, TaskStatus::Cancelled))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish(fin(Expect::Running, TaskStatus::Succeeded))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish(fin(Expect::Unfinished, TaskStatus::Failed))
+            .await
+            .unwrap(),
+        "terminal is final"
+    );
+    let back = store.get(id).await.unwrap().unwrap();
+    assert_eq!(back.status, TaskStatus::Succeeded);
+    assert_eq!(back.result, Some(json!({"ok": true})));
+    assert_eq!(back.instance.as_deref(), Some("i0"));
+    assert_eq!(back.attempts, 1);
+    assert_eq!(back.timings.run_ms, Some(1.0));
+}
+
+async fn restart_claims_unfinished_tasks(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let (a, b, c) = (task("a", None), task("a", None), task("a", None));
+    let (ida, idb, idc) = (a.id, b.id, c.id);
+    for t in [a, b, c] {
+        store.insert(new(t, None, "n1")).await.unwrap();
+    }
+    store.start(ida, "i0", now_ms(), "n1").await.unwrap();
+    store.start(idc, "i0", now_ms(), "n1").await.unwrap();
+    store
+        .finish(Finish {
+            id: idc,
+            expect: Expect::Running,
+            status: TaskStatus::Succeeded,
+            result: None,
+            error: None,
+            finished_at: now_ms(),
+            timings: Timings::default(),
+        })
+        .await
+        .unwrap();
+    let mut claimed: Vec<TaskId> = store
+        .claim_at_start("n1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    claimed.sort();
+    let mut want = vec![ida, idb];
+    want.sort();
+    assert_eq!(claimed, want);
+    assert_eq!(
+        store.get(ida).await.unwrap().unwrap().status,
+        TaskStatus::Queued,
+        "running → queued"
+    );
+}
+
+async fn rescue_takes_a_dead_nodes_tasks(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let now = now_ms();
+    store.register_node("dead", now - 60_000).await.unwrap();
+    store.register_node("alive", now).await.unwrap();
+    let (a, b) = (task("a", None), task("a", None));
+    let (ida, idb) = (a.id, b.id);
+    store.insert(new(a, None, "dead")).await.unwrap();
+    store.insert(new(b, None, "alive")).await.unwrap();
+    store.start(ida, "i0", now, "dead").await.unwrap();
+    let rescued = store.rescue("me", now - 30_000, 100).await.unwrap();
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(rescued.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ida]);
+            assert_eq!(rescued[0].status, TaskStatus::Queued);
+            // Now ours: the dead node can no longer start it, we can.
+            assert_eq!(store.start(ida, "i1", now, "dead").await.unwrap(), None);
+            assert_eq!(store.start(ida, "i1", now, "me").await.unwrap(), Some(2));
+            assert!(
+                store
+                    .rescue("me", now - 30_000, 100)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let _ = idb;
+        }
+        Backend::Sqlite => assert!(rescued.is_empty(), "one process owns a SQLite file"),
+    }
+}
+
+async fn cancel_requests_reach_the_owner(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let t = task("a", None);
+    let id = t.id;
+    store.insert(new(t, None, "n1")).await.unwrap();
+    assert!(store.request_cancel(id).await.unwrap());
+    assert_eq!(store.cancel_requests("n1").await.unwrap(), vec![id]);
+    assert!(store.cancel_requests("n2").await.unwrap().is_empty());
+}
+
+async fn second_process_on_one_sqlite_file_is_refused(backend: Backend) {
+    if backend != Backend::Sqlite {
+        return;
+    }
+    let Some((_store, db)) = store(backend).await else {
+        return;
+    };
+    let cfg = DatabaseConfig {
+        url: db.url.clone(),
+        ..DatabaseConfig::default()
+    };
+    let err = Store::connect(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("in use by another swarmd"), "{err}");
+}
+
+on_both_backends!(
+    concurrent_inserts_are_all_durable,
+    idempotency_within_and_across_batches,
+    state_changes_are_guarded,
+    restart_claims_unfinished_tasks,
+    rescue_takes_a_dead_nodes_tasks,
+    cancel_requests_reach_the_owner,
+    second_process_on_one_sqlite_file_is_refused,
+);
