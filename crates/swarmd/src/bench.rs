@@ -1,238 +1,215 @@
-//! `swarmd bench`: a closed-loop load generator for SwarmDirector.
-//!
-//! `--concurrency` clients each send a submission, wait for the answer and
-//! send the next, until `--requests` have been sent. Latency is measured per
-//! request with an HDR histogram (microseconds). Without `--wait-ms` the
-//! latency is the acknowledgement (task durable and queued); the tool then
-//! follows every task to its end and reports the time until all finished,
-//! from the server's own timestamps. With `--wait-ms` each answer carries the
-//! finished task, so latency is end-to-end.
+//! `swarmd bench` and `swarmd bench-report`: flags and scenario files onto
+//! the `swarm-bench` instrument.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use swarm_bench::scenario::{Database, E2e, Launch, MixEntry, Mode, RawRequest, parse_steps};
+use swarm_bench::{RunOptions, Scenario, read_result, report, write_outputs};
 
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use crate::cli::{BenchArgs, BenchReportArgs, DatabaseArg, E2eArg, LaunchArg};
 
-use crate::cli::BenchArgs;
-use crate::client::http_client;
-
-#[derive(Default)]
-struct Tally {
-    codes: BTreeMap<u16, usize>,
-    statuses: BTreeMap<String, usize>,
-    transport_errors: usize,
-    ids: Vec<String>,
+fn duration(flag: &str, v: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(v)
+        .map_err(|e| format!("--{flag} `{v}` is not a duration like 2s or 500ms: {e}"))
 }
 
-fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+/// The scenario the flags describe: the file's, with flags on top.
+pub(crate) fn scenario(a: &BenchArgs) -> Result<Scenario, String> {
+    let mut s = match &a.scenario {
+        Some(p) => Scenario::from_file(p).map_err(|e| e.to_string())?,
+        None => Scenario::from_toml(
+            "name = \"bench\"\n[target]\nurl = \"http://127.0.0.1:8080\"\n[[request.mix]]\ntype = \"echo\"\n",
+        )?,
+    };
+    if let Some(n) = &a.name {
+        s.name = n.clone();
+    }
+    if let Some(u) = &a.server {
+        s.target.url = Some(u.clone());
+        if a.launch.is_none() {
+            s.target.launch = Launch::None;
+        }
+    }
+    if let Some(k) = &a.api_key {
+        s.target.api_key = Some(k.clone());
+    }
+    if let Some(l) = a.launch {
+        s.target.launch = match l {
+            LaunchArg::None => Launch::None,
+            LaunchArg::Swarmd => Launch::Swarmd,
+            LaunchArg::Hello => Launch::Hello,
+            LaunchArg::SimBackend => Launch::SimBackend,
+        };
+    }
+    if let Some(c) = &a.config {
+        s.target.config = Some(std::path::absolute(c).map_err(|e| format!("--config: {e}"))?);
+    }
+    if let Some(d) = a.database {
+        s.target.database = match d {
+            DatabaseArg::Sqlite => Database::Sqlite,
+            DatabaseArg::Postgres => Database::Postgres,
+        };
+    }
+    if let Some(c) = &a.concurrency {
+        s.load.mode = Mode::Closed;
+        s.load.steps = parse_steps(c).map_err(|e| format!("--concurrency: {e}"))?;
+    }
+    if let Some(r) = &a.rate {
+        s.load.mode = Mode::Open;
+        s.load.steps = parse_steps(r).map_err(|e| format!("--rate: {e}"))?;
+    }
+    if let Some(w) = &a.warmup {
+        s.load.warmup = duration("warmup", w)?;
+    }
+    if let Some(d) = &a.duration {
+        s.load.duration = duration("duration", d)?;
+    }
+    if let Some(n) = a.requests {
+        s.load.requests = Some(n);
+        // A request count with no explicit duration means "until done".
+        if a.duration.is_none() && a.scenario.is_none() {
+            s.load.duration = std::time::Duration::from_secs(3600);
+        }
+    }
+    if let Some(m) = a.max_inflight {
+        s.load.max_inflight = m;
+    }
+    if let Some(seed) = a.seed {
+        s.load.seed = seed;
+    }
+    let template_flags = a.task_type.is_some()
+        || a.args.is_some()
+        || a.priority.is_some()
+        || a.tenant.is_some()
+        || a.timeout_ms.is_some()
+        || a.agent.is_some();
+    if template_flags {
+        if s.request.mix.len() != 1 {
+            s.request.mix = vec![MixEntry {
+                weight: 1,
+                task_type: "echo".into(),
+                args: None,
+                priority: None,
+                tenant: None,
+                timeout_ms: None,
+                agent: None,
+            }];
+        }
+        let m = &mut s.request.mix[0];
+        if let Some(t) = &a.task_type {
+            m.task_type = t.clone();
+        }
+        if let Some(j) = &a.args {
+            m.args = Some(serde_json::from_str(j).map_err(|e| format!("--args is not JSON: {e}"))?);
+        }
+        if a.priority.is_some() {
+            m.priority = a.priority.clone();
+        }
+        if a.tenant.is_some() {
+            m.tenant = a.tenant.clone();
+        }
+        if a.timeout_ms.is_some() {
+            m.timeout_ms = a.timeout_ms;
+        }
+        if a.agent.is_some() {
+            m.agent = a.agent.clone();
+        }
+    }
+    if let Some(w) = a.wait_ms {
+        s.request.wait_ms = w;
+        if a.e2e.is_none() {
+            s.request.e2e = E2e::Wait;
+        }
+    }
+    if let Some(e) = a.e2e {
+        s.request.e2e = match e {
+            E2eArg::None => E2e::None,
+            E2eArg::Wait => E2e::Wait,
+            E2eArg::Poll => E2e::Poll,
+            E2eArg::Sse => E2e::Sse,
+        };
+    }
+    if a.raw {
+        s.request.mix.clear();
+        s.request.e2e = E2e::None;
+        let mut raw = s.request.raw.take().unwrap_or(RawRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            body: None,
+            headers: Default::default(),
+        });
+        if let Some(m) = &a.method {
+            raw.method = m.to_ascii_uppercase();
+        }
+        if let Some(p) = &a.path {
+            raw.path = p.clone();
+        }
+        if let Some(b) = &a.body {
+            raw.body =
+                Some(serde_json::from_str(b).map_err(|e| format!("--body is not JSON: {e}"))?);
+        }
+        s.request.raw = Some(raw);
+    }
+    s.validate()
+        .map_err(|e| format!("invalid bench settings: {e}"))?;
+    Ok(s)
 }
 
 pub(crate) async fn run(a: BenchArgs) -> Result<(), String> {
-    if a.concurrency == 0 || a.requests == 0 {
-        return Err("--concurrency and --requests must be at least 1".into());
-    }
-    let args: Value =
-        serde_json::from_str(&a.args).map_err(|e| format!("--args is not JSON: {e}"))?;
-    let mut body = json!({ "type": a.task_type, "args": args });
-    if let Some(w) = a.wait_ms {
-        body["wait_ms"] = json!(w);
-    }
-    let timeout = Duration::from_millis(a.wait_ms.unwrap_or(0) + 60_000);
-    let client = http_client(&a.client, timeout)?;
-    let url = format!("{}/api/tasks", a.client.server.trim_end_matches('/'));
-    // Fail fast with a clear message when the target is not there.
-    client
-        .get(format!("{}/health", a.client.server.trim_end_matches('/')))
-        .send()
+    let s = scenario(&a)?;
+    let command = std::iter::once("swarmd".to_string())
+        .chain(std::env::args().skip(1))
+        .map(|w| {
+            if w.contains([' ', '{', '"']) {
+                format!("'{w}'")
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = RunOptions {
+        quiet: a.quiet,
+        command,
+    };
+    let result = swarm_bench::run(&s, &opts)
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", a.client.server))?;
-
-    let next = Arc::new(AtomicUsize::new(0));
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| e.to_string())?,
-    ));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let body = Arc::new(body);
-    let started = Instant::now();
-    let mut workers = Vec::with_capacity(a.concurrency);
-    for _ in 0..a.concurrency {
-        let (client, url, body, next, hist, tally) = (
-            client.clone(),
-            url.clone(),
-            body.clone(),
-            next.clone(),
-            hist.clone(),
-            tally.clone(),
-        );
-        let total = a.requests;
-        workers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static bounds are valid");
-            let mut mine = Tally::default();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t0 = Instant::now();
-                match client.post(&url).json(&*body).send().await {
-                    Ok(resp) => {
-                        let code = resp.status().as_u16();
-                        let v: Value = resp.json().await.unwrap_or(Value::Null);
-                        let _ = local.record((t0.elapsed().as_micros() as u64).max(1));
-                        *mine.codes.entry(code).or_default() += 1;
-                        if let Some(s) = v["status"].as_str() {
-                            *mine.statuses.entry(s.to_string()).or_default() += 1;
-                        }
-                        if let Some(id) = v["id"].as_str() {
-                            mine.ids.push(id.to_string());
-                        }
-                    }
-                    Err(_) => mine.transport_errors += 1,
-                }
-            }
-            let _ = hist.lock().await.add(&local);
-            let mut t = tally.lock().await;
-            for (k, v) in mine.codes {
-                *t.codes.entry(k).or_default() += v;
-            }
-            for (k, v) in mine.statuses {
-                *t.statuses.entry(k).or_default() += v;
-            }
-            t.transport_errors += mine.transport_errors;
-            t.ids.extend(mine.ids);
-        }));
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = &a.out {
+        let files = write_outputs(&result, dir).map_err(|e| e.to_string())?;
+        for f in files {
+            eprintln!("wrote {}", f.display());
+        }
     }
-    for w in workers {
-        w.await.map_err(|e| format!("a bench worker failed: {e}"))?;
-    }
-    let submit_elapsed = started.elapsed();
-    let hist = hist.lock().await.clone();
-    let tally = std::mem::take(&mut *tally.lock().await);
-
-    // Follow every task to its end, then take the span from the server's
-    // timestamps: first accepted to last finished.
-    let (final_statuses, span_ms) =
-        follow(&client, &a.client.server, &tally.ids, a.concurrency).await?;
-    let wall = started.elapsed();
-
-    let summary = json!({
-        "type": a.task_type,
-        "concurrency": a.concurrency,
-        "requests": a.requests,
-        "wait_ms": a.wait_ms,
-        "latency_ms": {
-            "p50": percentile_ms(&hist, 0.50),
-            "p90": percentile_ms(&hist, 0.90),
-            "p99": percentile_ms(&hist, 0.99),
-            "max": hist.max() as f64 / 1000.0,
-            "mean": hist.mean() / 1000.0,
-        },
-        "latency_is": if a.wait_ms.is_some() { "end-to-end (response held until the task ended)" } else { "acknowledgement (task durable and queued)" },
-        "submit_phase_s": submit_elapsed.as_secs_f64(),
-        "submit_throughput_per_s": a.requests as f64 / submit_elapsed.as_secs_f64(),
-        "http_codes": tally.codes,
-        "transport_errors": tally.transport_errors,
-        "final_statuses": final_statuses,
-        "all_tasks_span_ms": span_ms,
-        "wall_s": wall.as_secs_f64(),
-    });
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
+            serde_json::to_string_pretty(&result).unwrap_or_default()
         );
     } else {
-        let l = &summary["latency_ms"];
-        println!(
-            "{} × {} (concurrency {}): latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms [{}]",
-            a.requests,
-            a.task_type,
-            a.concurrency,
-            l["p50"].as_f64().unwrap_or(0.0),
-            l["p90"].as_f64().unwrap_or(0.0),
-            l["p99"].as_f64().unwrap_or(0.0),
-            l["max"].as_f64().unwrap_or(0.0),
-            summary["latency_is"].as_str().unwrap_or("")
-        );
-        println!(
-            "submitted in {:.3} s ({:.0}/s); all tasks done within {} ms of the first acceptance; HTTP {}; final {}; transport errors {}",
-            submit_elapsed.as_secs_f64(),
-            a.requests as f64 / submit_elapsed.as_secs_f64(),
-            span_ms.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-            summary["http_codes"],
-            summary["final_statuses"],
-            tally.transport_errors
-        );
+        println!("{}", report::markdown(&result, None));
     }
     Ok(())
 }
 
-/// Polls each task until it ended; returns final status counts and the span
-/// from the first `created_at` to the last `finished_at`, in ms.
-async fn follow(
-    client: &reqwest::Client,
-    server: &str,
-    ids: &[String],
-    concurrency: usize,
-) -> Result<(BTreeMap<String, usize>, Option<i64>), String> {
-    let base = server.trim_end_matches('/').to_string();
-    let pending = Arc::new(Mutex::new(ids.to_vec()));
-    let done: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut workers = Vec::new();
-    for _ in 0..concurrency.clamp(1, 64) {
-        let (client, base, pending, done) =
-            (client.clone(), base.clone(), pending.clone(), done.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let Some(id) = pending.lock().await.pop() else {
-                    return;
-                };
-                let task: Value = match client.get(format!("{base}/api/tasks/{id}")).send().await {
-                    Ok(r) => r.json().await.unwrap_or(Value::Null),
-                    Err(_) => Value::Null,
-                };
-                let ended = matches!(
-                    task["status"].as_str(),
-                    Some("succeeded" | "failed" | "timed_out" | "cancelled")
-                );
-                if ended || Instant::now() > deadline {
-                    done.lock().await.push(task);
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    pending.lock().await.insert(0, id);
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await.map_err(|e| format!("a follower failed: {e}"))?;
-    }
-    let done = done.lock().await;
-    let mut statuses = BTreeMap::new();
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
-    for t in done.iter() {
-        *statuses
-            .entry(t["status"].as_str().unwrap_or("unknown").to_string())
-            .or_insert(0usize) += 1;
-        if let Some(c) = t["created_at"].as_str().and_then(parse_rfc3339_ms) {
-            first = first.min(c);
-        }
-        if let Some(f) = t["finished_at"].as_str().and_then(parse_rfc3339_ms) {
-            last = last.max(f);
+pub(crate) fn report(a: BenchReportArgs) -> Result<(), String> {
+    let ceiling = match &a.ceiling {
+        Some(p) => Some(read_result(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    for p in &a.results {
+        let r = read_result(p).map_err(|e| e.to_string())?;
+        let is_ceiling = ceiling.as_ref().is_some_and(|c| c.name == r.name);
+        println!(
+            "{}",
+            report::markdown(&r, if is_ceiling { None } else { ceiling.as_ref() })
+        );
+        if let Some(dir) = &a.charts {
+            println!(
+                "![{} chart]({}/{}.svg)\n",
+                r.name,
+                dir.trim_end_matches('/'),
+                r.name
+            );
         }
     }
-    let span = (first != i64::MAX && last != i64::MIN).then_some(last - first);
-    Ok((statuses, span))
-}
-
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let t = humantime_parse(s)?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
-}
-
-fn humantime_parse(s: &str) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339(s).ok()
+    Ok(())
 }

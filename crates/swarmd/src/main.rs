@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod client;
 mod serve;
+mod sim_backend;
 
 use clap::Parser;
 
@@ -26,8 +27,10 @@ fn main() -> std::process::ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Submit(args) => client::submit(args).await,
             cli::Command::Status(args) => client::status(args).await,
-            cli::Command::Bench(args) => bench::run(args).await,
+            cli::Command::Bench(args) => bench::run(*args).await,
+            cli::Command::BenchReport(args) => bench::report(args),
             cli::Command::HashKey(args) => client::hash_key(args),
+            cli::Command::SimBackend(args) => sim_backend::run(args).await,
         }
     });
     match result {

@@ -49,7 +49,7 @@ fn init_logging(args: &ServeArgs) -> Result<(), String> {
     result.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -70,10 +70,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Binds with a deep accept backlog: a burst of thousands of new
+/// connections (a client fleet reconnecting) otherwise overflows the default
+/// 1,024 and costs clients a one-second SYN retransmit.
+pub(crate) async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(8192)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     init_logging(&args)?;
     let cfg = load_config(&args)?;
-    let listener = TcpListener::bind(&cfg.server.listen)
+    let listener = listen(&cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
     let store = Store::connect(&cfg.database)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md: runs every scenario in bench/scenarios/ with a
+# release build, writes JSON, Markdown and SVG into bench/results/, and
+# assembles BENCHMARKS.md from bench/BENCHMARKS.head.md plus one table per
+# scenario (throughput also as a ratio to the hello-world ceiling).
+#
+#   bench/regenerate.sh                 # all scenarios
+#   bench/regenerate.sh echo-sqlite     # just these (others keep their last results)
+#
+# Run it on an otherwise idle machine: the generator and the server share it.
+# PostgreSQL scenarios use SWARMD_BENCH_PG_URL (default: the local test server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SWARMD_BENCH_PG_URL="${SWARMD_BENCH_PG_URL:-${SWARMD_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}}"
+cargo build --release -q -p swarmd -p swarm-hello
+bin=target/release/swarmd
+# The order of the sections in BENCHMARKS.md.
+order=(
+    hello-ceiling
+    echo-sqlite
+    echo-postgres
+    communications-sqlite
+    communications-100-wait
+    communications-100-wait-pg
+    sim-backend-knee
+)
+selected=("$@")
+[ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
+mkdir -p bench/results
+for name in "${selected[@]}"; do
+    echo "== $name" >&2
+    "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null
+done
+results=()
+for name in "${order[@]}"; do
+    [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
+done
+{
+    cat bench/BENCHMARKS.head.md
+    echo
+    "$bin" bench-report --ceiling bench/results/hello-ceiling.json --charts bench/results "${results[@]}"
+} > BENCHMARKS.md
+echo "wrote BENCHMARKS.md" >&2
