@@ -59,7 +59,8 @@ pub fn machine() -> Machine {
     }
 }
 
-/// The checked-out commit, `-dirty` when the tree has changes.
+/// The checked-out commit, `-dirty` when the tree has changes (other than
+/// the bench's own outputs).
 pub fn commit() -> String {
     let out = |args: &[&str]| {
         std::process::Command::new("git")
@@ -71,8 +72,17 @@ pub fn commit() -> String {
     };
     match out(&["rev-parse", "--short", "HEAD"]) {
         Some(c) if !c.is_empty() => {
-            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            // The bench's own outputs do not make the measured build dirty.
+            let dirty = out(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!BENCHMARKS.md",
+                ":!bench/results",
+            ])
+            .is_some_and(|s| !s.is_empty());
             if dirty { format!("{c}-dirty") } else { c }
         }
         _ => "unknown".into(),
