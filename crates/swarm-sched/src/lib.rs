@@ -5,11 +5,25 @@
 //! with paused `tokio::time`.
 //!
 //! # Layout
-//! - [`priority`]: a bounded multi-class queue that serves urgent classes
-//!   first without starving the others (weighted round robin).
+//! - [`priority`]: a bounded multi-class queue served by weighted round robin.
+//! - [`fair`]: priorities × per-tenant deficit round robin, bounded.
+//! - [`codel`]: queue-delay overload detection (CoDel).
+//! - [`limit`]: adaptive concurrency limits (fixed, AIMD, Gradient2, Vegas)
+//!   enforced by a shrinkable semaphore.
+//! - [`cpu`]: a bounded pool of threads for blocking, CPU-heavy work.
+//! - [`util`]: deadlines and a bounded `join_all`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod codel;
+pub mod cpu;
+pub mod fair;
+pub mod limit;
 pub mod priority;
+pub mod util;
 
+pub use codel::CoDel;
+pub use cpu::{CancelFlag, CpuError, CpuJob, CpuPool, CpuPoolFull, CpuPoolStats};
+pub use fair::{FairQueue, QueueMeta};
 pub use priority::{ClassQueue, Full};
+pub use util::{Deadline, Elapsed, join_bounded, within};

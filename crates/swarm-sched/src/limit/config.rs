@@ -1,0 +1,107 @@
+//! Configuration of a concurrency limiter (`[pools.NAME.limit]`).
+
+use serde::{Deserialize, Serialize};
+
+/// The control law that moves a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// A constant limit (`initial`).
+    Fixed,
+    /// Additive increase, multiplicative decrease on back-pressure.
+    Aimd,
+    /// Netflix's Gradient2: limit follows the ratio of long-term to
+    /// short-term round-trip time.
+    #[default]
+    Gradient2,
+    /// TCP Vegas: queue-size estimate from no-load versus current RTT.
+    Vegas,
+}
+
+/// Settings of one limiter. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Which control law.
+    pub algorithm: Algorithm,
+    /// Limit at start (and the constant limit of `fixed`).
+    pub initial: usize,
+    /// Floor: the limit never goes below it.
+    pub min: usize,
+    /// Ceiling: the limit never goes above it.
+    pub max: usize,
+    /// Multiplicative decrease on back-pressure (AIMD, and all laws on drops).
+    pub backoff_ratio: f64,
+    /// An RTT above `tolerance` × the baseline counts as queueing
+    /// (Gradient2's tolerance; AIMD's latency threshold).
+    pub tolerance: f64,
+    /// Weight of a new estimate in the limit's moving average (0–1].
+    pub smoothing: f64,
+    /// Samples in Gradient2's long-term RTT average.
+    pub long_window: usize,
+    /// How often the no-load RTT estimate is refreshed, ms (Vegas, and the
+    /// baselines of the other laws).
+    pub probe_interval_ms: u64,
+    /// Grow multiplicatively from `initial` until the first congestion
+    /// signal, and again after a collapse (TCP slow start).
+    pub slow_start: bool,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::default(),
+            initial: 16,
+            min: 1,
+            max: 1024,
+            backoff_ratio: 0.9,
+            tolerance: 1.5,
+            smoothing: 0.2,
+            long_window: 600,
+            probe_interval_ms: 30_000,
+            slow_start: true,
+        }
+    }
+}
+
+impl LimitConfig {
+    /// A fixed limit of `n`.
+    pub fn fixed(n: usize) -> Self {
+        Self {
+            algorithm: Algorithm::Fixed,
+            initial: n,
+            min: 1,
+            max: n.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Checks ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min == 0 {
+            return Err("`min` must be at least 1".into());
+        }
+        if self.max < self.min {
+            return Err("`max` must be at least `min`".into());
+        }
+        if self.initial < self.min || self.initial > self.max {
+            return Err("`initial` must lie between `min` and `max`".into());
+        }
+        if !(self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0) {
+            return Err("`backoff_ratio` must be between 0 and 1 (exclusive)".into());
+        }
+        if self.tolerance.is_nan() || self.tolerance < 1.0 {
+            return Err("`tolerance` must be at least 1.0".into());
+        }
+        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+            return Err("`smoothing` must be in (0, 1]".into());
+        }
+        if self.long_window == 0 {
+            return Err("`long_window` must be at least 1".into());
+        }
+        if self.probe_interval_ms == 0 {
+            return Err("`probe_interval_ms` must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,664 @@
+//! The control laws: pure state moved by samples, with no locking and no IO,
+//! so every rule can be unit-tested with a hand-made clock.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{Algorithm, LimitConfig};
+use super::sample::{Outcome, Sample};
+
+/// Consecutive drops at the floor after which the next success re-enters
+/// slow start (the backend was down; ramping additively would take minutes).
+const COLLAPSE_DROPS: u32 = 3;
+/// Samples averaged plainly before the long RTT turns exponential, so the
+/// first sample does not dominate it (Netflix uses 10).
+const LONG_WARMUP: u64 = 10;
+/// Weight of a new sample in the short (recent) RTT. Decisions use this
+/// average, not single samples, so jitter is not mistaken for queueing.
+const SHORT_WEIGHT: f64 = 0.1;
+/// Samples averaged plainly before the short RTT turns exponential; the
+/// baseline ignores it until then, or one lucky first sample would set a
+/// baseline the typical RTT never meets (pinning the limit under jitter).
+const SHORT_WARMUP: u64 = 10;
+/// Calls started during a probe that must finish before it ends: enough for
+/// the short RTT (about ten samples deep) to reflect the lower concurrency.
+const PROBE_SAMPLES: u32 = 10;
+/// Shortest RTT taken seriously: a zero RTT would make every ratio infinite.
+const MIN_RTT_S: f64 = 1e-6;
+
+/// The minimum RTT over the current and the previous window, so a baseline
+/// learned at a better time expires instead of pinning the limit forever
+/// (Envoy #38338), yet one noisy window does not erase it.
+#[derive(Debug, Clone)]
+struct WindowedMin {
+    window: Duration,
+    start: Option<Instant>,
+    cur: Option<f64>,
+    prev: Option<f64>,
+}
+
+impl WindowedMin {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            start: None,
+            cur: None,
+            prev: None,
+        }
+    }
+
+    /// Expires windows that ended before `now`.
+    fn roll(&mut self, now: Instant) {
+        match self.start {
+            None => self.start = Some(now),
+            Some(s) => {
+                let age = now.saturating_duration_since(s);
+                if age >= self.window * 2 {
+                    self.prev = None;
+                    self.cur = None;
+                    self.start = Some(now);
+                } else if age >= self.window {
+                    self.restart(now);
+                }
+            }
+        }
+    }
+
+    /// Starts a new window now (a probe: what follows is the fresh view).
+    fn restart(&mut self, now: Instant) {
+        self.prev = self.cur.take();
+        self.start = Some(now);
+    }
+
+    fn update(&mut self, now: Instant, rtt: f64) {
+        self.roll(now);
+        self.cur = Some(self.cur.map_or(rtt, |c| c.min(rtt)));
+    }
+
+    fn get(&self) -> Option<f64> {
+        match (self.cur, self.prev) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A limit-halving probe in progress: samples of calls started during it
+/// see the backend with less of our own queueing, so the windowed minimum
+/// relearns the true no-load RTT.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    started: Instant,
+    limit: f64,
+    fresh: u32,
+}
+
+/// Sanitised settings plus the moving state of one control law.
+#[derive(Debug, Clone)]
+pub(crate) struct Law {
+    algorithm: Algorithm,
+    min: f64,
+    max: f64,
+    initial: f64,
+    backoff: f64,
+    tolerance: f64,
+    smoothing: f64,
+    long_window: f64,
+    probe_interval: Duration,
+    slow_start_enabled: bool,
+
+    limit: f64,
+    slow_start: bool,
+    baseline: WindowedMin,
+    short_rtt: f64,
+    short_count: u64,
+    long_rtt: f64,
+    long_count: u64,
+    /// AIMD: successes since the last additive step.
+    acc: f64,
+    last_decrease: Option<Instant>,
+    drops_at_min: u32,
+    at_min_since: Option<Instant>,
+    next_probe: Instant,
+    probe: Option<Probe>,
+    samples: u64,
+    drops: u64,
+}
+
+impl Law {
+    /// A law from `cfg`, clamping anything out of range instead of panicking.
+    pub(crate) fn new(cfg: &LimitConfig, now: Instant) -> Self {
+        let min = cfg.min.max(1) as f64;
+        let max = (cfg.max as f64).max(min);
+        let initial = (cfg.initial as f64).clamp(min, max);
+        let unit = |x: f64, default: f64| {
+            if x > 0.0 && x < 1.0 { x } else { default }
+        };
+        let probe_interval = Duration::from_millis(cfg.probe_interval_ms.max(1));
+        Self {
+            algorithm: cfg.algorithm,
+            min,
+            max,
+            initial,
+            backoff: unit(cfg.backoff_ratio, 0.9),
+            tolerance: if cfg.tolerance.is_finite() && cfg.tolerance >= 1.0 {
+                cfg.tolerance
+            } else {
+                1.5
+            },
+            smoothing: if cfg.smoothing > 0.0 && cfg.smoothing <= 1.0 {
+                cfg.smoothing
+            } else {
+                0.2
+            },
+            long_window: cfg.long_window.max(1) as f64,
+            probe_interval,
+            slow_start_enabled: cfg.slow_start && cfg.algorithm != Algorithm::Fixed,
+            limit: initial,
+            slow_start: cfg.slow_start && cfg.algorithm != Algorithm::Fixed,
+            baseline: WindowedMin::new(probe_interval),
+            short_rtt: 0.0,
+            short_count: 0,
+            long_rtt: 0.0,
+            long_count: 0,
+            acc: 0.0,
+            last_decrease: None,
+            drops_at_min: 0,
+            at_min_since: None,
+            next_probe: now + probe_interval,
+            probe: None,
+            samples: 0,
+            drops: 0,
+        }
+    }
+
+    /// The limit the semaphore enforces (before the external cap).
+    pub(crate) fn limit(&self) -> usize {
+        let l = match self.probe {
+            Some(p) => self.limit.min(p.limit),
+            None => self.limit,
+        };
+        // `as` saturates; the clamp keeps it in [min, max] whatever the float.
+        (l.floor().clamp(self.min, self.max)) as usize
+    }
+
+    pub(crate) fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+    pub(crate) fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+    pub(crate) fn samples(&self) -> u64 {
+        self.samples
+    }
+    pub(crate) fn drops(&self) -> u64 {
+        self.drops
+    }
+    pub(crate) fn min_rtt(&self) -> Option<Duration> {
+        self.baseline.get().map(Duration::from_secs_f64)
+    }
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        (self.short_rtt > 0.0).then(|| Duration::from_secs_f64(self.short_rtt))
+    }
+
+    /// Feeds one finished call: it started at `started` with
+    /// `in_flight_at_start` calls running (itself included).
+    pub(crate) fn on_sample(
+        &mut self,
+        now: Instant,
+        started: Instant,
+        in_flight_at_start: usize,
+        sample: Sample,
+    ) {
+        if sample.outcome == Outcome::Ignore {
+            return;
+        }
+        self.samples += 1;
+        if self.algorithm == Algorithm::Fixed {
+            if sample.outcome == Outcome::Dropped {
+                self.drops += 1;
+            } else {
+                self.observe_rtt(now, sample.rtt.as_secs_f64().max(MIN_RTT_S));
+            }
+            return;
+        }
+        self.end_probe_if_done(now, started);
+        if sample.outcome == Outcome::Dropped {
+            self.drops += 1;
+            self.on_drop(now);
+            return;
+        }
+        // A success after a collapse: the backend is back, so ramp quickly,
+        // and judge it by what it does now, not by the recent RTT from
+        // before the outage.
+        let collapsed = self.drops_at_min >= COLLAPSE_DROPS
+            || self
+                .at_min_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.probe_interval);
+        self.drops_at_min = 0;
+        if collapsed && self.slow_start_enabled {
+            self.slow_start = true;
+            self.at_min_since = None;
+            self.short_count = 0;
+        }
+        self.observe_rtt(now, sample.rtt.as_secs_f64().max(MIN_RTT_S));
+        let rtt = self.short_rtt;
+        self.maybe_start_probe(now);
+
+        let base = self.baseline.get().unwrap_or(rtt);
+        // App-limited: the limit was mostly unused, so a good RTT proves
+        // nothing about a higher one (Netflix and vector both skip these).
+        let app_limited = (in_flight_at_start as f64) * 2.0 < self.limit.floor();
+
+        if self.slow_start {
+            if rtt <= self.tolerance * base {
+                if !app_limited {
+                    // +1 per success doubles the limit per limit's worth.
+                    self.limit += 1.0;
+                }
+                self.clamp(now);
+                return;
+            }
+            // First congestion signal ends slow start; the law takes over.
+            self.slow_start = false;
+        }
+
+        let old = self.limit;
+        let new = match self.algorithm {
+            Algorithm::Fixed => old,
+            Algorithm::Aimd => self.aimd(now, started, rtt, base, app_limited),
+            Algorithm::Gradient2 => self.gradient2(rtt, base),
+            Algorithm::Vegas => self.vegas(rtt, base),
+        };
+        self.limit = if app_limited { new.min(old) } else { new };
+        self.clamp(now);
+    }
+
+    fn observe_rtt(&mut self, now: Instant, rtt: f64) {
+        self.short_count += 1;
+        let w = (1.0 / self.short_count as f64).max(SHORT_WEIGHT);
+        self.short_rtt = self.short_rtt * (1.0 - w) + rtt * w;
+        // The minimum of the smoothed RTT: with jitter, the minimum of raw
+        // samples sits far below the typical RTT and reads as queueing.
+        if self.short_count >= SHORT_WARMUP {
+            self.baseline.update(now, self.short_rtt);
+        } else {
+            self.baseline.roll(now);
+        }
+        self.long_count += 1;
+        if self.long_count <= LONG_WARMUP {
+            let n = self.long_count as f64;
+            self.long_rtt = (self.long_rtt * (n - 1.0) + rtt) / n;
+        } else {
+            let w = 2.0 / (self.long_window + 1.0);
+            self.long_rtt = self.long_rtt * (1.0 - w) + rtt * w;
+        }
+        // Netflix: when load falls sharply, let the long RTT catch up fast
+        // instead of over a whole window, or the limit overshoots.
+        if self.long_rtt / rtt > 2.0 {
+            self.long_rtt *= 0.95;
+        }
+    }
+
+    /// Back-pressure: multiplicative decrease for every adaptive law, and
+    /// the timeout's RTT is never averaged in (a timed-out call's long RTT
+    /// would make Gradient2 grow the limit: Netflix #137).
+    fn on_drop(&mut self, now: Instant) {
+        self.slow_start = false;
+        self.baseline.roll(now);
+        self.decrease(now);
+        if self.limit <= self.min {
+            self.drops_at_min += 1;
+        }
+    }
+
+    fn decrease(&mut self, now: Instant) {
+        self.limit *= self.backoff;
+        self.acc = 0.0;
+        self.last_decrease = Some(now);
+        self.clamp(now);
+    }
+
+    fn clamp(&mut self, now: Instant) {
+        if !self.limit.is_finite() {
+            self.limit = self.initial;
+        }
+        self.limit = self.limit.clamp(self.min, self.max);
+        if self.limit < self.min + 1.0 {
+            self.at_min_since.get_or_insert(now);
+        } else {
+            self.at_min_since = None;
+        }
+    }
+
+    fn maybe_start_probe(&mut self, now: Instant) {
+        if now < self.next_probe {
+            return;
+        }
+        self.next_probe = now + self.probe_interval;
+        if self.slow_start || self.probe.is_some() || self.limit < 2.0 * self.min {
+            return;
+        }
+        self.probe = Some(Probe {
+            started: now,
+            limit: (self.limit / 2.0).max(self.min),
+            fresh: 0,
+        });
+        self.baseline.restart(now);
+    }
+
+    fn end_probe_if_done(&mut self, now: Instant, started: Instant) {
+        if let Some(p) = &mut self.probe {
+            // Calls that started during the probe ran at the reduced
+            // concurrency. A probe never outlives its interval.
+            if started >= p.started {
+                p.fresh += 1;
+            }
+            if p.fresh >= PROBE_SAMPLES
+                || now.saturating_duration_since(p.started) >= self.probe_interval
+            {
+                self.probe = None;
+            }
+        }
+    }
+
+    /// AIMD: +1 per limit's worth of successes; ×backoff when the RTT
+    /// exceeds tolerance × baseline, at most once per round trip (only calls
+    /// started after the last cut can vouch for it).
+    fn aimd(
+        &mut self,
+        now: Instant,
+        started: Instant,
+        rtt: f64,
+        base: f64,
+        app_limited: bool,
+    ) -> f64 {
+        if rtt > self.tolerance * base {
+            if self.last_decrease.is_none_or(|t| started >= t) {
+                self.decrease(now);
+            }
+            return self.limit;
+        }
+        if !app_limited {
+            self.acc += 1.0;
+            if self.acc >= self.limit.floor() {
+                self.acc = 0.0;
+                return self.limit + 1.0;
+            }
+        }
+        self.limit
+    }
+
+    /// Gradient2 (Netflix): gradient = clamp(tolerance × long / short, 0.5, 1),
+    /// new = limit × gradient + √limit, smoothed.
+    fn gradient2(&mut self, rtt: f64, base: f64) -> f64 {
+        // Deviation: the long RTT is capped at the probed no-load RTT, or it
+        // learns our own queueing as normal and the limit drifts upward.
+        let long = self.long_rtt.min(base).max(MIN_RTT_S);
+        let gradient = (self.tolerance * long / rtt).clamp(0.5, 1.0);
+        let queue = self.limit.sqrt();
+        let new = self.limit * gradient + queue;
+        // Netflix updates once per window of samples; here each sample
+        // moves 1/limit of the smoothed step, so one limit's worth of
+        // samples (about one round trip) makes one step whatever the rate.
+        let w = self.smoothing / self.limit.max(1.0);
+        self.limit + (new - self.limit) * w
+    }
+
+    /// Vegas (Netflix VegasLimit): queue = limit × (1 − rtt_noload / rtt);
+    /// grow fast when nearly empty, slowly below α, shrink above β.
+    fn vegas(&mut self, rtt: f64, base: f64) -> f64 {
+        let l = self.limit;
+        let log = l.log10().max(1.0);
+        let (threshold, alpha, beta) = (log, 3.0 * log, 6.0 * log);
+        let queue = (l * (1.0 - base / rtt)).ceil();
+        let new = if queue <= threshold {
+            l + beta
+        } else if queue < alpha {
+            l + log
+        } else if queue > beta {
+            l - log
+        } else {
+            l
+        };
+        // One full step per round trip, as TCP Vegas adjusts once per RTT:
+        // each sample moves 1/limit of it. (Stepping per sample, as Netflix
+        // does, overshoots by a whole window's worth.)
+        l + (new.clamp(self.min, self.max) - l) / l.max(1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(algorithm: Algorithm) -> LimitConfig {
+        LimitConfig {
+            algorithm,
+            initial: 10,
+            min: 2,
+            max: 100,
+            slow_start: false,
+            probe_interval_ms: 10_000,
+            ..LimitConfig::default()
+        }
+    }
+
+    const ALGOS: [Algorithm; 3] = [Algorithm::Aimd, Algorithm::Gradient2, Algorithm::Vegas];
+
+    /// Feeds `n` samples of `rtt`, each from a call that used the whole limit.
+    fn feed(law: &mut Law, now: &mut Instant, n: usize, s: Sample) {
+        for _ in 0..n {
+            *now += Duration::from_millis(1);
+            let l = law.limit();
+            law.on_sample(*now, *now, l, s);
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn fixed_never_moves() {
+        let mut now = Instant::now();
+        let mut law = Law::new(&LimitConfig::fixed(7), now);
+        feed(&mut law, &mut now, 50, Sample::dropped(ms(10)));
+        feed(&mut law, &mut now, 50, Sample::success(ms(1)));
+        assert_eq!(law.limit(), 7);
+        assert_eq!(law.drops(), 50);
+    }
+
+    #[test]
+    fn every_law_grows_under_low_latency() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            feed(&mut law, &mut now, 300, Sample::success(ms(10)));
+            assert!(law.limit() > 15, "{a:?}: {}", law.limit());
+        }
+    }
+
+    #[test]
+    fn every_law_backs_off_on_drops_and_stays_in_bounds() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            feed(&mut law, &mut now, 2000, Sample::success(ms(10)));
+            assert!(law.limit() <= 100, "{a:?}");
+            let high = law.limit();
+            feed(&mut law, &mut now, 3, Sample::dropped(ms(10)));
+            assert!(law.limit() < high, "{a:?}: {high} -> {}", law.limit());
+            feed(&mut law, &mut now, 500, Sample::dropped(ms(1000)));
+            assert_eq!(law.limit(), 2, "{a:?} stays at min");
+        }
+    }
+
+    #[test]
+    fn timeouts_never_grow_the_limit() {
+        // Netflix #137: long timed-out RTTs made Gradient2 grow the limit.
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            let mut last = law.limit();
+            for _ in 0..200 {
+                feed(&mut law, &mut now, 1, Sample::dropped(ms(5000)));
+                assert!(law.limit() <= last, "{a:?}");
+                last = law.limit();
+            }
+        }
+    }
+
+    #[test]
+    fn every_law_backs_off_on_rising_latency() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            feed(&mut law, &mut now, 500, Sample::success(ms(10)));
+            let high = law.limit();
+            feed(&mut law, &mut now, 200, Sample::success(ms(40)));
+            assert!(law.limit() < high, "{a:?}: {high} -> {}", law.limit());
+        }
+    }
+
+    #[test]
+    fn app_limited_samples_do_not_raise_the_limit() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            for _ in 0..500 {
+                now += ms(1);
+                law.on_sample(now, now, 1, Sample::success(ms(10)));
+            }
+            assert_eq!(law.limit(), 10, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn slow_start_doubles_per_limits_worth() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let c = LimitConfig {
+                slow_start: true,
+                initial: 4,
+                ..cfg(a)
+            };
+            let mut law = Law::new(&c, now);
+            assert!(law.in_slow_start());
+            feed(&mut law, &mut now, 4, Sample::success(ms(10)));
+            assert_eq!(law.limit(), 8, "{a:?}");
+            feed(&mut law, &mut now, 8, Sample::success(ms(10)));
+            assert_eq!(law.limit(), 16, "{a:?}");
+            // Congestion ends it.
+            feed(&mut law, &mut now, 1, Sample::dropped(ms(10)));
+            assert!(!law.in_slow_start());
+            assert_eq!(law.limit(), 14, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn slow_start_ends_on_queueing_latency() {
+        let mut now = Instant::now();
+        let c = LimitConfig {
+            slow_start: true,
+            ..cfg(Algorithm::Aimd)
+        };
+        let mut law = Law::new(&c, now);
+        feed(&mut law, &mut now, 10, Sample::success(ms(10)));
+        assert!(law.in_slow_start());
+        feed(&mut law, &mut now, 10, Sample::success(ms(30)));
+        assert!(!law.in_slow_start());
+    }
+
+    #[test]
+    fn recovery_after_collapse_reenters_slow_start() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let c = LimitConfig {
+                slow_start: true,
+                ..cfg(a)
+            };
+            let mut law = Law::new(&c, now);
+            feed(&mut law, &mut now, 100, Sample::success(ms(10)));
+            feed(&mut law, &mut now, 100, Sample::dropped(ms(1000)));
+            assert_eq!(law.limit(), 2);
+            assert!(!law.in_slow_start());
+            // The outage outlasts the baseline windows; the backend is back
+            // and slower than before, which must not pin the limit.
+            now += ms(30_000);
+            feed(&mut law, &mut now, 1, Sample::success(ms(25)));
+            assert!(law.in_slow_start(), "{a:?}");
+            feed(&mut law, &mut now, 60, Sample::success(ms(25)));
+            assert!(law.limit() >= 32, "{a:?}: {}", law.limit());
+        }
+    }
+
+    #[test]
+    fn baseline_follows_a_permanently_slower_backend() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            feed(&mut law, &mut now, 300, Sample::success(ms(10)));
+            // Three times slower for good: the limit first falls...
+            for _ in 0..500 {
+                now += ms(50);
+                let l = law.limit();
+                law.on_sample(now, now, l, Sample::success(ms(30)));
+            }
+            let min = law.min_rtt().unwrap().as_secs_f64();
+            assert!((min - 0.030).abs() < 1e-6, "{a:?}: {min}");
+            // ...then climbs again instead of staying pinned.
+            for _ in 0..1000 {
+                now += ms(10);
+                let l = law.limit();
+                law.on_sample(now, now, l, Sample::success(ms(30)));
+            }
+            assert!(law.limit() > 20, "{a:?}: {}", law.limit());
+        }
+    }
+
+    #[test]
+    fn probe_halves_the_limit_until_a_fresh_sample() {
+        let mut now = Instant::now();
+        let mut law = Law::new(&cfg(Algorithm::Aimd), now);
+        feed(&mut law, &mut now, 10, Sample::success(ms(10)));
+        let l = law.limit();
+        now += ms(10_000);
+        let before = now - ms(100);
+        law.on_sample(now, before, l, Sample::success(ms(10)));
+        assert_eq!(law.limit(), (l / 2).max(2));
+        // Old calls do not end it; enough calls started during it do.
+        for _ in 0..20 {
+            law.on_sample(now, before, l, Sample::success(ms(10)));
+        }
+        assert_eq!(law.limit(), (l / 2).max(2));
+        for _ in 0..PROBE_SAMPLES {
+            assert_eq!(law.limit(), (l / 2).max(2));
+            now += ms(10);
+            law.on_sample(now, now - ms(5), l / 2, Sample::success(ms(10)));
+        }
+        assert!(law.limit() >= l);
+    }
+
+    #[test]
+    fn out_of_range_config_is_clamped() {
+        let now = Instant::now();
+        let bad = LimitConfig {
+            initial: 0,
+            min: 0,
+            max: 0,
+            backoff_ratio: f64::NAN,
+            tolerance: -1.0,
+            smoothing: 7.0,
+            long_window: 0,
+            probe_interval_ms: 0,
+            ..LimitConfig::default()
+        };
+        let mut law = Law::new(&bad, now);
+        assert_eq!(law.limit(), 1);
+        law.on_sample(now, now, 1, Sample::success(Duration::ZERO));
+        law.on_sample(now, now, 1, Sample::dropped(Duration::MAX));
+        assert_eq!(law.limit(), 1);
+    }
+}
