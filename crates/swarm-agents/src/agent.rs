@@ -51,6 +51,28 @@ pub struct AgentContext {
     pub cancel: CancellationToken,
     /// Where to report intermediate steps (shown as SSE `progress` events).
     pub progress: Progress,
+    /// Runs child tasks through the scheduler (nested calls); `None` when
+    /// the agent runs outside an engine, and agents then do the work inline.
+    pub children: Option<Arc<dyn Children>>,
+}
+
+/// Nested calls: a task asking another department for work.
+///
+/// The engine's implementation queues the child in that department's pool,
+/// under its limit, with the parent's deadline (or an earlier one) and a
+/// cancellation token that is a child of the parent's, so cancelling or
+/// timing out the parent stops its children. Children are not stored: the
+/// parent is the durable unit, and a parent re-run after a crash re-runs its
+/// children.
+pub trait Children: Send + Sync {
+    /// Runs `args` in `department` as a child of `parent`, returning the
+    /// child agent's result.
+    fn run(
+        &self,
+        parent: &AgentContext,
+        department: &str,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, AgentError>>;
 }
 
 impl AgentContext {
@@ -150,7 +172,7 @@ impl AgentError {
     }
 
     /// The error of a run stopped by its cancellation token.
-    pub(crate) fn cancelled() -> Self {
+    pub fn cancelled() -> Self {
         Self::failed("cancelled", "the task was cancelled")
     }
 

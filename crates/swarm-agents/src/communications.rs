@@ -61,6 +61,7 @@ mod args;
 mod draft;
 mod edit;
 mod merge;
+mod reviewer;
 mod structure;
 #[cfg(test)]
 mod test_support;
@@ -81,6 +82,7 @@ pub use args::{CommsArgs, MAX_INPUT_BODY_BYTES, MAX_NAME_CHARS, Tone};
 pub use draft::{Draft, split_greeting, split_signoff};
 pub use edit::{Edit, Op, PartPath, Review, Rule};
 pub use merge::{Decision, Merged, merge};
+pub use reviewer::ReviewerAgent;
 pub use structure::{
     DEFAULT_SENDER_NAME, MAX_BODY_CHARS, MAX_SUMMARY_SUBJECT_CHARS, STRUCTURE, StructureOptions,
     first_sentence, review_structure, subject_is_unclear, summary_subject, truncate_body,
@@ -121,11 +123,36 @@ impl CommunicationsAgent {
             recipient_name: args.recipient_name.clone(),
             sender_name: args.sender_name.clone(),
         };
-        let (tone, structure) = tokio::join!(
-            tone_reviewer(&draft, args.tone),
-            structure_reviewer(&draft, &opts)
-        );
-        let reviews = [tone, structure];
+        let reviews = match &ctx.children {
+            // Through the scheduler: each review is a child task in the
+            // `reviewers` department, both in flight at once.
+            Some(children) => {
+                let ask = |name: &str| {
+                    children.run(
+                        &ctx,
+                        "reviewers",
+                        reviewer::review_request(name, &draft, &opts),
+                    )
+                };
+                let (tone, structure) = tokio::join!(ask(TONE), ask(STRUCTURE));
+                let parse = |r: Result<Value, AgentError>| {
+                    r.and_then(|v| {
+                        Review::from_json(&v).ok_or_else(|| {
+                            AgentError::failed("bad_review", format!("a reviewer answered {v}"))
+                        })
+                    })
+                };
+                [parse(tone)?, parse(structure)?]
+            }
+            // Outside an engine: the same two reviews, in parallel, inline.
+            None => {
+                let (tone, structure) = tokio::join!(
+                    tone_reviewer(&draft, args.tone),
+                    structure_reviewer(&draft, &opts)
+                );
+                [tone, structure]
+            }
+        };
         let reviews_json: Vec<Value> = reviews.iter().map(Review::to_json).collect();
         ctx.progress
             .report(json!({"step": "review", "reviews": reviews_json}));

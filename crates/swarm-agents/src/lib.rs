@@ -26,6 +26,6 @@ pub mod sim;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use agent::{Agent, AgentContext, AgentError, AgentInput, Progress};
+pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
 pub use email::{Outbox, OutboxMessage};
 pub use registry::{BUILTIN_KINDS, builtin_agents};

@@ -16,12 +16,13 @@
 //!    against the task's cancellation token.
 //! 4. Fails with `simulated_failure` with probability `fail_rate` (after the
 //!    wait, as a real provider's error costs its round trip too).
-//! 5. Burns `cpu_ms` of CPU on a blocking thread (`spawn_blocking`), never on
-//!    an async worker. A process-wide semaphore sized to the machine's
-//!    parallelism bounds how many burns run at once, so they never
-//!    oversubscribe the cores. The burn loop polls a shared flag that is set
-//!    when the token fires or the run's future is dropped, so abandoned work
-//!    stops within microseconds instead of running to completion.
+//! 5. Burns `cpu_ms` of CPU on the engine's bounded CPU pool
+//!    ([`swarm_sched::cpu::CpuPool`], `[cpu_pool]` in the configuration),
+//!    never on an async worker, so `/health` stays fast while burns run. A
+//!    full pool queue is reported as `Overloaded` (back-pressure for the
+//!    limiter). The burn loop polls a flag that is set when the token fires
+//!    or the run's future is dropped, so abandoned work stops within
+//!    microseconds instead of running to completion.
 //!
 //! The result is `{"latency_ms", "cpu_ms", "group", "inflight_at_start",
 //! "capacity"}` where `latency_ms` is the wait actually applied.
@@ -34,7 +35,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use swarm_core::FieldError;
-use tokio::sync::Semaphore;
+use swarm_sched::cpu::{CpuError, CpuPool};
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 
@@ -210,17 +211,17 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The process-wide bound on concurrent CPU burns: one per available core.
-fn shared_cpu_slots() -> Arc<Semaphore> {
-    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    SLOTS
-        .get_or_init(|| {
-            let n = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            Arc::new(Semaphore::new(n))
-        })
-        .clone()
+/// The process-wide CPU pool of agents built with [`SimAgent::new`]: one
+/// thread per core, so burns never oversubscribe the machine.
+fn shared_cpu_pool() -> CpuPool {
+    static POOL: OnceLock<CpuPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        CpuPool::new(n, 4096, "sim-cpu")
+    })
+    .clone()
 }
 
 /// Burns CPU for `ms` of wall time on the current (blocking) thread, checking
@@ -228,12 +229,12 @@ fn shared_cpu_slots() -> Arc<Semaphore> {
 ///
 /// This measures real elapsed time with `std::time::Instant` on purpose: it
 /// stands for actual computation, which a paused test clock cannot shorten.
-fn burn_cpu(ms: u64, stop: &AtomicBool) -> bool {
+fn burn_cpu(ms: u64, stop: impl Fn() -> bool) -> bool {
     let start = std::time::Instant::now();
     let budget = Duration::from_millis(ms);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop() {
             return false;
         }
         if start.elapsed() >= budget {
@@ -253,7 +254,7 @@ fn burn_cpu(ms: u64, stop: &AtomicBool) -> bool {
 /// Simulated LLM provider.
 pub struct SimAgent {
     groups: GroupTable,
-    cpu_slots: Arc<Semaphore>,
+    cpu: CpuPool,
 }
 
 impl Default for SimAgent {
@@ -263,21 +264,23 @@ impl Default for SimAgent {
 }
 
 impl SimAgent {
-    /// Builds the agent; CPU burns share the process-wide, core-sized bound.
+    /// Builds the agent; CPU burns share a process-wide, core-sized pool.
     pub fn new() -> Self {
-        Self::with_cpu_slots_from(shared_cpu_slots())
+        Self::with_cpu_pool(shared_cpu_pool())
     }
 
-    /// Builds the agent with its own bound of `slots` concurrent CPU burns
-    /// (at least 1), for embedding next to other CPU-heavy work.
+    /// Builds the agent with its own pool of `slots` burn threads (at least
+    /// 1).
     pub fn with_cpu_slots(slots: usize) -> Self {
-        Self::with_cpu_slots_from(Arc::new(Semaphore::new(slots.max(1))))
+        Self::with_cpu_pool(CpuPool::new(slots.max(1), 4096, "sim-cpu"))
     }
 
-    fn with_cpu_slots_from(cpu_slots: Arc<Semaphore>) -> Self {
+    /// Builds the agent burning CPU on `cpu` (the engine passes its
+    /// configured `[cpu_pool]`).
+    pub fn with_cpu_pool(cpu: CpuPool) -> Self {
         Self {
             groups: Arc::new(Mutex::new(HashMap::new())),
-            cpu_slots,
+            cpu,
         }
     }
 
@@ -287,9 +290,10 @@ impl SimAgent {
         map.get(group).copied().unwrap_or(0)
     }
 
-    /// CPU-burn slots free right now.
+    /// CPU-burn threads idle right now.
     pub fn cpu_slots_available(&self) -> usize {
-        self.cpu_slots.available_permits()
+        let st = self.cpu.stats();
+        st.threads.saturating_sub(st.busy)
     }
 
     async fn run_inner(&self, ctx: AgentContext, args: SimArgs) -> Result<Value, AgentError> {
@@ -336,26 +340,24 @@ impl SimAgent {
         }))
     }
 
-    /// Burns `ms` of CPU on a blocking thread under the CPU-slot bound.
+    /// Burns `ms` of CPU on the bounded CPU pool, never on an async worker.
     async fn burn(
         &self,
         ctx: &AgentContext,
         ms: u64,
         stop: Arc<AtomicBool>,
     ) -> Result<(), AgentError> {
-        let permit = tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => return Err(AgentError::cancelled()),
-            p = self.cpu_slots.clone().acquire_owned() => p
-                .map_err(|_| AgentError::failed("cpu_pool_closed", "the CPU pool is closed"))?,
-        };
         let flag = stop.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            // The permit travels with the work: it frees only when the burn
-            // itself ends, not when an abandoned future stops waiting for it.
-            let _permit = permit;
-            burn_cpu(ms, &flag)
-        });
+        let job = self
+            .cpu
+            .spawn(move |cancel| {
+                burn_cpu(ms, || flag.load(Ordering::Relaxed) || cancel.is_cancelled())
+            })
+            // A full pool is back-pressure, like a provider's 429.
+            .map_err(|_| AgentError::Overloaded {
+                message: "the CPU pool's queue is full".into(),
+                retry_after: None,
+            })?;
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => {
@@ -364,7 +366,7 @@ impl SimAgent {
             }
             done = job => match done {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(AgentError::cancelled()),
+                Ok(false) | Err(CpuError::Cancelled) => Err(AgentError::cancelled()),
                 Err(e) => Err(AgentError::failed("cpu_burn_failed", e.to_string())),
             },
         }

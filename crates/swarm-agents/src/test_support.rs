@@ -40,6 +40,7 @@ pub(crate) fn ctx() -> AgentContext {
         instance: "test-0".into(),
         deadline: Instant::now() + Duration::from_secs(3600),
         cancel: CancellationToken::new(),
+        children: None,
         progress: Progress::default(),
     }
 }

@@ -34,6 +34,7 @@ fn ctx() -> AgentContext {
         instance: "email-0".into(),
         deadline: Instant::now() + Duration::from_secs(30),
         cancel: CancellationToken::new(),
+        children: None,
         progress: Progress::default(),
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
+pub use swarm_sched::limit::{Algorithm, LimitConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -27,6 +28,11 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// Outbound mail; without it the email agent writes to the outbox.
     pub smtp: Option<SmtpConfig>,
+    /// Admission control: tenant quotas, the process-wide cap, resource
+    /// thresholds.
+    pub admission: AdmissionConfig,
+    /// The bounded thread pool for blocking and CPU-heavy agent work.
+    pub cpu_pool: CpuPoolConfig,
     /// API keys. None configured: `X-Tenant` names the tenant.
     pub tenants: Vec<TenantConfig>,
 }
@@ -40,6 +46,8 @@ impl Default for Config {
             director: DirectorConfig::default(),
             pools: builtin_pools(),
             smtp: None,
+            admission: AdmissionConfig::default(),
+            cpu_pool: CpuPoolConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -47,7 +55,7 @@ impl Default for Config {
 
 /// The built-in departments, one per built-in agent.
 pub fn builtin_pools() -> BTreeMap<String, PoolConfig> {
-    ["communications", "email", "sim", "echo"]
+    ["communications", "reviewers", "email", "sim", "echo"]
         .into_iter()
         .map(|n| (n.to_string(), PoolConfig::default()))
         .collect()
@@ -66,6 +74,15 @@ pub struct ServerConfig {
     /// How long shutdown waits for running tasks before handing them back to
     /// the queue.
     pub shutdown_grace_ms: u64,
+    /// A connection must deliver a request's headers within this, ms (also
+    /// bounds a new connection that sends nothing).
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive within this, ms.
+    pub body_read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this, ms.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +92,10 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             max_wait_ms: 60_000,
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 20_000,
         }
     }
 }
@@ -188,12 +209,15 @@ pub struct PoolConfig {
     /// Agent kind (`communications`, `email`, `sim`, `echo`); default: the
     /// pool's own name.
     pub agent: Option<String>,
-    /// Tasks run at once; default by agent kind.
+    /// Shorthand for a fixed limit: exactly this many tasks run at once.
+    /// Without it (and without `[limit]`), the limit is adaptive.
     pub concurrency: Option<usize>,
     /// Agent instances the pool spreads work over (named `<pool>-<n>`).
     pub replicas: Option<usize>,
-    /// Queued tasks beyond which submissions are refused with 503.
-    pub queue_capacity: Option<usize>,
+    /// The queue: bound and queue-delay shedding.
+    pub queue: QueueConfig,
+    /// The adaptive concurrency limit; defaults by agent kind.
+    pub limit: Option<LimitConfig>,
     /// Deadline given to tasks that set no `timeout_ms`.
     pub default_timeout_ms: Option<u64>,
     /// Largest `timeout_ms` accepted (422 beyond).
@@ -206,25 +230,33 @@ impl PoolConfig {
         self.agent.as_deref().unwrap_or(pool)
     }
 
-    /// Concurrency, defaulting by agent kind: waiting-bound agents (sim,
-    /// echo) get many slots, mail-sending ones fewer.
-    pub fn concurrency_or_default(&self, pool: &str) -> usize {
-        self.concurrency.unwrap_or(match self.agent_kind(pool) {
-            "sim" | "echo" => 1024,
-            "communications" => 128,
-            "email" => 16,
-            _ => 64,
-        })
+    /// The limiter this pool runs with: `concurrency` as a fixed limit,
+    /// else `[limit]`, else the default by agent kind — `echo` (no backend
+    /// to protect) gets a fixed 1024, others an adaptive limit whose ceiling
+    /// suits the kind.
+    pub fn limit_or_default(&self, pool: &str) -> LimitConfig {
+        if let Some(n) = self.concurrency {
+            return LimitConfig::fixed(n);
+        }
+        if let Some(l) = &self.limit {
+            return l.clone();
+        }
+        let max = match self.agent_kind(pool) {
+            "echo" => return LimitConfig::fixed(1024),
+            "sim" => 1024,
+            "communications" | "reviewers" => 256,
+            "email" => 32,
+            _ => 128,
+        };
+        LimitConfig {
+            max,
+            ..LimitConfig::default()
+        }
     }
 
     /// Instances, default 1.
     pub fn replicas_or_default(&self) -> usize {
         self.replicas.unwrap_or(1)
-    }
-
-    /// Queue bound, default 100,000.
-    pub fn queue_capacity_or_default(&self) -> usize {
-        self.queue_capacity.unwrap_or(100_000)
     }
 
     /// Default deadline, 30 s.
@@ -235,6 +267,94 @@ impl PoolConfig {
     /// Largest deadline, 1 h.
     pub fn max_timeout_or_default(&self) -> u64 {
         self.max_timeout_ms.unwrap_or(3_600_000)
+    }
+}
+
+/// A pool's queue.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queued tasks beyond which submissions are refused with 503.
+    pub capacity: usize,
+    /// CoDel target, ms: when the smallest queueing delay over `interval_ms`
+    /// stays above this, new submissions are refused (503) until the queue
+    /// drains below it. Unset: half the pool's measured no-load run time
+    /// (at least 5 ms), so a task waits about half a service time at most
+    /// in a standing queue. 0 turns queue-delay shedding off.
+    pub target_delay_ms: Option<u64>,
+    /// CoDel interval, ms.
+    pub interval_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            target_delay_ms: None,
+            interval_ms: 100,
+        }
+    }
+}
+
+/// Admission control for the whole process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Queued plus running tasks one tenant may have at once, all pools
+    /// together; beyond it, 429. Per-tenant `max_outstanding` overrides it.
+    pub tenant_max_outstanding: usize,
+    /// Tasks running at once in the whole process, all pools together.
+    pub global_max_inflight: usize,
+    /// Process CPU (percent of all cores) above which the global cap is
+    /// lowered; 0 turns it off.
+    pub cpu_high_pct: f64,
+    /// Process resident memory (MiB) above which the global cap is lowered
+    /// and submissions refused; 0 turns it off.
+    pub rss_high_mib: u64,
+    /// How often process CPU and memory are sampled, ms.
+    pub sample_ms: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            tenant_max_outstanding: 100_000,
+            global_max_inflight: 4_096,
+            cpu_high_pct: 0.0,
+            rss_high_mib: 0,
+            sample_ms: 1_000,
+        }
+    }
+}
+
+/// The thread pool for blocking, CPU-heavy agent work.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuPoolConfig {
+    /// Threads; 0 = one fewer than the cores (at least 1), so the async
+    /// workers always keep a core.
+    pub threads: usize,
+    /// Jobs waiting for a thread beyond which new ones are refused.
+    pub queue: usize,
+}
+
+impl Default for CpuPoolConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            queue: 1_024,
+        }
+    }
+}
+
+impl CpuPoolConfig {
+    /// Threads to start.
+    pub fn threads_or_default(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        cores.saturating_sub(1).max(1)
     }
 }
 
@@ -299,6 +419,16 @@ pub struct TenantConfig {
     pub role: Role,
     /// Lower-case hex SHA-256 of the key (`swarmd hash-key` prints it).
     pub key_sha256: String,
+    /// Share of a pool this tenant gets when tenants compete (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Overrides `admission.tenant_max_outstanding` for this tenant.
+    #[serde(default)]
+    pub max_outstanding: Option<usize>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_role() -> Role {
@@ -388,8 +518,20 @@ impl Config {
             if pool.replicas == Some(0) {
                 return Err(cfg_err(key("replicas"), "must be at least 1"));
             }
-            if pool.queue_capacity == Some(0) {
-                return Err(cfg_err(key("queue_capacity"), "must be at least 1"));
+            if pool.queue.capacity == 0 {
+                return Err(cfg_err(key("queue.capacity"), "must be at least 1"));
+            }
+            if pool.queue.interval_ms == 0 {
+                return Err(cfg_err(key("queue.interval_ms"), "must be at least 1"));
+            }
+            if pool.concurrency.is_some() && pool.limit.is_some() {
+                return Err(cfg_err(
+                    key("limit"),
+                    "give either `concurrency` (a fixed limit) or `[limit]`, not both",
+                ));
+            }
+            if let Some(l) = &pool.limit {
+                l.validate().map_err(|m| cfg_err(key("limit"), m))?;
             }
             if pool.default_timeout_or_default() == 0
                 || pool.default_timeout_or_default() > pool.max_timeout_or_default()
@@ -450,6 +592,35 @@ impl Config {
             }
             names.insert(t.name.clone());
         }
+        if self.admission.global_max_inflight == 0 {
+            return Err(cfg_err(
+                "admission.global_max_inflight",
+                "must be at least 1",
+            ));
+        }
+        if self.admission.tenant_max_outstanding == 0 {
+            return Err(cfg_err(
+                "admission.tenant_max_outstanding",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.admission.cpu_high_pct) {
+            return Err(cfg_err("admission.cpu_high_pct", "must be 0-100"));
+        }
+        if self.admission.sample_ms < 10 {
+            return Err(cfg_err("admission.sample_ms", "must be at least 10"));
+        }
+        if self.cpu_pool.queue == 0 {
+            return Err(cfg_err("cpu_pool.queue", "must be at least 1"));
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.weight == 0 {
+                return Err(cfg_err(
+                    format!("tenants[{i}].weight"),
+                    "must be at least 1",
+                ));
+            }
+        }
         if let Some(smtp) = &self.smtp {
             if smtp.host.is_empty() {
                 return Err(cfg_err("smtp.host", "must not be empty"));
@@ -466,14 +637,14 @@ impl Config {
 mod tests {
     use super::*;
 
-    const KINDS: &[&str] = &["communications", "email", "sim", "echo"];
+    const KINDS: &[&str] = &["communications", "reviewers", "email", "sim", "echo"];
 
     #[test]
     fn empty_file_is_the_embedded_default() {
         let cfg = Config::from_toml("").unwrap();
         assert_eq!(cfg, Config::default());
         cfg.validate(KINDS).unwrap();
-        assert_eq!(cfg.pools.len(), 4);
+        assert_eq!(cfg.pools.len(), 5);
         assert_eq!(cfg.director.types["email"], "communications");
     }
 
@@ -484,10 +655,21 @@ mod tests {
         )
         .unwrap();
         cfg.validate(KINDS).unwrap();
-        assert_eq!(cfg.pools["sim"].concurrency_or_default("sim"), 4);
+        assert_eq!(
+            cfg.pools["sim"].limit_or_default("sim"),
+            LimitConfig::fixed(4)
+        );
         assert_eq!(cfg.pools["fast"].agent_kind("fast"), "sim");
         assert_eq!(cfg.pools["fast"].replicas_or_default(), 3);
-        assert_eq!(cfg.pools["echo"].concurrency_or_default("echo"), 1024);
+        assert_eq!(
+            cfg.pools["echo"].limit_or_default("echo"),
+            LimitConfig::fixed(1024)
+        );
+        let adaptive = cfg.pools["communications"].limit_or_default("communications");
+        assert_eq!(
+            (adaptive.algorithm, adaptive.max),
+            (Algorithm::default(), 256)
+        );
     }
 
     #[test]
@@ -535,5 +717,77 @@ mod tests {
         cfg.validate(KINDS).unwrap();
         assert_eq!(cfg.tenants[0].role, Role::Client);
         assert_eq!(cfg.tenants[1].role, Role::Admin);
+    }
+
+    #[test]
+    fn concurrency_settings_parse_and_are_checked() {
+        let cfg = Config::from_toml(
+            "[admission]\ntenant_max_outstanding = 5\nglobal_max_inflight = 100\ncpu_high_pct = 80\n\
+             [cpu_pool]\nthreads = 3\nqueue = 16\n\
+             [pools.llm]\nagent = \"sim\"\n[pools.llm.queue]\ncapacity = 10\ntarget_delay_ms = 50\n\
+             [pools.llm.limit]\nalgorithm = \"vegas\"\ninitial = 4\nmax = 64\n",
+        )
+        .unwrap();
+        cfg.validate(KINDS).unwrap();
+        assert_eq!(cfg.admission.tenant_max_outstanding, 5);
+        assert_eq!(cfg.cpu_pool.threads_or_default(), 3);
+        let llm = &cfg.pools["llm"];
+        assert_eq!(
+            (llm.queue.capacity, llm.queue.target_delay_ms),
+            (10, Some(50))
+        );
+        let l = llm.limit_or_default("llm");
+        assert_eq!((l.algorithm, l.initial, l.max), (Algorithm::Vegas, 4, 64));
+        assert_eq!(cfg.pools["email"].limit_or_default("email").max, 32);
+        assert!(CpuPoolConfig::default().threads_or_default() >= 1);
+
+        let bad = |toml: &str| {
+            Config::from_toml(toml)
+                .unwrap()
+                .validate(KINDS)
+                .unwrap_err()
+                .key
+        };
+        assert_eq!(
+            bad("[pools.x]\nagent = \"sim\"\n[pools.x.limit]\nmin = 10\nmax = 5\ninitial = 7\n"),
+            "pools.x.limit"
+        );
+        assert_eq!(
+            bad(
+                "[pools.x]\nagent = \"sim\"\nconcurrency = 4\n[pools.x.limit]\nalgorithm = \"aimd\"\n"
+            ),
+            "pools.x.limit"
+        );
+        assert_eq!(
+            bad("[pools.x]\nagent = \"sim\"\n[pools.x.queue]\ncapacity = 0\n"),
+            "pools.x.queue.capacity"
+        );
+        assert_eq!(
+            bad("[pools.x]\nagent = \"sim\"\n[pools.x.queue]\ninterval_ms = 0\n"),
+            "pools.x.queue.interval_ms"
+        );
+        assert_eq!(
+            bad("[admission]\nglobal_max_inflight = 0\n"),
+            "admission.global_max_inflight"
+        );
+        assert_eq!(
+            bad("[admission]\ntenant_max_outstanding = 0\n"),
+            "admission.tenant_max_outstanding"
+        );
+        assert_eq!(
+            bad("[admission]\ncpu_high_pct = 120\n"),
+            "admission.cpu_high_pct"
+        );
+        assert_eq!(bad("[admission]\nsample_ms = 1\n"), "admission.sample_ms");
+        assert_eq!(bad("[cpu_pool]\nqueue = 0\n"), "cpu_pool.queue");
+        let key = "a".repeat(64);
+        assert_eq!(
+            bad(&format!(
+                "[[tenants]]\nname = \"t\"\nkey_sha256 = \"{key}\"\nweight = 0\n"
+            )),
+            "tenants[0].weight"
+        );
+        let unknown = Config::from_toml("[pools.x.limit]\nalgoritm = \"aimd\"\n").unwrap_err();
+        assert!(unknown.to_string().contains("algoritm"), "{unknown}");
     }
 }

@@ -224,7 +224,83 @@ async fn apply(db: &Db, ops: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
             })));
         }
 
+        // The hot path — starts, and completions of running tasks — goes as
+        // one multi-row UPDATE … FROM (VALUES …) per chunk instead of a
+        // statement per task: per-statement overhead (a round trip to
+        // SQLite's worker thread or over the network to PostgreSQL) was the
+        // writer's main cost. A second op on the same id in one batch is left
+        // to the one-by-one path below, so the join never sees duplicates.
+        let mut seen: HashSet<&str> = HashSet::new();
+        let starts: Vec<usize> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::Start { id, .. } if seen.insert(id.as_str())))
+            .map(|(i, _)| i)
+            .collect();
+        for chunk in starts.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "UPDATE tasks SET status = 'running', instance = v.column2, started_at = v.column3, \
+                 attempts = tasks.attempts + 1 FROM (",
+            );
+            qb.push_values(chunk, |mut b, i| {
+                if let Op::Start { id, instance, at, owner, .. } = &ops[*i] {
+                    b.push_bind(id.clone()).push_bind(instance.clone()).push_bind(*at).push_bind(owner.clone());
+                }
+            });
+            qb.push(
+                ") AS v WHERE tasks.id = v.column1 AND tasks.status = 'queued' AND tasks.owner = v.column4 \
+                 RETURNING tasks.id, tasks.attempts",
+            );
+            let mut started: HashMap<String, i64> = HashMap::new();
+            for row in qb.build().fetch_all(&mut *tx).await? {
+                started.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+            for i in chunk {
+                if let Op::Start { id, .. } = &ops[*i] {
+                    answers[*i] = Some(Answer::Start(started.get(id).copied()));
+                }
+            }
+        }
+        let mut seen: HashSet<String> = HashSet::new();
+        let finishes: Vec<usize> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| {
+                matches!(op, Op::Finish(f, _) if f.expect == Expect::Running && seen.insert(f.id.to_string()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for chunk in finishes.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "UPDATE tasks SET status = v.column2, result = v.column3, error = v.column4, \
+                 finished_at = v.column5, timings = v.column6, owner = NULL, cancel_requested = FALSE FROM (",
+            );
+            qb.push_values(chunk, |mut b, i| {
+                if let Op::Finish(f, _) = &ops[*i] {
+                    b.push_bind(f.id.to_string())
+                        .push_bind(f.status.as_str())
+                        .push_bind(f.result.as_ref().map(to_json))
+                        .push_bind(f.error.as_ref().map(to_json))
+                        .push_bind(f.finished_at)
+                        .push_bind(to_json(&f.timings));
+                }
+            });
+            qb.push(") AS v WHERE tasks.id = v.column1 AND tasks.status = 'running' RETURNING tasks.id");
+            let mut done: HashSet<String> = HashSet::new();
+            for row in qb.build().fetch_all(&mut *tx).await? {
+                done.insert(row.try_get::<String, _>(0)?);
+            }
+            for i in chunk {
+                if let Op::Finish(f, _) = &ops[*i] {
+                    answers[*i] = Some(Answer::Bool(done.contains(&f.id.to_string())));
+                }
+            }
+        }
+
         for (i, op) in ops.iter().enumerate() {
+            if answers[i].is_some() {
+                continue;
+            }
             let answer = match op {
                 Op::Insert(..) => continue,
                 Op::Start { id, instance, at, owner, .. } => {

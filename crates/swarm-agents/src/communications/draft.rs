@@ -75,6 +75,26 @@ impl Draft {
         .join("\n\n")
     }
 
+    /// Reads a draft written by [`Draft::to_json`].
+    pub fn from_json(v: &Value) -> Option<Self> {
+        let list = |k: &str| -> Option<Vec<String>> {
+            match &v[k] {
+                Value::Null => Some(Vec::new()),
+                Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+                _ => None,
+            }
+        };
+        let opt = |k: &str| v[k].as_str().map(str::to_string);
+        Some(Self {
+            to: list("to")?,
+            cc: list("cc")?,
+            subject: v["subject"].as_str().unwrap_or_default().to_string(),
+            greeting: opt("greeting"),
+            body: v["body"].as_str()?.to_string(),
+            signoff: opt("signoff"),
+        })
+    }
+
     /// The draft as JSON.
     pub fn to_json(&self) -> Value {
         json!({

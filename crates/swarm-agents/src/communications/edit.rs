@@ -27,6 +27,13 @@ impl PartPath {
         }
     }
 
+    /// The part a JSON Pointer names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Subject, Self::Greeting, Self::Body, Self::Signoff]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+
     /// Greeting and sign-off may be absent; subject and body always exist.
     pub(super) fn optional(self) -> bool {
         matches!(self, PartPath::Greeting | PartPath::Signoff)
@@ -43,6 +50,14 @@ pub enum Op {
 }
 
 impl Op {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "add" => Some(Op::Add),
+            "replace" => Some(Op::Replace),
+            _ => None,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Op::Add => "add",
@@ -81,6 +96,17 @@ impl Rule {
             Rule::Truncate => "length",
         }
     }
+
+    fn parse(s: &str, prefix: Option<String>) -> Option<Self> {
+        Some(match s {
+            "tone" => Rule::Tone,
+            "greeting" => Rule::Greeting,
+            "signoff" => Rule::Signoff,
+            "subject_summary" => Rule::SubjectSummary { prefix },
+            "length" => Rule::Truncate,
+            _ => return None,
+        })
+    }
 }
 
 /// One suggested edit.
@@ -99,14 +125,33 @@ pub struct Edit {
 }
 
 impl Edit {
-    /// The edit as JSON (`op`, `path`, `value`, `reason`, `rule`).
+    /// The edit as JSON (`op`, `path`, `value`, `reason`, `rule`, and the
+    /// kept `prefix` of a subject summary).
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "op": self.op.as_str(),
             "path": self.path.as_str(),
             "value": self.value,
             "reason": self.reason,
             "rule": self.rule.as_str(),
+        });
+        if let Rule::SubjectSummary { prefix: Some(p) } = &self.rule {
+            v["prefix"] = json!(p);
+        }
+        v
+    }
+
+    /// Reads an edit written by [`Edit::to_json`] (a child task's answer).
+    pub fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            op: Op::parse(v["op"].as_str()?)?,
+            path: PartPath::parse(v["path"].as_str()?)?,
+            value: v["value"].as_str()?.to_string(),
+            reason: v["reason"].as_str().unwrap_or_default().to_string(),
+            rule: Rule::parse(
+                v["rule"].as_str()?,
+                v["prefix"].as_str().map(str::to_string),
+            )?,
         })
     }
 }
@@ -129,6 +174,33 @@ impl Review {
             "reviewer": self.reviewer,
             "edits": self.edits.iter().map(Edit::to_json).collect::<Vec<_>>(),
             "notes": self.notes,
+        })
+    }
+
+    /// Reads a review written by [`Review::to_json`] from a known reviewer.
+    pub fn from_json(v: &Value) -> Option<Self> {
+        let reviewer = match v["reviewer"].as_str()? {
+            "tone" => super::TONE,
+            "structure" => super::STRUCTURE,
+            _ => return None,
+        };
+        let edits = v["edits"]
+            .as_array()?
+            .iter()
+            .map(Edit::from_json)
+            .collect::<Option<Vec<_>>>()?;
+        let notes = v["notes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            reviewer,
+            edits,
+            notes,
         })
     }
 }
