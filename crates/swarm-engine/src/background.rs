@@ -69,3 +69,93 @@ pub(crate) async fn heartbeat(engine: Engine) {
         }
     }
 }
+
+/// How often pools are tended: drain rates, expired queued tasks, the
+/// automatic CoDel target.
+const TEND: Duration = Duration::from_millis(250);
+
+/// The governor: tends the pools every [`TEND`], and every
+/// `admission.sample_ms` reads process CPU and memory and moves the global
+/// cap (lowered while over a threshold, restored after; see
+/// [`crate::admission::next_cap`]).
+pub(crate) async fn governor(engine: Engine) {
+    let inner = &engine.inner;
+    let adm = &inner.cfg.admission;
+    let sample_every = Duration::from_millis(adm.sample_ms);
+    let mut ticker = tokio::time::interval(TEND);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = tokio::time::Instant::now();
+    let mut last_sample: Option<(tokio::time::Instant, f64)> = None;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = inner.stop_dispatch.cancelled() => return,
+        }
+        let now = tokio::time::Instant::now();
+        let elapsed = now - last_tick;
+        last_tick = now;
+        let wall_ms = now_ms();
+        for pool in inner.pools.values() {
+            pool.drain.tick(elapsed);
+            pool.retune_codel();
+            for q in pool.take_expired(wall_ms) {
+                inner
+                    .runs
+                    .spawn(crate::run::expire(inner.clone(), pool.clone(), q));
+            }
+        }
+        let due = last_sample.is_none_or(|(at, _)| now - at >= sample_every);
+        if !due {
+            continue;
+        }
+        let Some((cpu_s, rss)) = crate::admission::read_self_usage() else {
+            continue;
+        };
+        let cpu_pct = match last_sample {
+            Some((at, prev)) => {
+                let wall = (now - at).as_secs_f64().max(1e-3);
+                ((cpu_s - prev) / wall / cores * 100.0).max(0.0)
+            }
+            None => 0.0,
+        };
+        last_sample = Some((now, cpu_s));
+        let rss_mib = rss as f64 / (1024.0 * 1024.0);
+        let cpu_high = adm.cpu_high_pct > 0.0 && cpu_pct > adm.cpu_high_pct;
+        let rss_high = adm.rss_high_mib > 0 && rss_mib > adm.rss_high_mib as f64;
+        let was = {
+            let mut r = inner.resources.lock().unwrap_or_else(|p| p.into_inner());
+            let was = (r.cpu_high, r.rss_high);
+            *r = crate::admission::ResourceReading {
+                cpu_pct,
+                rss_mib,
+                cpu_high,
+                rss_high,
+            };
+            was
+        };
+        let snap = inner.global.snapshot();
+        let cap = crate::admission::next_cap(
+            snap.cap,
+            snap.in_flight,
+            adm.global_max_inflight,
+            cpu_high || rss_high,
+        );
+        inner.global.set_cap(cap);
+        if was != (cpu_high, rss_high) {
+            if cpu_high || rss_high {
+                warn!(
+                    cpu_pct,
+                    rss_mib,
+                    ?cap,
+                    "resources over threshold: lowering the global cap"
+                );
+            } else {
+                info!(
+                    cpu_pct,
+                    rss_mib, "resources back under threshold: restoring the global cap"
+                );
+            }
+        }
+    }
+}

@@ -1,18 +1,20 @@
 //! The engine: the life of a task from admission to its stored outcome.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Value, json};
-use swarm_agents::{BUILTIN_KINDS, Outbox, OutboxMessage, builtin_agents};
+use swarm_agents::{AgentError, BUILTIN_KINDS, Outbox, OutboxMessage, builtin_agents};
 use swarm_core::clock::now_ms;
 use swarm_core::config::Config;
 use swarm_core::task::SpecLimits;
 use swarm_core::{FieldError, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};
+use swarm_sched::cpu::{CpuPool, CpuPoolStats};
+use swarm_sched::limit::{Classify, LimitConfig, Limiter, LimiterSnapshot};
 use swarm_store::{Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -20,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admission::{ResourceReading, TenantLedger};
 use crate::director::Director;
 use crate::error::EngineError;
 use crate::hub::{Hub, TaskEvent};
 use crate::pool::{Pool, PoolStatus, Queued};
+use crate::run::OverloadClassifier;
 use crate::{background, run};
 
 /// Who is asking: reads and cancels are limited to the caller's tenant
@@ -87,6 +91,13 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// Tasks this process is tracking (queued or running here).
     pub live_tasks: usize,
+    /// The process-wide cap on running tasks (`admission.global_max_inflight`,
+    /// lowered by the resource governor while CPU or memory is high).
+    pub global: LimiterSnapshot,
+    /// Process CPU and memory as last sampled.
+    pub resources: ResourceReading,
+    /// The thread pool for blocking, CPU-heavy agent work.
+    pub cpu_pool: CpuPoolStats,
     /// Whether shutdown has begun.
     pub draining: bool,
 }
@@ -120,6 +131,18 @@ pub(crate) struct Inner {
     pub(crate) stop_runs: CancellationToken,
     pub(crate) runs: TaskTracker,
     background: TaskTracker,
+    /// The process-wide cap on running tasks.
+    pub(crate) global: Limiter,
+    /// Outstanding tasks per tenant (quotas).
+    pub(crate) tenants: Arc<TenantLedger>,
+    /// Per-tenant quota overrides.
+    quotas: HashMap<String, usize>,
+    /// Maps a run's result to the limiter's success / drop / ignore.
+    pub(crate) classifier: Arc<dyn Classify<Result<Value, AgentError>>>,
+    /// Last resource sample.
+    pub(crate) resources: Mutex<ResourceReading>,
+    /// Blocking, CPU-heavy agent work runs here.
+    pub(crate) cpu: CpuPool,
 }
 
 /// The running engine; cheap to clone.
@@ -211,15 +234,31 @@ pub(crate) fn ms(d: Duration) -> f64 {
 
 impl Engine {
     /// Builds pools and agents, takes over unfinished tasks, and starts the
-    /// dispatchers and background loops.
+    /// dispatchers and background loops; limiters learn from runs through
+    /// the default [`OverloadClassifier`].
     pub async fn start(cfg: Config, store: Store) -> Result<Self, EngineError> {
+        Self::start_with_classifier(cfg, store, Arc::new(OverloadClassifier)).await
+    }
+
+    /// As [`Engine::start`], with the classifier that tells the limiters
+    /// which results are back-pressure.
+    pub async fn start_with_classifier(
+        cfg: Config,
+        store: Store,
+        classifier: Arc<dyn Classify<Result<Value, AgentError>>>,
+    ) -> Result<Self, EngineError> {
         cfg.validate(BUILTIN_KINDS)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let node_id = cfg
             .node_id
             .clone()
             .unwrap_or_else(|| default_node_id(store.backend(), &cfg.server.listen));
-        let agents = builtin_agents(&cfg, Arc::new(StoreOutbox(store.clone())))
+        let cpu = CpuPool::new(
+            cfg.cpu_pool.threads_or_default(),
+            cfg.cpu_pool.queue,
+            "swarmd-cpu",
+        );
+        let agents = builtin_agents(&cfg, Arc::new(StoreOutbox(store.clone())), cpu.clone())
             .map_err(EngineError::Internal)?;
         let mut pools = BTreeMap::new();
         for (name, pc) in &cfg.pools {
@@ -228,8 +267,17 @@ impl Engine {
                 .get(kind)
                 .cloned()
                 .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?;
-            pools.insert(name.clone(), Arc::new(Pool::new(name, pc, agent)));
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool::new(name, pc, &cfg.tenants, agent)),
+            );
         }
+        let quotas = cfg
+            .tenants
+            .iter()
+            .filter_map(|t| t.max_outstanding.map(|m| (t.name.clone(), m)))
+            .collect();
+        let global = Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight));
         let inner = Arc::new(Inner {
             director: Director::new(&cfg),
             cfg,
@@ -242,6 +290,12 @@ impl Engine {
             stop_runs: CancellationToken::new(),
             runs: TaskTracker::new(),
             background: TaskTracker::new(),
+            global,
+            tenants: Arc::new(TenantLedger::default()),
+            quotas,
+            classifier,
+            resources: Mutex::new(ResourceReading::default()),
+            cpu,
         });
         let engine = Engine { inner };
         engine.recover().await?;
@@ -255,6 +309,10 @@ impl Engine {
             .inner
             .background
             .spawn(background::heartbeat(engine.clone()));
+        engine
+            .inner
+            .background
+            .spawn(background::governor(engine.clone()));
         Ok(engine)
     }
 
@@ -277,10 +335,12 @@ impl Engine {
         match inner.pools.get(&task.department) {
             Some(pool) => {
                 inner.hub.register(task.clone());
+                let slot = inner.tenants.take(&task.tenant);
                 pool.push(Queued {
                     task,
                     enqueued_at: Instant::now(),
                     accepted_at: None,
+                    slot,
                 });
             }
             None => {
@@ -350,16 +410,46 @@ impl Engine {
             )
             .into());
         }
-        if pool.is_full() {
-            pool.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        // Admission, from memory, before anything is stored.
+        if inner
+            .resources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rss_high
+        {
+            pool.counters
+                .rejected_process
+                .fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::Overloaded {
+                code: "process_overloaded",
                 message: format!(
-                    "department `{}` has {} tasks queued (its bound); retry later",
-                    pool.name, pool.capacity
+                    "the server's memory is over its threshold ({} MiB); retry later",
+                    inner.cfg.admission.rss_high_mib
                 ),
-                retry_after_s: 1,
+                retry_after_s: 5,
             });
         }
+        let quota = inner
+            .quotas
+            .get(&sub.tenant)
+            .copied()
+            .unwrap_or(inner.cfg.admission.tenant_max_outstanding);
+        let slot = match inner.tenants.try_take(&sub.tenant, quota) {
+            Ok(slot) => slot,
+            Err(n) => {
+                pool.counters.rejected_quota.fetch_add(1, Ordering::Relaxed);
+                return Err(EngineError::QuotaExceeded {
+                    message: format!(
+                        "tenant `{}` has {n} tasks queued or running, its quota; retry when some finish",
+                        sub.tenant
+                    ),
+                    // The tenant's excess drains at its share of the pool's
+                    // rate at best; one slot frees in about this long.
+                    retry_after_s: pool.drain.retry_after_s(1),
+                });
+            }
+        };
+        pool.admit(Duration::from_millis(timeout_ms), &sub.tenant)?;
         let now = now_ms();
         let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
         let task = Task {
@@ -406,6 +496,7 @@ impl Engine {
                     task: task.clone(),
                     enqueued_at: Instant::now(),
                     accepted_at: Some(sub.received_at),
+                    slot,
                 });
                 Ok(Submitted {
                     task,
@@ -627,6 +718,9 @@ impl Engine {
             pools: inner.pools.values().map(|p| p.status()).collect(),
             live_tasks: inner.hub.len(),
             draining: inner.stop_dispatch.is_cancelled(),
+            global: inner.global.snapshot(),
+            resources: *inner.resources.lock().unwrap_or_else(|p| p.into_inner()),
+            cpu_pool: inner.cpu.stats(),
         }
     }
 
@@ -653,6 +747,7 @@ impl Engine {
             let _ = tokio::time::timeout(Duration::from_secs(10), inner.runs.wait()).await;
         }
         inner.background.close();
+        inner.cpu.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(5), inner.background.wait()).await;
         let queued: usize = inner.pools.values().map(|p| p.drain().len()).sum();
         if queued > 0 {

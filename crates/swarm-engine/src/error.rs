@@ -21,9 +21,22 @@ pub enum EngineError {
         /// Explanation.
         message: String,
     },
-    /// The target pool cannot take more work now (503 + `Retry-After`).
+    /// The target pool or the process cannot take more work now (503 +
+    /// `Retry-After`).
     #[error("{message}")]
     Overloaded {
+        /// Stable code: `queue_full`, `queue_delay`, `deadline_unmeetable`,
+        /// `process_overloaded`.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+        /// Suggested wait before retrying, seconds.
+        retry_after_s: u64,
+    },
+    /// The tenant has as many tasks outstanding as its quota allows (429 +
+    /// `Retry-After`).
+    #[error("{message}")]
+    QuotaExceeded {
         /// Explanation.
         message: String,
         /// Suggested wait before retrying, seconds.

@@ -10,15 +10,22 @@
 //! - [`engine`]: [`Engine`], its API (submit, get, list, watch, wait, cancel,
 //!   status, shutdown) and start-up recovery.
 //! - [`director`]: routing a task to a department.
-//! - `pool`: a department's queue, permits, instances and counters.
-//! - `run`: the dispatcher and one task's run.
+//! - `pool`: a department's fair queue, limiter, CoDel, instances and
+//!   counters; admission checks.
+//! - `run`: the dispatcher, one task's run, the limiter's classifier.
+//! - `child`: nested calls as child tasks (and why they cannot deadlock).
+//! - [`admission`]: tenant quotas, drain rates for `Retry-After`, the
+//!   resource governor's readings.
 //! - `hub`: live task state for waiters and event streams.
-//! - `background`: heartbeat, cross-node cancels, rescue of dead nodes' tasks.
+//! - `background`: heartbeat, cross-node cancels, rescue of dead nodes'
+//!   tasks, and the governor (pool upkeep, CPU/memory → global cap).
 //! - [`error`]: the engine's error type, [`EngineError`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admission;
 mod background;
+mod child;
 pub mod director;
 pub mod engine;
 pub mod error;
@@ -31,5 +38,6 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use hub::TaskEvent;
-pub use pool::PoolStatus;
+pub use pool::{PoolStatus, Rejections};
+pub use run::OverloadClassifier;
 pub use swarm_store::ListQuery;

@@ -1,29 +1,59 @@
-//! A department: its agent, its queue, its concurrency and its instances.
+//! A department: its agent, its queue, its limiter and its instances.
 //!
-//! One dispatcher per pool takes a concurrency permit first and then the next
-//! queued task, so a task leaves the queue only when it can start at once
-//! (queue wait is honest, and cancelling a queued task is a queue removal).
-//! The permit moves into the task's run and is released when the run ends,
-//! on every path (success, error, timeout, cancel, panic), because it is
-//! dropped with the run's future.
+//! # Queue
+//! Stored tasks wait in a [`FairQueue`]: priorities served by weighted round
+//! robin (8:4:2:1), tenants inside a priority by deficit round robin, so a
+//! flooding tenant delays another by at most one round. Child tasks (nested
+//! calls of running tasks) wait in a separate FIFO that is served first:
+//! finishing work already started frees its parent's slot soonest, and
+//! children never wait behind new submissions.
+//!
+//! # Dispatch
+//! One dispatcher per pool takes a permit from the pool's adaptive
+//! [`Limiter`] and then the next piece of work, so work leaves the queue only
+//! when it can start at once (queue wait is honest, and cancelling a queued
+//! task is a queue removal). A stored task also needs a permit of the global
+//! limiter (the process-wide cap); children run on their parent's global
+//! permit, so a parent waiting for children can never starve them of it.
+//! Permits move into the run and are released when it ends, on every path,
+//! because they are dropped with the run's future.
+//!
+//! # Admission
+//! `Pool::admit` answers from memory before anything is stored: the queue
+//! bound; CoDel queue-delay shedding (Nichols & Jacobson 2012, used for
+//! admission as in Facebook's "Fail at Scale", 2015), applied only to
+//! tenants holding at least an even share of the queue, so a light tenant
+//! is not refused for a heavy one's backlog; and an estimate of whether the
+//! task could start before its deadline at the measured drain rate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use swarm_agents::Agent;
-use swarm_core::config::PoolConfig;
+use swarm_core::config::{PoolConfig, TenantConfig};
 use swarm_core::{Priority, Task, TaskId};
-use swarm_sched::ClassQueue;
-use tokio::sync::{Notify, Semaphore};
+use swarm_sched::codel::CoDel;
+use swarm_sched::fair::{FairQueue, QueueMeta};
+use swarm_sched::limit::{Limiter, LimiterSnapshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::admission::{DrainRate, TenantSlot};
+use crate::child::ChildJob;
+use crate::error::EngineError;
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
 const PRIORITY_WEIGHTS: [u32; 4] = [8, 4, 2, 1];
 
-/// A task waiting in a pool's queue.
+/// Floor of the automatic CoDel target: below it, timer and scheduling noise
+/// would read as queueing.
+const MIN_AUTO_TARGET: Duration = Duration::from_millis(5);
+
+/// A stored task waiting in a pool's queue.
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) task: Task,
@@ -31,6 +61,8 @@ pub(crate) struct Queued {
     pub(crate) enqueued_at: Instant,
     /// When this process accepted it, if it did (not for recovered tasks).
     pub(crate) accepted_at: Option<Instant>,
+    /// The tenant's outstanding-task count, held until the task leaves.
+    pub(crate) slot: TenantSlot,
 }
 
 /// A running task's handle: firing `cancel` stops it as `cancelled`.
@@ -39,32 +71,67 @@ pub(crate) struct Running {
     pub(crate) cancel: CancellationToken,
 }
 
+struct Queues {
+    tasks: FairQueue<Queued>,
+    children: VecDeque<ChildJob>,
+    codel: CoDel,
+    /// The target `codel` was built with; `None` while an automatic target
+    /// waits for its first measurement (no shedding on a guess).
+    codel_target: Option<Duration>,
+}
+
 pub(crate) struct Pool {
     pub(crate) name: String,
     pub(crate) agent_kind: String,
     pub(crate) agent: Arc<dyn Agent>,
-    pub(crate) concurrency: usize,
     pub(crate) capacity: usize,
     pub(crate) default_timeout_ms: u64,
     pub(crate) max_timeout_ms: u64,
     pub(crate) instances: Vec<String>,
     next_instance: AtomicUsize,
-    queue: Mutex<ClassQueue<Queued, 4>>,
+    queues: Mutex<Queues>,
+    /// `Some(target)` when configured, `None` for the automatic target,
+    /// shedding off when configured as 0.
+    codel_fixed: Option<Duration>,
+    codel_on: bool,
+    codel_interval: Duration,
     pub(crate) notify: Notify,
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) limiter: Limiter,
     running: Mutex<HashMap<TaskId, Running>>,
     pub(crate) counters: Counters,
+    pub(crate) drain: DrainRate,
 }
 
 /// Lifetime counts, for status and benchmarks.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
-    pub(crate) rejected: AtomicU64,
+    pub(crate) rejected_full: AtomicU64,
+    pub(crate) rejected_delay: AtomicU64,
+    pub(crate) rejected_deadline: AtomicU64,
+    pub(crate) rejected_quota: AtomicU64,
+    pub(crate) rejected_process: AtomicU64,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) timed_out: AtomicU64,
+    pub(crate) expired_in_queue: AtomicU64,
     pub(crate) cancelled: AtomicU64,
+    pub(crate) children: AtomicU64,
+}
+
+/// Refusals by reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejections {
+    /// Queue at its bound (503 `queue_full`).
+    pub queue_full: u64,
+    /// CoDel: a standing queue (503 `queue_delay`).
+    pub queue_delay: u64,
+    /// Could not start before its deadline (503 `deadline_unmeetable`).
+    pub deadline_unmeetable: u64,
+    /// Tenant over its quota (429 `tenant_quota`).
+    pub tenant_quota: u64,
+    /// Process over its memory threshold (503 `process_overloaded`).
+    pub process_overloaded: u64,
 }
 
 /// A pool as `/api/status` shows it.
@@ -74,7 +141,9 @@ pub struct PoolStatus {
     pub name: String,
     /// Agent kind.
     pub agent: String,
-    /// Tasks allowed to run at once.
+    /// The limiter: algorithm, current limit, in flight, RTT estimates.
+    pub limit: LimiterSnapshot,
+    /// Tasks allowed to run at once now (the limiter's current limit).
     pub concurrency: usize,
     /// Tasks running now.
     pub running: usize,
@@ -82,81 +151,248 @@ pub struct PoolStatus {
     pub queued: usize,
     /// Queued by priority.
     pub queued_by_priority: BTreeMap<&'static str, usize>,
+    /// Queued by tenant (the ten largest).
+    pub queued_by_tenant: BTreeMap<String, usize>,
+    /// Child tasks waiting.
+    pub children_queued: usize,
     /// Queue bound.
     pub queue_capacity: usize,
     /// Age of the oldest queued task, ms.
     pub oldest_queued_ms: u64,
+    /// CoDel target in use, ms (0: shedding off).
+    pub queue_target_ms: f64,
+    /// Whether CoDel is shedding now.
+    pub shedding: bool,
+    /// Completions per second, smoothed.
+    pub drain_per_s: f64,
     /// Instance names.
     pub instances: Vec<String>,
     /// Tasks accepted since start.
     pub accepted: u64,
-    /// Submissions refused (queue full) since start.
+    /// Submissions refused since start, all reasons.
     pub rejected: u64,
+    /// Submissions refused since start, by reason.
+    pub rejections: Rejections,
     /// Outcomes since start.
     pub succeeded: u64,
     /// Outcomes since start.
     pub failed: u64,
-    /// Outcomes since start.
+    /// Outcomes since start (in the queue or while running).
     pub timed_out: u64,
+    /// Of `timed_out`, those whose deadline passed while queued.
+    pub expired_in_queue: u64,
     /// Outcomes since start.
     pub cancelled: u64,
+    /// Child tasks run since start.
+    pub children: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a single container operation, so a
-    // panic elsewhere cannot leave the data half-updated.
+    // Every critical section here is a few container operations that cannot
+    // panic half-way, so a poisoned lock still holds consistent data.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pool {
-    pub(crate) fn new(name: &str, cfg: &PoolConfig, agent: Arc<dyn Agent>) -> Self {
-        let concurrency = cfg.concurrency_or_default(name);
+    pub(crate) fn new(
+        name: &str,
+        cfg: &PoolConfig,
+        tenants: &[TenantConfig],
+        agent: Arc<dyn Agent>,
+    ) -> Self {
+        let limiter = Limiter::new(cfg.limit_or_default(name));
         let replicas = cfg.replicas_or_default();
+        let interval = Duration::from_millis(cfg.queue.interval_ms.max(1));
+        let (codel_fixed, codel_on) = match cfg.queue.target_delay_ms {
+            Some(0) => (None, false),
+            Some(ms) => (Some(Duration::from_millis(ms)), true),
+            None => (None, true),
+        };
+        // An automatic target starts unset (see `Queues::codel_target`).
+        let target = codel_fixed.unwrap_or(MIN_AUTO_TARGET);
+        // Admission checks the bound before the task is stored; once stored,
+        // a task must always find a place, so the queue itself is unbounded.
+        let mut tasks = FairQueue::new(PRIORITY_WEIGHTS, usize::MAX);
+        for t in tenants {
+            tasks.set_tenant_weight(&t.name, t.weight);
+        }
         Self {
             name: name.to_string(),
             agent_kind: cfg.agent_kind(name).to_string(),
             agent,
-            concurrency,
-            capacity: cfg.queue_capacity_or_default(),
+            capacity: cfg.queue.capacity,
             default_timeout_ms: cfg.default_timeout_or_default(),
             max_timeout_ms: cfg.max_timeout_or_default(),
             instances: (0..replicas).map(|i| format!("{name}-{i}")).collect(),
             next_instance: AtomicUsize::new(0),
-            // Admission checks the bound before the task is stored; once
-            // stored, a task must always find a place, so the queue itself
-            // is unbounded.
-            queue: Mutex::new(ClassQueue::new(PRIORITY_WEIGHTS, usize::MAX)),
+            queues: Mutex::new(Queues {
+                tasks,
+                children: VecDeque::new(),
+                codel: CoDel::new(target, interval),
+                codel_target: codel_fixed,
+            }),
+            codel_fixed,
+            codel_on,
+            codel_interval: interval,
             notify: Notify::new(),
-            permits: Arc::new(Semaphore::new(concurrency)),
+            limiter,
             running: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            drain: DrainRate::default(),
         }
     }
 
-    /// Whether admission should refuse: the queue is at its bound.
-    pub(crate) fn is_full(&self) -> bool {
-        lock(&self.queue).len() >= self.capacity
+    /// Decides, from memory, whether a task of `tenant` with deadline
+    /// `timeout` may be queued here now.
+    pub(crate) fn admit(&self, timeout: Duration, tenant: &str) -> Result<(), EngineError> {
+        let now = Instant::now();
+        let mut q = lock(&self.queues);
+        let queued = q.tasks.len();
+        if queued >= self.capacity {
+            drop(q);
+            self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded {
+                code: "queue_full",
+                message: format!(
+                    "department `{}` has {queued} tasks queued (its bound); retry later",
+                    self.name
+                ),
+                retry_after_s: self.drain.retry_after_s(queued),
+            });
+        }
+        if self.codel_on && q.codel_target.is_some() {
+            let head_age = q.tasks.oldest_enqueued_at().map(|t| now - t);
+            // Shedding is fair too: while overloaded, a tenant holding less
+            // than an even share of the queue is still admitted, so the
+            // tenants that built the standing queue are the ones refused.
+            let overloaded = q.codel.on_admission(head_age, now);
+            let tenants = q.tasks.tenants().len().max(1);
+            let light = q.tasks.len_for_tenant(tenant) * tenants < queued;
+            if overloaded && !light {
+                let target = q.codel_target.unwrap_or_default();
+                drop(q);
+                self.counters.rejected_delay.fetch_add(1, Ordering::Relaxed);
+                return Err(EngineError::Overloaded {
+                    code: "queue_delay",
+                    message: format!(
+                        "department `{}` is overloaded: queued tasks have waited over {} ms for a whole interval; retry later",
+                        self.name,
+                        target.as_millis()
+                    ),
+                    retry_after_s: self.drain.retry_after_s(queued),
+                });
+            }
+        }
+        drop(q);
+        // Everything ahead must drain before this task starts; if the
+        // measured rate says that takes longer than its deadline, accepting
+        // it would only store a future timeout.
+        let ahead = queued + self.limiter.waiting();
+        if queued > 0
+            && let Some(wait) = self.drain.expected_wait(ahead)
+            && wait > timeout
+        {
+            self.counters
+                .rejected_deadline
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded {
+                code: "deadline_unmeetable",
+                message: format!(
+                    "department `{}` would start this task in about {} ms, after its {} ms deadline; retry later or allow more time",
+                    self.name,
+                    wait.as_millis(),
+                    timeout.as_millis()
+                ),
+                retry_after_s: self.drain.retry_after_s(queued),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn push(&self, q: Queued) {
         let class = q.task.priority.index();
+        let tenant = q.task.tenant.clone();
         // The queue is unbounded (see `new`), so this cannot be refused.
-        let _ = lock(&self.queue).push(class, q);
+        let _ = lock(&self.queues).tasks.push(class, &tenant, q);
         self.notify.notify_one();
     }
 
     pub(crate) fn push_front(&self, q: Queued) {
         let class = q.task.priority.index();
-        lock(&self.queue).push_front(class, q);
+        let tenant = q.task.tenant.clone();
+        let at = q.enqueued_at;
+        lock(&self.queues).tasks.push_front(class, &tenant, at, q);
         self.notify.notify_one();
     }
 
-    pub(crate) fn pop(&self) -> Option<Queued> {
-        lock(&self.queue).pop()
+    pub(crate) fn push_child(&self, c: ChildJob) {
+        lock(&self.queues).children.push_back(c);
+        self.notify.notify_one();
+    }
+
+    /// Whether anything waits.
+    pub(crate) fn has_work(&self) -> bool {
+        let q = lock(&self.queues);
+        !q.children.is_empty() || !q.tasks.is_empty()
+    }
+
+    pub(crate) fn has_child(&self) -> bool {
+        !lock(&self.queues).children.is_empty()
+    }
+
+    pub(crate) fn pop_child(&self) -> Option<ChildJob> {
+        lock(&self.queues).children.pop_front()
+    }
+
+    /// The next stored task, feeding its queueing delay to CoDel.
+    pub(crate) fn pop_task(&self) -> Option<(Queued, QueueMeta)> {
+        let now = Instant::now();
+        let mut q = lock(&self.queues);
+        let (item, meta) = q.tasks.pop()?;
+        q.codel.on_dequeue(now - meta.enqueued_at, now);
+        Some((item, meta))
     }
 
     pub(crate) fn remove_queued(&self, id: TaskId) -> Option<Queued> {
-        lock(&self.queue).remove_first(|q| q.task.id == id)
+        lock(&self.queues)
+            .tasks
+            .remove_first(|q| q.task.id == id)
+            .map(|(q, _)| q)
+    }
+
+    /// Takes out queued tasks whose deadline has passed.
+    pub(crate) fn take_expired(&self, now_ms: i64) -> Vec<Queued> {
+        lock(&self.queues)
+            .tasks
+            .retain(|q, _| q.task.deadline_at > now_ms)
+            .into_iter()
+            .map(|(q, _)| q)
+            .collect()
+    }
+
+    /// Follows the automatic CoDel target: half the pool's no-load run time.
+    pub(crate) fn retune_codel(&self) {
+        if !self.codel_on || self.codel_fixed.is_some() {
+            return;
+        }
+        let snap = self.limiter.snapshot();
+        if snap.min_rtt_us == 0 {
+            return;
+        }
+        let target = (Duration::from_micros(snap.min_rtt_us) / 2).max(MIN_AUTO_TARGET);
+        let mut q = lock(&self.queues);
+        // Rebuilding forgets CoDel's interval state; only do it for a real
+        // change.
+        let change = match q.codel_target {
+            None => true,
+            Some(cur) => {
+                (target.as_secs_f64() - cur.as_secs_f64()).abs() > cur.as_secs_f64() * 0.25
+            }
+        };
+        if change {
+            q.codel = CoDel::new(target, self.codel_interval);
+            q.codel_target = Some(target);
+        }
     }
 
     /// Round robin over the pool's instances.
@@ -182,40 +418,85 @@ impl Pool {
     }
 
     pub(crate) fn status(&self) -> PoolStatus {
-        let (queued, by_class, oldest) = {
-            let q = lock(&self.queue);
+        let now = Instant::now();
+        let (queued, by_class, oldest, tenants, children, target, shedding) = {
+            let q = lock(&self.queues);
             let oldest = q
-                .heads()
-                .map(|h| h.enqueued_at.elapsed().as_millis() as u64)
-                .max()
+                .tasks
+                .oldest_enqueued_at()
+                .map(|t| (now - t).as_millis() as u64)
                 .unwrap_or(0);
-            (q.len(), q.len_by_class(), oldest)
+            let tenants: BTreeMap<String, usize> = q
+                .tasks
+                .tenants()
+                .into_iter()
+                .take(10)
+                .map(|(t, n)| (t.to_string(), n))
+                .collect();
+            (
+                q.tasks.len(),
+                q.tasks.len_by_class(),
+                oldest,
+                tenants,
+                q.children.len(),
+                q.codel_target,
+                q.codel.is_overloaded(),
+            )
         };
         let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rejections = Rejections {
+            queue_full: get(&c.rejected_full),
+            queue_delay: get(&c.rejected_delay),
+            deadline_unmeetable: get(&c.rejected_deadline),
+            tenant_quota: get(&c.rejected_quota),
+            process_overloaded: get(&c.rejected_process),
+        };
+        let limit = self.limiter.snapshot();
         PoolStatus {
             name: self.name.clone(),
             agent: self.agent_kind.clone(),
-            concurrency: self.concurrency,
+            concurrency: limit.limit,
+            limit,
             running: self.running_count(),
             queued,
             queued_by_priority: Priority::ALL
                 .iter()
                 .map(|p| (p.as_str(), by_class[p.index()]))
                 .collect(),
+            queued_by_tenant: tenants,
+            children_queued: children,
             queue_capacity: self.capacity,
             oldest_queued_ms: oldest,
+            queue_target_ms: match (self.codel_on, target) {
+                (true, Some(t)) => t.as_secs_f64() * 1000.0,
+                _ => 0.0,
+            },
+            // The verdict of the last admission, while anything waits.
+            shedding: self.codel_on && shedding && queued > 0,
+            drain_per_s: self.drain.per_second(),
             instances: self.instances.clone(),
-            accepted: c.accepted.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed),
-            succeeded: c.succeeded.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            timed_out: c.timed_out.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
+            accepted: get(&c.accepted),
+            rejected: rejections.queue_full
+                + rejections.queue_delay
+                + rejections.deadline_unmeetable
+                + rejections.tenant_quota
+                + rejections.process_overloaded,
+            rejections,
+            succeeded: get(&c.succeeded),
+            failed: get(&c.failed),
+            timed_out: get(&c.timed_out),
+            expired_in_queue: get(&c.expired_in_queue),
+            cancelled: get(&c.cancelled),
+            children: get(&c.children),
         }
     }
 
-    /// Takes every queued task out (shutdown).
+    /// Takes every queued task out (shutdown); waiting children are
+    /// dropped, which fails their parents' calls.
     pub(crate) fn drain(&self) -> Vec<Queued> {
-        lock(&self.queue).drain()
+        let mut q = lock(&self.queues);
+        q.children.clear();
+        q.tasks.drain().into_iter().map(|(q, _)| q).collect()
     }
 }

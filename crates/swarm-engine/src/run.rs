@@ -16,37 +16,148 @@ use serde_json::Value;
 use swarm_agents::{AgentContext, AgentError, AgentInput};
 use swarm_core::clock::now_ms;
 use swarm_core::{Task, TaskError, TaskStatus};
+use swarm_sched::limit::{Classify, Outcome as LimitOutcome, Permit, Sample};
 use swarm_store::{Expect, Finish, StoreError};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::child::{self, ChildRunner};
 use crate::engine::{Inner, ms, progress_for};
 use crate::pool::{Pool, Queued, Running};
 
-/// Takes a permit, then a task, then starts it; until shutdown.
+/// Waits for work, takes a permit of the pool's limiter, then a child or
+/// (with a permit of the global cap too) a stored task, and starts it; until
+/// shutdown.
 pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
+    let stop = inner.stop_dispatch.clone();
     loop {
-        let permit = tokio::select! {
-            p = pool.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = inner.stop_dispatch.cancelled() => return,
-        };
-        let queued = loop {
-            if let Some(q) = pool.pop() {
-                break q;
-            }
+        while !pool.has_work() {
             tokio::select! {
                 _ = pool.notify.notified() => {}
-                _ = inner.stop_dispatch.cancelled() => return,
+                _ = stop.cancelled() => return,
+            }
+        }
+        let permit = tokio::select! {
+            p = pool.limiter.acquire() => p,
+            _ = stop.cancelled() => return,
+        };
+        if let Some(child) = pool.pop_child() {
+            inner
+                .runs
+                .spawn(child::run_child(inner.clone(), pool.clone(), child, permit));
+            continue;
+        }
+        // A stored task also needs the global cap. A child that arrives
+        // meanwhile must not wait behind the cap (its parent holds a global
+        // permit already): give the pool permit back and serve it.
+        let global = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                g = inner.global.acquire() => break Some(g),
+                _ = pool.notify.notified() => {
+                    if pool.has_child() {
+                        break None;
+                    }
+                }
             }
         };
-        inner
-            .runs
-            .spawn(run_task(inner.clone(), pool.clone(), queued, permit));
+        let Some(global) = global else {
+            continue;
+        };
+        let now = now_ms();
+        let mut popped = None;
+        while let Some((queued, _meta)) = pool.pop_task() {
+            if now >= queued.task.deadline_at {
+                // Never started: its deadline passed while it waited. Recorded
+                // off the permit, so dead work costs no slot.
+                inner
+                    .runs
+                    .spawn(expire(inner.clone(), pool.clone(), queued));
+                continue;
+            }
+            popped = Some(queued);
+            break;
+        }
+        if let Some(queued) = popped {
+            inner.runs.spawn(run_task(
+                inner.clone(),
+                pool.clone(),
+                queued,
+                permit,
+                global,
+            ));
+        }
+    }
+}
+
+/// Ends a task whose deadline passed in the queue as `timed_out` at stage
+/// `queue`.
+pub(crate) async fn expire(inner: Arc<Inner>, pool: Arc<Pool>, queued: Queued) {
+    let Queued {
+        task,
+        accepted_at,
+        slot: _slot,
+        ..
+    } = queued;
+    let mut timings = task.timings.clone();
+    timings.queue_ms = Some(match accepted_at {
+        Some(at) => ms(at.elapsed()),
+        None => (now_ms() - task.created_at).max(0) as f64,
+    });
+    timings.total_ms = Some(total_ms(&task, accepted_at));
+    let error = TaskError::new(
+        "deadline_exceeded",
+        format!("deadline of {} ms passed while queued", task.timeout_ms),
+        Some("queue"),
+    );
+    pool.counters
+        .expired_in_queue
+        .fetch_add(1, Ordering::Relaxed);
+    record(
+        &inner,
+        &pool,
+        task,
+        Expect::Queued,
+        TaskStatus::TimedOut,
+        None,
+        Some(error),
+        timings,
+    )
+    .await;
+}
+
+/// The limiter's sample for a run that ended with `result` after `rtt`,
+/// through the engine's injected classifier.
+pub(crate) fn classify_sample(
+    inner: &Inner,
+    result: &Result<Value, AgentError>,
+    rtt: Duration,
+) -> Sample {
+    Sample {
+        rtt,
+        outcome: inner.classifier.classify(result),
+    }
+}
+
+/// The default classifier: a backend's refusal (`Overloaded`) and timeouts
+/// (the backend's or the task's deadline) are back-pressure; successes are
+/// latency samples; cancellations and other failures say nothing about
+/// load (a fast failure would drag the latency baseline down) and are
+/// ignored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OverloadClassifier;
+
+impl Classify<Result<Value, AgentError>> for OverloadClassifier {
+    fn classify(&self, result: &Result<Value, AgentError>) -> LimitOutcome {
+        match result {
+            Ok(_) => LimitOutcome::Success,
+            Err(AgentError::Overloaded { .. } | AgentError::Timeout { .. }) => {
+                LimitOutcome::Dropped
+            }
+            Err(_) => LimitOutcome::Ignore,
+        }
     }
 }
 
@@ -64,12 +175,19 @@ async fn run_task(
     inner: Arc<Inner>,
     pool: Arc<Pool>,
     queued: Queued,
-    _permit: OwnedSemaphorePermit,
+    permit: Permit,
+    _global: Permit,
 ) {
+    // A task whose deadline passed while it waited is never started.
+    if now_ms() >= queued.task.deadline_at {
+        expire(inner, pool, queued).await;
+        return;
+    }
     let Queued {
         task,
         enqueued_at,
         accepted_at,
+        slot,
     } = queued;
     let id = task.id;
     let now = now_ms();
@@ -79,28 +197,6 @@ async fn run_task(
     };
     let mut timings = task.timings.clone();
     timings.queue_ms = Some(queue_ms);
-
-    // A task whose deadline passed while it waited is never started.
-    if now >= task.deadline_at {
-        let error = TaskError::new(
-            "deadline_exceeded",
-            format!("deadline of {} ms passed while queued", task.timeout_ms),
-            Some("queue"),
-        );
-        timings.total_ms = Some(total_ms(&task, accepted_at));
-        record(
-            &inner,
-            &pool,
-            task,
-            Expect::Queued,
-            TaskStatus::TimedOut,
-            None,
-            Some(error),
-            timings,
-        )
-        .await;
-        return;
-    }
 
     // Tracked before the start is written, so a cancel arriving in between
     // finds the token instead of a gap.
@@ -135,6 +231,7 @@ async fn run_task(
                     task,
                     enqueued_at,
                     accepted_at,
+                    slot,
                 });
             });
             return;
@@ -158,6 +255,7 @@ async fn run_task(
         deadline,
         cancel: ctx_cancel.clone(),
         progress: progress_for(&inner, id),
+        children: Some(ChildRunner::for_pool(&inner, &[], &pool.name)),
     };
     let input = AgentInput {
         task_type: task.task_type.clone(),
@@ -167,23 +265,42 @@ async fn run_task(
     };
     let run_started = Instant::now();
     let agent = pool.agent.clone();
-    let outcome = tokio::select! {
+    let ended = tokio::select! {
         r = AssertUnwindSafe(agent.run(ctx, input)).catch_unwind() => match r {
-            Ok(Ok(v)) => Outcome::Succeeded(v),
-            Ok(Err(e)) => Outcome::Failed(agent_error(&e)),
-            Err(panic) => Outcome::Failed(TaskError::new(
+            Ok(r) => Ok(r),
+            Err(panic) => Err(Outcome::Failed(TaskError::new(
                 "agent_panic",
                 format!("the agent crashed: {}", panic_message(&panic)),
                 Some("run"),
-            )),
+            ))),
         },
-        _ = tokio::time::sleep_until(deadline) => Outcome::TimedOut,
-        _ = user_cancel.cancelled() => Outcome::Cancelled,
-        _ = ctx_cancel.cancelled() => Outcome::HandBack,
+        _ = tokio::time::sleep_until(deadline) => Ok(Err(AgentError::Timeout {
+            message: format!("deadline of {} ms passed while running", task.timeout_ms),
+        })),
+        _ = user_cancel.cancelled() => Err(Outcome::Cancelled),
+        _ = ctx_cancel.cancelled() => Err(Outcome::HandBack),
+    };
+    let rtt = run_started.elapsed();
+    // Feed the limiter: the run's own time, without queue wait.
+    let outcome = match ended {
+        Ok(result) => {
+            let timed_out =
+                matches!(&result, Err(AgentError::Timeout { .. })) && Instant::now() >= deadline;
+            permit.record(classify_sample(&inner, &result, rtt));
+            match result {
+                Ok(v) => Outcome::Succeeded(v),
+                Err(_) if timed_out => Outcome::TimedOut,
+                Err(e) => Outcome::Failed(agent_error(&e)),
+            }
+        }
+        Err(other) => {
+            permit.record(Sample::ignore());
+            other
+        }
     };
     // The agent's future is gone; stop whatever it started elsewhere.
     ctx_cancel.cancel();
-    timings.run_ms = Some(ms(run_started.elapsed()));
+    timings.run_ms = Some(ms(rtt));
     timings.total_ms = Some(total_ms(&task, accepted_at));
 
     let (status, result, error) = match outcome {
@@ -254,7 +371,7 @@ fn agent_error(e: &AgentError) -> TaskError {
     TaskError::new(e.code(), message, Some("run"))
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -319,6 +436,7 @@ async fn record(
             task.finished_at = Some(finished_at);
             task.timings = timings;
             task.timings.complete_ms = Some(ms(complete_from.elapsed()));
+            pool.drain.completed();
             inner.hub.publish(task);
         }
         Some(false) => {

@@ -172,11 +172,15 @@ mod tests {
                 name: "acme".into(),
                 role: Role::Client,
                 key_sha256: hash_key("acme-secret"),
+                weight: 1,
+                max_outstanding: None,
             },
             TenantConfig {
                 name: "ops".into(),
                 role: Role::Admin,
                 key_sha256: hash_key("ops-secret").to_uppercase(),
+                weight: 1,
+                max_outstanding: None,
             },
         ])
     }

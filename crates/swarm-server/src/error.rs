@@ -76,11 +76,19 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, code, message)
             }
             EngineError::Overloaded {
+                code,
                 message,
                 retry_after_s,
             } => Self {
                 retry_after_s: Some(retry_after_s),
-                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            },
+            EngineError::QuotaExceeded {
+                message,
+                retry_after_s,
+            } => Self {
+                retry_after_s: Some(retry_after_s),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", message)
             },
             EngineError::Unavailable(detail) => {
                 error!(%detail, "database unavailable");

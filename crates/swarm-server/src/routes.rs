@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::time::Instant;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::AppState;
 
@@ -41,7 +41,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(stamp_arrival))
-        .layer(TraceLayer::new_for_http())
+        // A 503 that sheds load is the server working as designed; logging
+        // each at ERROR would cost most at the worst moment. Real server
+        // errors are logged where they happen (`ApiError`).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::{Backend, TestServer};
 
-/// A pool with one slot, for queueing scenarios.
-const ONE_SLOT: &str = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n";
+/// A pool with one slot, for queueing scenarios (queue-delay shedding off:
+/// these tests build queues on purpose).
+const ONE_SLOT: &str = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n[pools.slow.queue]\ntarget_delay_ms = 0\n";
 
 async fn server(backend: Backend, extra: &str) -> Option<TestServer> {
     TestServer::start(backend, extra).await
@@ -687,11 +688,14 @@ async fn health_ready_and_status(backend: Backend) {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["communications", "echo", "email", "sim"]);
+    assert_eq!(
+        names,
+        ["communications", "echo", "email", "reviewers", "sim"]
+    );
 }
 
 async fn queue_bound_refuses_with_retry_after(backend: Backend) {
-    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nqueue_capacity = 2\n";
+    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\n[pools.slow.queue]\ncapacity = 2\n";
     let Some(s) = server(backend, cfg).await else {
         return;
     };
@@ -702,7 +706,7 @@ async fn queue_bound_refuses_with_retry_after(backend: Backend) {
     assert_eq!(s.post("/api/tasks", &body).await.status, 202);
     assert_eq!(s.post("/api/tasks", &body).await.status, 202);
     let r = s.post("/api/tasks", &body).await;
-    r.assert_error(503, "overloaded", None);
+    r.assert_error(503, "queue_full", None);
     assert_eq!(r.headers["retry-after"], "1");
     let st = s.get("/api/status").await;
     let slow = st.body["pools"]

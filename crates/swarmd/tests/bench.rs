@@ -84,7 +84,7 @@ async fn closed_loop_against_swarmd_measures_and_follows_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_offers_the_rate_and_counts_refusals() {
-    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nqueue_capacity = 5\n";
+    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\n[pools.slow.queue]\ncapacity = 5\n";
     let Some(s) = TestServer::start(Backend::Sqlite, cfg).await else {
         return;
     };

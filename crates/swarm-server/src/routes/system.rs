@@ -43,12 +43,11 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Value>, Ap
     }
 }
 
-/// `GET /api/status`.
-pub(crate) async fn status(
-    State(app): State<AppState>,
-    _caller: Caller,
-) -> Json<swarm_engine::Status> {
-    Json(app.engine.status())
+/// `GET /api/status`: the engine's picture plus the HTTP connections.
+pub(crate) async fn status(State(app): State<AppState>, _caller: Caller) -> Json<Value> {
+    let mut v = serde_json::to_value(app.engine.status()).unwrap_or_else(|_| json!({}));
+    v["connections"] = serde_json::to_value(app.connections.snapshot()).unwrap_or_default();
+    Json(v)
 }
 
 /// `GET /api/outbox?limit=`.

@@ -263,8 +263,14 @@ impl TestServer {
 
     /// Polls a task until it ends (or 30 s pass).
     pub async fn wait_done(&self, id: &str) -> Value {
+        self.wait_done_with(id, &[]).await
+    }
+
+    /// Polls a task until it ends (or 30 s pass), sending `headers` (e.g.
+    /// the owning tenant's `x-tenant`).
+    pub async fn wait_done_with(&self, id: &str, headers: &[(&str, &str)]) -> Value {
         for _ in 0..600 {
-            let r = self.get(&format!("/api/tasks/{id}")).await;
+            let r = self.get_with(&format!("/api/tasks/{id}"), headers).await;
             if matches!(
                 r.body["status"].as_str(),
                 Some("succeeded" | "failed" | "timed_out" | "cancelled")

@@ -1,0 +1,258 @@
+//! Admission bookkeeping: per-tenant outstanding counts (quotas), drain
+//! rates (for `Retry-After`), and the process-wide resource governor.
+//!
+//! Every check here is an in-memory read, so a refusal costs microseconds
+//! and happens before the task touches the database.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Queued plus running tasks per tenant on this node.
+#[derive(Debug, Default)]
+pub(crate) struct TenantLedger {
+    counts: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// One outstanding task of a tenant; gives its count back when dropped, so
+/// every path out of the engine (finish, cancel, hand-back, panic) releases
+/// it.
+#[derive(Debug)]
+pub(crate) struct TenantSlot {
+    ledger: Arc<TenantLedger>,
+    tenant: Arc<str>,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut m = self.ledger.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl TenantLedger {
+    /// Takes a slot if the tenant has fewer than `max` outstanding; else
+    /// returns how many it has.
+    pub(crate) fn try_take(
+        self: &Arc<Self>,
+        tenant: &str,
+        max: usize,
+    ) -> Result<TenantSlot, usize> {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.get(tenant).copied().unwrap_or(0);
+        if n >= max {
+            return Err(n);
+        }
+        let key: Arc<str> = match m.get_key_value(tenant) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(tenant),
+        };
+        *m.entry(key.clone()).or_insert(0) += 1;
+        Ok(TenantSlot {
+            ledger: self.clone(),
+            tenant: key,
+        })
+    }
+
+    /// Takes a slot regardless of the quota (recovered tasks were accepted
+    /// before; they are never refused).
+    pub(crate) fn take(self: &Arc<Self>, tenant: &str) -> TenantSlot {
+        self.try_take(tenant, usize::MAX)
+            .expect("an unbounded take cannot fail")
+    }
+
+    /// Outstanding tasks of `tenant`.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self, tenant: &str) -> usize {
+        let m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+/// Completions per second, smoothed: the basis of `Retry-After`.
+///
+/// Each governor tick turns the completions counted since the last tick
+/// into a rate and folds it into an exponentially weighted moving average
+/// (weight 0.3 for the newest tick: about three ticks of memory, so the
+/// estimate follows a backend that slows down within seconds).
+#[derive(Debug, Default)]
+pub(crate) struct DrainRate {
+    completed: AtomicU64,
+    /// f64 bits of the smoothed rate (tasks per second).
+    rate_bits: AtomicU64,
+}
+
+impl DrainRate {
+    pub(crate) fn completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Folds the completions since the last call over `elapsed` into the rate.
+    pub(crate) fn tick(&self, elapsed: Duration) {
+        let n = self.completed.swap(0, Ordering::Relaxed) as f64;
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let now = n / secs;
+        let old = self.per_second();
+        let new = if old == 0.0 {
+            now
+        } else {
+            0.7 * old + 0.3 * now
+        };
+        self.rate_bits.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Smoothed completions per second (0 before the first completion).
+    pub(crate) fn per_second(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Seconds until `backlog` tasks have drained at the measured rate,
+    /// rounded up and clamped to 1–60 (an idle or unmeasured pool says 1).
+    pub(crate) fn retry_after_s(&self, backlog: usize) -> u64 {
+        let rate = self.per_second();
+        if rate <= 0.0 {
+            return 1;
+        }
+        ((backlog as f64 / rate).ceil() as u64).clamp(1, 60)
+    }
+
+    /// Expected wait, in the queue, of a task behind `backlog` others.
+    pub(crate) fn expected_wait(&self, backlog: usize) -> Option<Duration> {
+        let rate = self.per_second();
+        (rate > 0.0).then(|| Duration::from_secs_f64(backlog as f64 / rate))
+    }
+}
+
+/// Process CPU and memory, as the governor last read them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ResourceReading {
+    /// Process CPU since the previous sample, percent of all cores.
+    pub cpu_pct: f64,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+    /// Whether CPU is over `admission.cpu_high_pct`.
+    pub cpu_high: bool,
+    /// Whether memory is over `admission.rss_high_mib`.
+    pub rss_high: bool,
+}
+
+/// Reads this process's CPU time (user + system, seconds; proc(5)
+/// `/proc/self/stat` fields 14 and 15) and resident set size (bytes;
+/// `VmRSS` of `/proc/self/status`, in kB there so no page size is assumed).
+/// `None` where `/proc` is missing; the governor then does nothing.
+pub(crate) fn read_self_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3, so field n is f[n - 3].
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on every Linux ABI (sysconf(_SC_CLK_TCK)).
+    Some(((utime + stime) / 100.0, rss_kb * 1024))
+}
+
+/// The global cap's next value: lowered by a quarter each sample while the
+/// process is over a threshold, raised by a quarter (and at least one) each
+/// sample after, until it reaches `max` again (`None`: uncapped).
+pub(crate) fn next_cap(
+    current: Option<usize>,
+    in_flight: usize,
+    max: usize,
+    high: bool,
+) -> Option<usize> {
+    if high {
+        // Start from what is running, not from the ceiling, so the first
+        // step already bites.
+        let base = current.unwrap_or(max).min(in_flight.max(1));
+        Some((base * 3 / 4).max(1))
+    } else {
+        let c = current?;
+        let up = (c + c / 4).max(c + 1);
+        (up < max).then_some(up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_slots_count_and_release() {
+        let l = Arc::new(TenantLedger::default());
+        let a = l.try_take("a", 2).unwrap();
+        let b = l.try_take("a", 2).unwrap();
+        assert_eq!(l.try_take("a", 2).unwrap_err(), 2);
+        assert!(l.try_take("b", 2).is_ok(), "another tenant is unaffected");
+        drop(a);
+        assert_eq!(l.outstanding("a"), 1);
+        let _c = l.try_take("a", 2).unwrap();
+        drop(b);
+        let forced = l.take("a");
+        assert_eq!(l.outstanding("a"), 2);
+        drop(forced);
+        drop(_c);
+        assert_eq!(l.outstanding("a"), 0);
+        assert!(
+            l.counts.lock().unwrap().is_empty(),
+            "empty tenants are forgotten"
+        );
+    }
+
+    #[test]
+    fn drain_rate_smooths_and_sets_retry_after() {
+        let d = DrainRate::default();
+        assert_eq!(d.retry_after_s(1000), 1, "unmeasured says 1");
+        for _ in 0..100 {
+            d.completed();
+        }
+        d.tick(Duration::from_secs(1));
+        assert_eq!(d.per_second(), 100.0);
+        assert_eq!(d.retry_after_s(250), 3);
+        assert_eq!(d.retry_after_s(1_000_000), 60);
+        d.tick(Duration::from_secs(1));
+        assert!((d.per_second() - 70.0).abs() < 1e-9);
+        assert_eq!(d.expected_wait(7), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn cap_falls_while_high_and_recovers_after() {
+        let mut cap = None;
+        cap = next_cap(cap, 100, 4096, true);
+        assert_eq!(cap, Some(75));
+        cap = next_cap(cap, 75, 4096, true);
+        assert_eq!(cap, Some(56));
+        let mut steps = 0;
+        while cap.is_some() {
+            cap = next_cap(cap, 10, 4096, false);
+            steps += 1;
+        }
+        assert!(steps < 40, "restored in {steps} samples");
+        assert_eq!(next_cap(Some(1), 0, 4096, true), Some(1), "never below 1");
+    }
+
+    #[test]
+    fn reads_own_usage() {
+        if let Some((cpu, rss)) = read_self_usage() {
+            assert!(cpu >= 0.0);
+            assert!(rss > 1 << 20, "a test process holds more than 1 MiB");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The concurrency engine through the API, over a real socket: tenant
+//! quotas, queue-delay shedding (and its fairness), deadline-aware
+//! admission, the resource governor, child tasks, the CPU pool and what
+//! `/api/status` shows of them. Admission is in memory, so these run on
+//! SQLite; the store's part is covered on both backends in `api.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Backend, TestServer};
+
+async fn server(extra: &str) -> TestServer {
+    TestServer::start(Backend::Sqlite, extra)
+        .await
+        .expect("SQLite is always available")
+}
+
+fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
+}
+
+fn slow(latency_ms: u64) -> Value {
+    json!({"type": "sim", "agent": "slow", "args": {"latency_ms": latency_ms}, "timeout_ms": 600_000})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_over_its_quota_gets_429_and_others_do_not() {
+    let cfg = "[admission]\ntenant_max_outstanding = 2\n\
+               [pools.slow]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n\
+               [pools.slow.queue]\ntarget_delay_ms = 0\n";
+    let s = server(cfg).await;
+    let a = [("x-tenant", "a")];
+    let first = s.post_with("/api/tasks", &slow(60_000), &a).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(
+        s.post_with("/api/tasks", &slow(60_000), &a).await.status,
+        202
+    );
+    let r = s.post_with("/api/tasks", &slow(10), &a).await;
+    r.assert_error(429, "tenant_quota", None);
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    assert!(r.body["message"].as_str().unwrap().contains("`a`"));
+    // Another tenant is not affected.
+    let b = s
+        .post_with("/api/tasks", &slow(10), &[("x-tenant", "b")])
+        .await;
+    assert_eq!(b.status, 202, "{}", b.text);
+    // A finished (here: cancelled) task gives its slot back.
+    let id = first.id();
+    let c = s
+        .post_with(&format!("/api/tasks/{id}/cancel"), &json!({}), &a)
+        .await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    let again = s.post_with("/api/tasks", &slow(10), &a).await;
+    assert_eq!(again.status, 202, "{}", again.text);
+    let st = s.get("/api/status").await;
+    assert_eq!(pool(&st.body, "slow")["rejections"]["tenant_quota"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_queue_is_shed_fairly_and_shedding_ends_when_it_drains() {
+    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n\
+               [pools.slow.queue]\ntarget_delay_ms = 20\ninterval_ms = 20\n";
+    let s = server(cfg).await;
+    let heavy = [("x-tenant", "heavy")];
+    let running = s.occupy("slow", 1_500).await;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let r = s.post_with("/api/tasks", &slow(10), &heavy).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        queued.push(r.id());
+    }
+    // The queue now stands well past the target for many intervals.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = s.post_with("/api/tasks", &slow(10), &heavy).await;
+    r.assert_error(503, "queue_delay", None);
+    assert!(r.headers.contains_key("retry-after"));
+    // A tenant with nothing queued is not refused for another's backlog.
+    let light = s
+        .post_with("/api/tasks", &slow(10), &[("x-tenant", "light")])
+        .await;
+    assert_eq!(light.status, 202, "{}", light.text);
+    let st = s.get("/api/status").await;
+    let p = pool(&st.body, "slow");
+    assert_eq!(p["shedding"], true, "{p}");
+    assert_eq!(p["rejections"]["queue_delay"], 1, "{p}");
+    assert_eq!(p["queued_by_tenant"]["heavy"], 3, "{p}");
+    // Every accepted task still runs: shedding refuses, it never drops.
+    s.wait_done(&running).await;
+    for (id, tenant) in queued
+        .iter()
+        .map(|id| (id.clone(), "heavy"))
+        .chain([(light.id(), "light")])
+    {
+        assert_eq!(
+            s.wait_done_with(&id, &[("x-tenant", tenant)]).await["status"],
+            "succeeded"
+        );
+    }
+    let st = s.get("/api/status").await;
+    assert_eq!(pool(&st.body, "slow")["shedding"], false, "drained");
+    // Drained: admitted again.
+    let after = s.post_with("/api/tasks", &slow(10), &heavy).await;
+    assert_eq!(after.status, 202, "{}", after.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_cannot_start_before_its_deadline_is_refused() {
+    let cfg = "[pools.slow]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n\
+               [pools.slow.queue]\ntarget_delay_ms = 0\n";
+    let s = server(cfg).await;
+    // Teach the pool its drain rate: about 10 tasks a second.
+    let mut warm = Vec::new();
+    for _ in 0..12 {
+        warm.push(s.post("/api/tasks", &slow(100)).await.id());
+    }
+    for id in &warm {
+        s.wait_done(id).await;
+    }
+    // A backlog of ~2 s, then a task that allows 300 ms.
+    s.occupy("slow", 2_000).await;
+    for _ in 0..20 {
+        assert_eq!(s.post("/api/tasks", &slow(100)).await.status, 202);
+    }
+    let hurried =
+        json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 10}, "timeout_ms": 300});
+    let r = s.post("/api/tasks", &hurried).await;
+    r.assert_error(503, "deadline_unmeetable", None);
+    // One that allows enough time is accepted.
+    let patient =
+        json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 10}, "timeout_ms": 120_000});
+    assert_eq!(s.post("/api/tasks", &patient).await.status, 202);
+    let st = s.get("/api/status").await;
+    let p = pool(&st.body, "slow");
+    assert!(p["drain_per_s"].as_f64().unwrap() > 1.0, "{p}");
+    assert_eq!(p["rejections"]["deadline_unmeetable"], 1, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_over_threshold_lowers_the_global_cap_and_refuses_work() {
+    // Any process holds more than 1 MiB: always over.
+    let cfg = "[admission]\nrss_high_mib = 1\nsample_ms = 20\nglobal_max_inflight = 64\n";
+    let s = server(cfg).await;
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = s
+            .post("/api/tasks", &json!({"type": "echo", "args": {}}))
+            .await;
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = refused.expect("the governor never reacted");
+    r.assert_error(503, "process_overloaded", None);
+    let st = s.get("/api/status").await.body;
+    assert_eq!(st["resources"]["rss_high"], true, "{st}");
+    assert!(st["resources"]["rss_mib"].as_f64().unwrap() > 1.0);
+    let cap = st["global"]["cap"].as_u64().expect("a cap is set");
+    assert!(cap < 64, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_run_as_child_tasks_in_the_reviewers_pool() {
+    let s = server("").await;
+    let r = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "email", "args": {"to": "ana@example.com", "subject": "Launch", "body": "hello team, the launch is on friday"}, "wait_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let st = s.get("/api/status").await.body;
+    let reviewers = pool(&st, "reviewers");
+    assert_eq!(reviewers["children"], 2, "tone and structure: {reviewers}");
+    assert_eq!(reviewers["running"], 0);
+    assert_eq!(reviewers["limit"]["in_flight"], 0, "permits came back");
+    assert_eq!(pool(&st, "communications")["succeeded"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_limiters_the_cap_and_the_cpu_pool() {
+    let cfg = "[cpu_pool]\nthreads = 1\nqueue = 8\n\
+               [pools.vegas]\nagent = \"sim\"\n[pools.vegas.limit]\nalgorithm = \"vegas\"\ninitial = 4\nmax = 64\n";
+    let s = server(cfg).await;
+    let burn = json!({"type": "sim", "args": {"latency_ms": 1, "cpu_ms": 5}, "wait_ms": 10_000});
+    let r = s.post("/api/tasks", &burn).await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let v = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "agent": "vegas", "args": {"latency_ms": 5}, "wait_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(v.body["status"], "succeeded", "{}", v.text);
+    let st = s.get("/api/status").await.body;
+    assert_eq!(st["cpu_pool"]["threads"], 1, "{st}");
+    assert_eq!(st["cpu_pool"]["completed"], 1, "{st}");
+    assert_eq!(st["global"]["limit"], 4096);
+    assert!(st["connections"]["open"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["connections"]["accepted"].as_u64().unwrap() >= 1, "{st}");
+    let vegas = pool(&st, "vegas");
+    assert_eq!(vegas["limit"]["algorithm"], "vegas", "{vegas}");
+    assert!(vegas["limit"]["limit"].as_u64().unwrap() >= 1);
+    assert_eq!(pool(&st, "sim")["limit"]["algorithm"], "gradient2");
+    assert_eq!(pool(&st, "echo")["limit"]["algorithm"], "fixed");
+}
