@@ -22,6 +22,10 @@ pub struct HttpExchange {
     /// Cumulative weights of the mix, for picking by seeded random numbers.
     cumulative: Vec<u32>,
     seed: u64,
+    /// Statistics label of each mix entry.
+    labels: Vec<Option<Arc<str>>>,
+    /// Per phase of a phased step: args merged into every request's.
+    phase_args: Vec<Option<serde_json::Map<String, Value>>>,
 }
 
 /// A client that opens as many connections as the load needs and keeps
@@ -54,23 +58,102 @@ impl HttpExchange {
                 acc
             })
             .collect();
+        let labels = (0..request.mix.len())
+            .map(|i| request.label(i).map(Arc::from))
+            .collect();
         Self {
             client,
             base: base.trim_end_matches('/').to_string(),
             request,
             cumulative,
             seed,
+            labels,
+            phase_args: Vec::new(),
         }
     }
 
-    /// The mix entry for request `seq`: deterministic for a seed, so runs
-    /// repeat the same sequence.
-    fn pick(&self, seq: u64) -> Option<&MixEntry> {
+    /// Args per phase (index = phase), merged key by key into the args of
+    /// every task submitted during that phase (for raw requests: into the
+    /// JSON body).
+    pub fn with_phase_args(mut self, args: Vec<Option<Value>>) -> Self {
+        self.phase_args = args
+            .into_iter()
+            .map(|a| match a {
+                Some(Value::Object(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        self
+    }
+
+    /// The mix entry index for request `seq`: deterministic for a seed, so
+    /// runs repeat the same sequence.
+    fn pick_index(&self, seq: u64) -> Option<usize> {
         let total = *self.cumulative.last()?;
         let mut rng = fastrand::Rng::with_seed(self.seed ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let r = rng.u32(0..total);
         let i = self.cumulative.partition_point(|&c| c <= r);
-        self.request.mix.get(i)
+        (i < self.request.mix.len()).then_some(i)
+    }
+
+    #[cfg(test)]
+    fn pick(&self, seq: u64) -> Option<&MixEntry> {
+        self.request.mix.get(self.pick_index(seq)?)
+    }
+
+    fn overrides(&self, phase: Option<usize>) -> Option<&serde_json::Map<String, Value>> {
+        self.phase_args.get(phase?)?.as_ref()
+    }
+
+    fn send(&self, seq: u64, phase: Option<usize>) -> BoxFuture<'static, Observation> {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let over = self.overrides(phase);
+        if let Some(raw) = &self.request.raw {
+            let mut raw = raw.clone();
+            if let Some(o) = over {
+                let mut body = match raw.body.take() {
+                    Some(Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                merge(&mut body, o);
+                raw.body = Some(Value::Object(body));
+            }
+            return Box::pin(raw_exchange(client, base, raw));
+        }
+        let Some(i) = self.pick_index(seq) else {
+            return Box::pin(async {
+                Observation {
+                    outcome: Outcome::Transport("empty request mix".into()),
+                    acked_at: None,
+                    finished: None,
+                    label: None,
+                }
+            });
+        };
+        let m = &self.request.mix[i];
+        let mut body = task_body(m, &self.request);
+        if let Some(o) = over
+            && let Some(args) = body["args"].as_object_mut()
+        {
+            merge(args, o);
+        }
+        Box::pin(submit(
+            client,
+            base,
+            body,
+            m.tenant.clone(),
+            self.request.e2e,
+            Duration::from_millis(self.request.poll_ms.max(1)),
+            self.labels[i].clone(),
+        ))
+    }
+}
+
+/// Shallow merge: each key of `over` replaces the same key of `into`.
+fn merge(into: &mut serde_json::Map<String, Value>, over: &serde_json::Map<String, Value>) {
+    for (k, v) in over {
+        into.insert(k.clone(), v.clone());
     }
 }
 
@@ -120,90 +203,103 @@ const TERMINAL: [&str; 4] = ["succeeded", "failed", "timed_out", "cancelled"];
 
 impl Exchange for HttpExchange {
     fn exchange(&self, seq: u64) -> BoxFuture<'static, Observation> {
-        let client = self.client.clone();
-        let base = self.base.clone();
-        if let Some(raw) = &self.request.raw {
-            return Box::pin(raw_exchange(client, base, raw.clone()));
+        self.send(seq, None)
+    }
+
+    fn exchange_in_phase(&self, seq: u64, phase: usize) -> BoxFuture<'static, Observation> {
+        self.send(seq, Some(phase))
+    }
+}
+
+/// Submits one task and follows it as `e2e` says.
+async fn submit(
+    client: Client,
+    base: String,
+    body: Value,
+    tenant: Option<String>,
+    e2e: E2e,
+    poll: Duration,
+    label: Option<Arc<str>>,
+) -> Observation {
+    let mut obs = submit_unlabelled(client, base, body, tenant, e2e, poll).await;
+    obs.label = label;
+    obs
+}
+
+async fn submit_unlabelled(
+    client: Client,
+    base: String,
+    body: Value,
+    tenant: Option<String>,
+    e2e: E2e,
+    poll: Duration,
+) -> Observation {
+    let mut req = client.post(format!("{base}/api/tasks")).json(&body);
+    if let Some(t) = &tenant {
+        req = req.header("x-tenant", t);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Observation {
+                outcome: transport(&e),
+                acked_at: None,
+                finished: None,
+                label: None,
+            };
         }
-        let Some(m) = self.pick(seq) else {
-            return Box::pin(async {
-                Observation {
-                    outcome: Outcome::Transport("empty request mix".into()),
-                    acked_at: None,
-                    finished: None,
-                }
-            });
-        };
-        let body = task_body(m, &self.request);
-        let tenant = m.tenant.clone();
-        let (e2e, poll) = (
-            self.request.e2e,
-            Duration::from_millis(self.request.poll_ms.max(1)),
-        );
-        Box::pin(async move {
-            let mut req = client.post(format!("{base}/api/tasks")).json(&body);
-            if let Some(t) = &tenant {
-                req = req.header("x-tenant", t);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Observation {
-                        outcome: transport(&e),
-                        acked_at: None,
-                        finished: None,
-                    };
+    };
+    let code = resp.status().as_u16();
+    let task: Value = resp.json().await.unwrap_or(Value::Null);
+    let at = Instant::now();
+    let outcome = classify(code);
+    let status = task["status"].as_str().unwrap_or("").to_string();
+    let accepted = matches!(outcome, Outcome::Accepted(_));
+    match e2e {
+        E2e::None => Observation {
+            outcome,
+            acked_at: Some(at),
+            finished: None,
+            label: None,
+        },
+        E2e::Wait => Observation {
+            acked_at: (!accepted).then_some(at),
+            finished: accepted.then(|| {
+                (
+                    at,
+                    if status.is_empty() {
+                        "unknown".into()
+                    } else {
+                        status
+                    },
+                )
+            }),
+            outcome,
+            label: None,
+        },
+        E2e::Poll | E2e::Sse if accepted => {
+            let finished = if TERMINAL.contains(&status.as_str()) {
+                Some((at, status))
+            } else {
+                let id = task["id"].as_str().unwrap_or("").to_string();
+                match e2e {
+                    E2e::Sse => follow_sse(&client, &base, &id, &tenant).await,
+                    _ => follow_poll(&client, &base, &id, &tenant, poll).await,
                 }
             };
-            let code = resp.status().as_u16();
-            let task: Value = resp.json().await.unwrap_or(Value::Null);
-            let at = Instant::now();
-            let outcome = classify(code);
-            let status = task["status"].as_str().unwrap_or("").to_string();
-            let accepted = matches!(outcome, Outcome::Accepted(_));
-            match e2e {
-                E2e::None => Observation {
-                    outcome,
-                    acked_at: Some(at),
-                    finished: None,
-                },
-                E2e::Wait => Observation {
-                    acked_at: (!accepted).then_some(at),
-                    finished: accepted.then(|| {
-                        (
-                            at,
-                            if status.is_empty() {
-                                "unknown".into()
-                            } else {
-                                status
-                            },
-                        )
-                    }),
-                    outcome,
-                },
-                E2e::Poll | E2e::Sse if accepted => {
-                    let finished = if TERMINAL.contains(&status.as_str()) {
-                        Some((at, status))
-                    } else {
-                        let id = task["id"].as_str().unwrap_or("").to_string();
-                        match e2e {
-                            E2e::Sse => follow_sse(&client, &base, &id, &tenant).await,
-                            _ => follow_poll(&client, &base, &id, &tenant, poll).await,
-                        }
-                    };
-                    Observation {
-                        outcome,
-                        acked_at: Some(at),
-                        finished,
-                    }
-                }
-                _ => Observation {
-                    outcome,
-                    acked_at: Some(at),
-                    finished: None,
-                },
+            Observation {
+                outcome,
+                acked_at: Some(at),
+                finished,
+                label: None,
             }
-        })
+        }
+        _ => Observation {
+            outcome,
+            acked_at: Some(at),
+            finished: None,
+            label: None,
+        },
     }
 }
 
@@ -225,12 +321,14 @@ async fn raw_exchange(client: Client, base: String, raw: RawRequest) -> Observat
                 outcome: classify(code),
                 acked_at: Some(Instant::now()),
                 finished: None,
+                label: None,
             }
         }
         Err(e) => Observation {
             outcome: transport(&e),
             acked_at: None,
             finished: None,
+            label: None,
         },
     }
 }
@@ -369,6 +467,89 @@ mod tests {
             b,
             json!({"type": "t0", "args": {}, "priority": "high", "timeout_ms": 50, "wait_ms": 1234})
         );
+    }
+
+    #[test]
+    fn labels_default_to_the_tenant_and_phase_args_merge() {
+        let mut r = spec(&[1, 1, 1]);
+        r.mix[0].tenant = Some("acme".into());
+        r.mix[1].tenant = Some("globex".into());
+        r.labels = vec![None, Some("vip".into())];
+        r.mix[2].args = Some(json!({"capacity": 50, "latency_ms": 5}));
+        let ex = HttpExchange::new(Client::new(), "http://x", r, 1)
+            .with_phase_args(vec![None, Some(json!({"capacity": 10, "extra": true}))]);
+        assert_eq!(ex.labels[0].as_deref(), Some("acme"));
+        assert_eq!(ex.labels[1].as_deref(), Some("vip"));
+        assert_eq!(ex.labels[2], None);
+        assert!(ex.overrides(None).is_none());
+        assert!(ex.overrides(Some(0)).is_none());
+        assert!(ex.overrides(Some(7)).is_none());
+        let mut args = ex.request.mix[2].args.clone().unwrap();
+        merge(
+            args.as_object_mut().unwrap(),
+            ex.overrides(Some(1)).unwrap(),
+        );
+        assert_eq!(
+            args,
+            json!({"capacity": 10, "latency_ms": 5, "extra": true}),
+            "shallow, key by key"
+        );
+    }
+
+    /// A one-shot HTTP server that answers 202 and hands back the body.
+    async fn capture_one() -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= head_end + 4 + len {
+                        let body = text[head_end + 4..].to_string();
+                        let answer = "{\"id\":\"t1\",\"status\":\"queued\"}";
+                        let resp = format!(
+                            "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                        return body;
+                    }
+                }
+                if n == 0 {
+                    return String::new();
+                }
+            }
+        });
+        (base, h)
+    }
+
+    #[tokio::test]
+    async fn the_phase_args_reach_the_wire() {
+        let (base, server) = capture_one().await;
+        let mut r = spec(&[1]);
+        r.mix[0].args = Some(json!({"capacity": 50}));
+        r.mix[0].tenant = Some("acme".into());
+        let ex = HttpExchange::new(Client::new(), &base, r, 1)
+            .with_phase_args(vec![None, Some(json!({"capacity": 10}))]);
+        let obs = ex.exchange_in_phase(0, 1).await;
+        assert_eq!(obs.outcome, Outcome::Accepted(202));
+        assert_eq!(obs.label.as_deref(), Some("acme"));
+        let body: Value = serde_json::from_str(&server.await.unwrap()).unwrap();
+        assert_eq!(body["args"], json!({"capacity": 10}));
     }
 
     #[test]

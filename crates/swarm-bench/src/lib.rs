@@ -12,6 +12,7 @@
 //! - [`http`]: the HTTP exchange (task submissions followed to their end, or
 //!   raw requests to any server).
 //! - [`recorder`]: histograms and counts; [`recorder::LatencySummary`].
+//! - [`phases`]: per-phase figures and recovery times of phased steps.
 //! - [`launch`]: starting a fresh target per step.
 //! - [`sampler`], [`sysstat`]: the server's status and CPU over a step.
 //! - [`run`]: one scenario from start to results; [`result`]: their shape.
@@ -22,6 +23,7 @@
 pub mod http;
 pub mod launch;
 pub mod load;
+pub mod phases;
 pub mod progress;
 pub mod recorder;
 pub mod report;
@@ -89,4 +91,34 @@ pub fn read_result(path: &Path) -> Result<ScenarioResult, BenchError> {
         .map_err(|e| BenchError::Io(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_str(&text)
         .map_err(|e| BenchError::Io(format!("{} is not a bench result: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_results_still_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let r = read_result(&p).unwrap();
+                assert!(
+                    r.steps
+                        .iter()
+                        .all(|s| s.by_label.is_empty() && s.phases.is_empty())
+                );
+                // And render as before: no new tables.
+                let md = report::markdown(&r, None);
+                assert!(!md.contains("#### Per label") && !md.contains("#### Phases"));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no results in {}", dir.display());
+    }
 }

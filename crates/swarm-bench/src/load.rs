@@ -16,6 +16,13 @@
 //! outstanding; beyond that, sends wait, and their lateness shows in both
 //! the latency and the send-lag histogram.
 //!
+//! **Phased open loop** ([`open_loop_phased`]): phases with their own rates
+//! run back to back on one schedule — phase *k* starts when the previous
+//! ones' durations have passed, and its request *j* is due at
+//! `phase start + j / rate_k` — so latency still counts from each request's
+//! intended time across phase boundaries. Every request is also kept in a
+//! compact trace, for per-phase figures and recovery times.
+//!
 //! Both run against an [`Exchange`], so the timing logic is tested with
 //! paused `tokio::time` and a fake exchange, and used with the HTTP one.
 
@@ -33,6 +40,23 @@ use crate::recorder::{Observation, Outcome, Recorder};
 pub trait Exchange: Send + Sync + 'static {
     /// Performs request number `seq`.
     fn exchange(&self, seq: u64) -> BoxFuture<'static, Observation>;
+
+    /// Performs request number `seq` during phase `phase` of a phased step
+    /// (whose settings, such as extra args, apply). By default the phase
+    /// changes nothing.
+    fn exchange_in_phase(&self, seq: u64, phase: usize) -> BoxFuture<'static, Observation> {
+        let _ = phase;
+        self.exchange(seq)
+    }
+}
+
+/// One phase of a phased open-loop step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhasePlan {
+    /// Requests per second.
+    pub rate: f64,
+    /// How long.
+    pub duration: Duration,
 }
 
 /// A step's time budget.
@@ -215,6 +239,61 @@ pub async fn open_loop(
     }
 }
 
+/// Runs `phases` back to back in one open-loop schedule, at most
+/// `max_inflight` at once, keeping every request in the trace. Nothing is
+/// warm-up: the window is the phases' sum.
+pub async fn open_loop_phased(
+    ex: Arc<dyn Exchange>,
+    phases: &[PhasePlan],
+    max_inflight: usize,
+    live: Arc<Live>,
+) -> Measured {
+    let from = Instant::now();
+    let rec = Arc::new(Shards::new());
+    let permits = Arc::new(Semaphore::new(max_inflight.max(1)));
+    let mut i: u64 = 0;
+    let mut phase_start = from;
+    'phases: for (phase, plan) in phases.iter().enumerate() {
+        let rate = plan.rate.max(1e-9);
+        let phase_end = phase_start + plan.duration;
+        let mut j: u64 = 0;
+        loop {
+            // `j / rate` from the phase's start: no drift from adding, and
+            // exactly `rate × duration` sends when that is whole.
+            let intended = phase_start + Duration::from_secs_f64(j as f64 / rate);
+            if intended >= phase_end {
+                break;
+            }
+            tokio::time::sleep_until(intended).await;
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break 'phases;
+            };
+            rec.get(i as usize)
+                .record_lag(Instant::now().saturating_duration_since(intended));
+            let (ex, rec, live) = (ex.clone(), rec.clone(), live.clone());
+            tokio::spawn(async move {
+                let obs = ex.exchange_in_phase(i, phase).await;
+                live.note(&obs);
+                let mut r = rec.get(i as usize);
+                r.record(intended, &obs);
+                r.trace(from, intended, phase, &obs);
+                drop(r);
+                drop(permit);
+            });
+            i += 1;
+            j += 1;
+        }
+        phase_start = phase_end;
+    }
+    let all = u32::try_from(max_inflight.max(1)).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(120), permits.acquire_many(all)).await;
+    Measured {
+        recorder: rec.merged(),
+        from,
+        window: phase_start.saturating_duration_since(from),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +329,36 @@ mod tests {
                     outcome: Outcome::Accepted(202),
                     acked_at: Some(Instant::now()),
                     finished: None,
+                    label: None,
+                }
+            })
+        }
+    }
+
+    /// Sees the phase of every request: takes `service_ms[phase]` and
+    /// counts requests per phase; the last phase's requests end `failed`.
+    struct Phased {
+        service_ms: Vec<u64>,
+        seen: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Exchange for Phased {
+        fn exchange(&self, seq: u64) -> BoxFuture<'static, Observation> {
+            self.exchange_in_phase(seq, usize::MAX)
+        }
+
+        fn exchange_in_phase(&self, _seq: u64, phase: usize) -> BoxFuture<'static, Observation> {
+            self.seen.lock().unwrap().push(phase);
+            let ms = self.service_ms.get(phase).copied().unwrap_or(1);
+            let last = phase + 1 == self.service_ms.len();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let at = Instant::now();
+                Observation {
+                    outcome: Outcome::Accepted(202),
+                    acked_at: Some(at),
+                    finished: Some((at, if last { "failed" } else { "succeeded" }.into())),
+                    label: Some(Arc::from(if last { "late" } else { "early" })),
                 }
             })
         }
@@ -334,5 +443,80 @@ mod tests {
         assert!(close(s.p50, 510.0), "{s:?}");
         let lag = LatencySummary::of(&m.recorder.lag).unwrap();
         assert!(close(lag.max, 990.0), "sends fell behind: {lag:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_run_back_to_back_on_one_schedule() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ex = Arc::new(Phased {
+            service_ms: vec![5, 40],
+            seen: seen.clone(),
+        });
+        let phases = [
+            PhasePlan {
+                rate: 100.0,
+                duration: Duration::from_secs(1),
+            },
+            PhasePlan {
+                rate: 300.0,
+                duration: Duration::from_secs(1),
+            },
+        ];
+        let m = open_loop_phased(ex, &phases, 1000, Arc::default()).await;
+        assert_eq!(m.window, Duration::from_secs(2));
+        assert_eq!(m.recorder.sent, 400);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().filter(|p| **p == 0).count(), 100);
+        assert_eq!(seen.iter().filter(|p| **p == 1).count(), 300);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "phases in order");
+        let mut trace = m.recorder.trace.clone();
+        trace.sort_by_key(|t| t.at_us);
+        assert_eq!(trace.len(), 400);
+        assert_eq!((trace[0].at_us, trace[0].phase), (0, 0));
+        assert_eq!((trace[99].at_us, trace[99].phase), (990_000, 0));
+        // The second phase starts at 1 s sharp, every 3.33 ms.
+        assert_eq!((trace[100].at_us, trace[100].phase), (1_000_000, 1));
+        assert!((trace[103].at_us as i64 - 1_010_000).abs() <= 1);
+        assert!(trace[..100].iter().all(|t| t.done_us == Some(5_000)));
+        // Timers fire on whole milliseconds: 3.33 ms slots leave up to 1 ms
+        // late, and that lateness counts.
+        assert!(
+            trace[100..]
+                .iter()
+                .all(|t| (40_000..41_000).contains(&t.done_us.unwrap()))
+        );
+        assert_eq!(m.recorder.outcomes["succeeded"], 100);
+        assert_eq!(m.recorder.outcomes["failed"], 300);
+        assert_eq!(m.recorder.labels["early"].sent, 100);
+        assert_eq!(m.recorder.labels["late"].sent, 300);
+        let lag = LatencySummary::of(&m.recorder.lag).unwrap();
+        assert!(lag.max < 1.0, "no send was late but for the timer: {lag:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phased_latency_counts_from_the_schedule_across_boundaries() {
+        // One request in flight, 20 ms each, 100/s due then 50/s: the first
+        // phase falls behind and its backlog delays the second's sends,
+        // which are charged for it from their intended times.
+        let ex = Fixed::new(20);
+        let phases = [
+            PhasePlan {
+                rate: 100.0,
+                duration: Duration::from_millis(500),
+            },
+            PhasePlan {
+                rate: 50.0,
+                duration: Duration::from_millis(500),
+            },
+        ];
+        let m = open_loop_phased(ex, &phases, 1, Arc::default()).await;
+        assert_eq!(m.recorder.sent, 75);
+        let mut trace = m.recorder.trace.clone();
+        trace.sort_by_key(|t| t.at_us);
+        // Request 50 (the first of phase 2) was due at 500 ms but left at
+        // 50 × 20 = 1000 ms: 520 ms.
+        assert_eq!(trace[50].phase, 1);
+        assert_eq!(trace[50].at_us, 500_000);
+        assert!((i64::from(trace[50].ack_us.unwrap()) - 520_000).abs() < 100);
     }
 }

@@ -9,10 +9,13 @@ use tokio::time::Instant;
 use crate::BenchError;
 use crate::http::{HttpExchange, check_reachable, client, shared};
 use crate::launch::launch;
-use crate::load::{Exchange, Live, Measured, Window, closed_loop, open_loop};
+use crate::load::{
+    Exchange, Live, Measured, PhasePlan, Window, closed_loop, open_loop, open_loop_phased,
+};
+use crate::phases::{PhaseSpan, phase_results, timeline};
 use crate::progress::Progress;
-use crate::recorder::LatencySummary;
-use crate::result::{Machine, ScenarioResult, StepResult};
+use crate::recorder::{LabelRecorder, LatencySummary};
+use crate::result::{LabelResult, Machine, ScenarioResult, StepResult};
 use crate::sampler::Sampler;
 use crate::scenario::{Database, E2e, Launch, Mode, Scenario};
 use crate::sysstat::{generator_bound, snapshot, usage};
@@ -127,16 +130,46 @@ async fn offer(
     x: f64,
     w: Window,
     live: Arc<Live>,
+    warming_up: bool,
 ) -> Measured {
     match s.load.mode {
         Mode::Closed => closed_loop(ex, x as usize, w, live).await,
+        Mode::Open if !s.load.phases.is_empty() => {
+            // Warm-up runs at the first phase's rate and args.
+            let plans: Vec<PhasePlan> = if !warming_up {
+                plans(s, x)
+            } else {
+                plans(s, x)
+                    .into_iter()
+                    .take(1)
+                    .map(|p| PhasePlan {
+                        duration: w.duration,
+                        ..p
+                    })
+                    .collect()
+            };
+            open_loop_phased(ex, &plans, s.load.max_inflight, live).await
+        }
         Mode::Open => open_loop(ex, x, s.load.max_inflight, w, live).await,
     }
 }
 
+/// The phases of step `x` as rates and durations.
+fn plans(s: &Scenario, x: f64) -> Vec<PhasePlan> {
+    s.load
+        .phases
+        .iter()
+        .map(|p| PhasePlan {
+            rate: x * p.factor,
+            duration: p.duration,
+        })
+        .collect()
+}
+
 /// Runs every step of `s`.
 pub async fn run(s: &Scenario, opts: &RunOptions) -> Result<ScenarioResult, BenchError> {
-    let biggest = s.load.steps.iter().fold(0.0f64, |a, &b| a.max(b));
+    let biggest = s.load.steps.iter().fold(0.0f64, |a, &b| a.max(b))
+        * s.load.phases.iter().fold(1.0f64, |a, p| a.max(p.factor));
     let sockets = match s.load.mode {
         Mode::Closed => biggest as u64 * if s.request.e2e == E2e::Sse { 2 } else { 1 },
         // In flight at once: at most max_inflight, and no more than a minute
@@ -167,12 +200,10 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> Result<ScenarioResult, Benc
             .as_ref()
             .map_or("/health", |r| r.path.as_str());
         check_reachable(&http, &base, probe).await?;
-        let ex = shared(HttpExchange::new(
-            http.clone(),
-            &base,
-            s.request.clone(),
-            s.load.seed,
-        ));
+        let ex = shared(
+            HttpExchange::new(http.clone(), &base, s.request.clone(), s.load.seed)
+                .with_phase_args(s.load.phases.iter().map(|p| p.args.clone()).collect()),
+        );
         let live = Arc::new(Live::default());
         let label = format!(
             "[{}/{n}] {} {}",
@@ -187,7 +218,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> Result<ScenarioResult, Benc
             opts.quiet,
             label,
             live.clone(),
-            s.load.warmup + s.load.duration,
+            s.load.warmup + s.load.measured(),
         );
         if !s.load.warmup.is_zero() {
             let w = Window {
@@ -195,21 +226,21 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> Result<ScenarioResult, Benc
                 duration: s.load.warmup,
                 max_requests: None,
             };
-            offer(ex.clone(), s, x, w, live.clone()).await;
+            offer(ex.clone(), s, x, w, live.clone(), true).await;
         }
         let from = Instant::now();
         let sampler = (s.request.raw.is_none()).then(|| {
             let every = Duration::from_millis(s.target.sample_ms.unwrap_or(500).max(50));
-            Sampler::start(http.clone(), &base, every, from)
+            Sampler::start_for(http.clone(), &base, every, from, s.target.pool.clone())
         });
         let pid = launched.as_ref().map(|l| l.pid);
         let cpu0 = snapshot(pid);
         let w = Window {
             warmup: Duration::ZERO,
-            duration: s.load.duration,
+            duration: s.load.measured(),
             max_requests: s.load.requests,
         };
-        let m = offer(ex, s, x, w, live).await;
+        let m = offer(ex, s, x, w, live, false).await;
         let wall = from.elapsed().as_secs_f64();
         let cpu1 = snapshot(pid);
         let status = match sampler {
@@ -234,7 +265,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> Result<ScenarioResult, Benc
         mode: s.load.mode,
         e2e: s.request.e2e,
         warmup_s: s.load.warmup.as_secs_f64(),
-        duration_s: s.load.duration.as_secs_f64(),
+        duration_s: s.load.measured().as_secs_f64(),
         steps,
     })
 }
@@ -268,10 +299,41 @@ fn assemble(
             l.p99
         ));
     }
+    if let (Some(pool), Some(st)) = (&s.target.pool, &status)
+        && st.t_s.is_empty()
+    {
+        notes.push(format!("pool `{pool}` not found in /api/status"));
+    }
     let goodput = if s.request.e2e == E2e::None {
         status.as_ref().and_then(|st| st.goodput())
     } else {
         Some(r.outcomes.get("succeeded").copied().unwrap_or(0) as f64 / window)
+    };
+    let by_label = r
+        .labels
+        .iter()
+        .map(|(k, l)| (k.to_string(), label_result(l, s.request.e2e, window)))
+        .collect();
+    let (phases, timeline) = if s.load.phases.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let spans: Vec<PhaseSpan> = s
+            .load
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PhaseSpan {
+                label: s.load.phase_label(i),
+                factor: p.factor,
+                rate: x * p.factor,
+                duration: p.duration,
+            })
+            .collect();
+        let ack_is_done = s.request.e2e == E2e::None;
+        (
+            phase_results(&r.trace, &spans, ack_is_done),
+            Some(timeline(&r.trace, m.window, ack_is_done)),
+        )
     };
     StepResult {
         x,
@@ -294,5 +356,149 @@ fn assemble(
         generator_bound: generator_bound(&cpu, cores),
         notes,
         status,
+        by_label,
+        phases,
+        timeline,
+    }
+}
+
+fn label_result(l: &LabelRecorder, e2e: E2e, window: f64) -> LabelResult {
+    LabelResult {
+        sent: l.sent,
+        accepted: l.accepted,
+        rejected: l.rejected,
+        errors: l.sent - l.accepted - l.rejected,
+        goodput: (e2e != E2e::None)
+            .then(|| l.outcomes.get("succeeded").copied().unwrap_or(0) as f64 / window),
+        submit: LatencySummary::of(&l.ack),
+        e2e: LatencySummary::of(&l.e2e),
+        rejection: LatencySummary::of(&l.reject),
+        outcomes: l.outcomes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An HTTP server answering `200 {}` to everything, keeping the bodies.
+    async fn server() -> (String, Arc<Mutex<Vec<String>>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        kept.lock().unwrap().push(text[end + 4..].to_string());
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                            )
+                            .await;
+                        return;
+                    }
+                });
+            }
+        });
+        (base, bodies)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_phased_raw_scenario_runs_end_to_end() {
+        let (base, bodies) = server().await;
+        let s = Scenario::from_toml(&format!(
+            r#"
+name = "phased"
+[target]
+url = "{base}"
+[load]
+mode = "open"
+steps = [20]
+warmup = "200ms"
+phases = [
+  {{ factor = 1.0, duration = "500ms", label = "calm" }},
+  {{ factor = 2.0, duration = "500ms", args = {{ capacity = 3 }} }},
+]
+[request.raw]
+method = "POST"
+path = "/work"
+body = {{ capacity = 9, prompt = "hi" }}
+"#
+        ))
+        .unwrap();
+        let r = run(
+            &s,
+            &RunOptions {
+                quiet: true,
+                command: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.duration_s, 1.0);
+        let step = &r.steps[0];
+        assert_eq!(step.sent, 30, "10 calm + 20 doubled");
+        assert_eq!(step.accepted, 30, "{step:?}");
+        let p = &step.phases;
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].label.as_str(), p[0].sent, p[0].rate),
+            ("calm", 10, 20.0)
+        );
+        assert_eq!(
+            (p[1].label.as_str(), p[1].sent, p[1].rate),
+            ("phase 2", 20, 40.0)
+        );
+        assert!(p[1].goodput > 0.0 && p[1].e2e.is_some(), "{p:?}");
+        let t = step.timeline.as_ref().unwrap();
+        assert_eq!(t.sent, vec![10, 20]);
+        // Warm-up (4) and calm (10) keep the body; the second phase's 20
+        // have the phase's capacity merged in.
+        let bodies = bodies.lock().unwrap().clone();
+        let with = |c: u64| {
+            bodies
+                .iter()
+                // (The reachability probe is a GET without a body.)
+                .filter(|b| !b.is_empty())
+                .filter(|b| {
+                    serde_json::from_str::<serde_json::Value>(b).unwrap()
+                        == serde_json::json!({"capacity": c, "prompt": "hi"})
+                })
+                .count()
+        };
+        assert_eq!((with(9), with(3)), (14, 20), "{bodies:?}");
+        let md = crate::report::markdown(&r, None);
+        assert!(md.contains("#### Phases at rate/s 20"), "{md}");
     }
 }

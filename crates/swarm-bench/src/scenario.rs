@@ -25,6 +25,69 @@
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported instead of ignored.
+//!
+//! # Per-label statistics
+//!
+//! A mix entry may carry `label = "..."`; it defaults to the entry's
+//! `tenant`, if set. Every step then also reports, per label, requests sent,
+//! accepted, refused (429/503), task outcomes, goodput and submit,
+//! end-to-end and refusal latency (`by_label` in the JSON, a "per label"
+//! table in the Markdown), e.g. to see whether one tenant starves another:
+//!
+//! ```toml
+//! [[request.mix]]
+//! type = "sim"
+//! tenant = "heavy"             # label "heavy"
+//! weight = 9
+//! [[request.mix]]
+//! type = "sim"
+//! tenant = "light"
+//! label = "light-tenant"       # overrides the tenant as the label
+//! ```
+//!
+//! # Phased open-loop steps
+//!
+//! In open mode, `load.phases` turns each step into a sequence of phases run
+//! back to back; the step's value is then a *base* rate per second:
+//!
+//! ```toml
+//! [load]
+//! mode = "open"
+//! steps = [100]                # base rates
+//! warmup = "2s"                # at the first phase's rate (and args)
+//! phases = [
+//!   { factor = 1.0,  duration = "10s", label = "normal" },
+//!   { factor = 10.0, duration = "10s", args = { capacity = 10 }, label = "overload" },
+//!   { factor = 1.0,  duration = "20s", label = "recovery" },
+//! ]
+//! ```
+//!
+//! Phase *i* sends at `step × factor` (`factor` above 0) for `duration`
+//! (above 0; `load.duration` is then unused: the measured window is the sum
+//! of the phases). Its `args` (a table), if any, are merged key by key into
+//! the `args` of every task submitted during the phase (for `request.raw`,
+//! into the JSON body), e.g. to change a `sim` agent's `capacity` mid-run.
+//! `label` names the phase (default `phase N`). The schedule is one open
+//! loop: every request's latency counts from its intended send time, across
+//! phase boundaries too.
+//!
+//! A phased step reports, per phase (`phases` in the JSON): sent, accepted,
+//! refused, goodput (requests that ended `succeeded` — with `e2e = "none"`,
+//! answered 2xx — per second, by the time they ended), submit, end-to-end
+//! and refusal latency of the requests *sent* in the phase, and for every
+//! phase after the first `recovery_s`: the start (seconds after the phase
+//! began) of the first 1-second window, slid by 100 ms, in which goodput is
+//! at least 90% of the phase's steady goodput and the end-to-end p99 of the
+//! requests sent in that window at most 1.25 × the steady p99 ("steady":
+//! over the phase's last half); `null` if that never happens. A `timeline`
+//! per 500 ms (sent, accepted, refused, succeeded, e2e p99) is kept for
+//! charts.
+//!
+//! # Sampling one pool
+//!
+//! `target.pool = "sim"` makes the `/api/status` sampler record only that
+//! pool's figures (instead of the sum over pools), and its concurrency limit
+//! over time (`status.limit` in the JSON; min–max in the Markdown).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +138,9 @@ pub struct TargetSpec {
     pub api_key: Option<String>,
     /// Sample the target's `/api/status` this often (swarmd only), ms.
     pub sample_ms: Option<u64>,
+    /// Sample only this pool (department) and record its concurrency limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// What the bench starts before each step.
@@ -138,6 +204,46 @@ pub struct LoadSpec {
     pub max_inflight: usize,
     /// Seed for choosing among the request mix.
     pub seed: u64,
+    /// Open loop: phases run back to back in each step (the step's value is
+    /// then a base rate); empty for a plain step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of a phased open-loop step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// Multiplies the step's base rate.
+    pub factor: f64,
+    /// How long the phase lasts.
+    #[serde(with = "humantime_serde_compat")]
+    pub duration: Duration,
+    /// Merged key by key into every request's `args` during the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    /// Names the phase in reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl LoadSpec {
+    /// The measured time of a step: the phases' sum, or `duration`.
+    pub fn measured(&self) -> Duration {
+        if self.phases.is_empty() {
+            self.duration
+        } else {
+            self.phases.iter().map(|p| p.duration).sum()
+        }
+    }
+
+    /// Phase `i`'s name: its `label`, else `phase {i + 1}`.
+    pub fn phase_label(&self, i: usize) -> String {
+        self.phases
+            .get(i)
+            .and_then(|p| p.label.clone())
+            .unwrap_or_else(|| format!("phase {}", i + 1))
+    }
 }
 
 impl Default for LoadSpec {
@@ -150,6 +256,7 @@ impl Default for LoadSpec {
             requests: None,
             max_inflight: 10_000,
             seed: 1,
+            phases: Vec::new(),
         }
     }
 }
@@ -170,8 +277,11 @@ pub enum E2e {
 }
 
 /// What each request is.
+///
+/// In TOML a mix entry may carry `label`; it is kept in [`Self::labels`]
+/// (parallel to `mix`) so that [`MixEntry`] keeps its shape.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "RequestToml", into = "RequestToml")]
 pub struct RequestSpec {
     /// End-to-end measurement.
     pub e2e: E2e,
@@ -183,6 +293,9 @@ pub struct RequestSpec {
     pub mix: Vec<MixEntry>,
     /// Instead of tasks: one plain HTTP request (any endpoint, any server).
     pub raw: Option<RawRequest>,
+    /// Explicit `label`s of the mix entries, by index (may be shorter than
+    /// `mix`, or empty); see [`Self::label`].
+    pub labels: Vec<Option<String>>,
 }
 
 impl Default for RequestSpec {
@@ -193,6 +306,118 @@ impl Default for RequestSpec {
             poll_ms: 20,
             mix: Vec::new(),
             raw: None,
+            labels: Vec::new(),
+        }
+    }
+}
+
+impl RequestSpec {
+    /// The statistics label of mix entry `i`: its `label`, else its
+    /// `tenant`, else none.
+    pub fn label(&self, i: usize) -> Option<&str> {
+        // Explicit labels only count while they still describe the mix (a
+        // command line may have replaced it).
+        let explicit = (self.labels.len() <= self.mix.len())
+            .then(|| self.labels.get(i).and_then(|l| l.as_deref()))
+            .flatten();
+        explicit.or_else(|| self.mix.get(i)?.tenant.as_deref())
+    }
+}
+
+/// [`RequestSpec`] as written in TOML.
+#[derive(Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RequestToml {
+    e2e: E2e,
+    wait_ms: u64,
+    poll_ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mix: Vec<MixToml>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<RawRequest>,
+}
+
+impl Default for RequestToml {
+    fn default() -> Self {
+        RequestSpec::default().into()
+    }
+}
+
+/// [`MixEntry`] as written in TOML: with its `label`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixToml {
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(rename = "type")]
+    task_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    args: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+}
+
+impl From<RequestToml> for RequestSpec {
+    fn from(t: RequestToml) -> Self {
+        let labels: Vec<Option<String>> = t.mix.iter().map(|m| m.label.clone()).collect();
+        Self {
+            e2e: t.e2e,
+            wait_ms: t.wait_ms,
+            poll_ms: t.poll_ms,
+            labels: if labels.iter().all(Option::is_none) {
+                Vec::new()
+            } else {
+                labels
+            },
+            mix: t
+                .mix
+                .into_iter()
+                .map(|m| MixEntry {
+                    weight: m.weight,
+                    task_type: m.task_type,
+                    args: m.args,
+                    priority: m.priority,
+                    tenant: m.tenant,
+                    timeout_ms: m.timeout_ms,
+                    agent: m.agent,
+                })
+                .collect(),
+            raw: t.raw,
+        }
+    }
+}
+
+impl From<RequestSpec> for RequestToml {
+    fn from(r: RequestSpec) -> Self {
+        let labels = r.labels;
+        Self {
+            e2e: r.e2e,
+            wait_ms: r.wait_ms,
+            poll_ms: r.poll_ms,
+            mix: r
+                .mix
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| MixToml {
+                    weight: m.weight,
+                    task_type: m.task_type,
+                    args: m.args,
+                    priority: m.priority,
+                    tenant: m.tenant,
+                    timeout_ms: m.timeout_ms,
+                    agent: m.agent,
+                    label: labels.get(i).cloned().flatten(),
+                })
+                .collect(),
+            raw: r.raw,
         }
     }
 }
@@ -360,6 +585,43 @@ impl Scenario {
                 ));
             }
         }
+        for (i, lab) in r.labels.iter().enumerate() {
+            if lab.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("`request.mix[{i}].label` must not be empty"));
+            }
+        }
+        if !l.phases.is_empty() && l.mode != Mode::Open {
+            return Err("`load.phases` needs `load.mode = \"open\"`".into());
+        }
+        for (i, p) in l.phases.iter().enumerate() {
+            if !(p.factor > 0.0 && p.factor.is_finite()) {
+                return Err(format!("`load.phases[{i}].factor` must be above 0"));
+            }
+            if p.duration.is_zero() {
+                return Err(format!("`load.phases[{i}].duration` must be above zero"));
+            }
+            if let Some(a) = &p.args
+                && !a.is_object()
+            {
+                return Err(format!(
+                    "`load.phases[{i}].args` must be a table (JSON object)"
+                ));
+            }
+            if p.label.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("`load.phases[{i}].label` must not be empty"));
+            }
+            for s in &l.steps {
+                if s * p.factor > 1_000_000.0 {
+                    return Err(format!(
+                        "`load.phases[{i}].factor`: step {s} × {} is above 1000000 per second",
+                        p.factor
+                    ));
+                }
+            }
+        }
+        if self.target.pool.as_deref().is_some_and(str::is_empty) {
+            return Err("`target.pool` must not be empty".into());
+        }
         if let Some(raw) = &r.raw
             && !raw.path.starts_with('/')
         {
@@ -501,5 +763,93 @@ tenant = "b"
         s.base_dir = PathBuf::from("/a/b");
         assert_eq!(s.resolve(Path::new("c.toml")), PathBuf::from("/a/b/c.toml"));
         assert_eq!(s.resolve(Path::new("/x.toml")), PathBuf::from("/x.toml"));
+    }
+
+    const PHASED: &str = r#"
+name = "recovery"
+[target]
+launch = "swarmd"
+pool = "sim"
+[load]
+mode = "open"
+steps = [100]
+warmup = "1s"
+phases = [
+  { factor = 1.0, duration = "5s", label = "normal" },
+  { factor = 10.0, duration = "10s", args = { capacity = 10 }, label = "overload" },
+  { factor = 1.0, duration = "500ms" },
+]
+[request]
+e2e = "poll"
+[[request.mix]]
+type = "sim"
+tenant = "a"
+[[request.mix]]
+type = "sim"
+tenant = "b"
+label = "bee"
+[[request.mix]]
+type = "echo"
+"#;
+
+    #[test]
+    fn phases_labels_and_pool_parse() {
+        let s = Scenario::from_toml(PHASED).unwrap();
+        assert_eq!(s.target.pool.as_deref(), Some("sim"));
+        let p = &s.load.phases;
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1].factor, 10.0);
+        assert_eq!(p[1].duration, Duration::from_secs(10));
+        assert_eq!(p[1].args, Some(serde_json::json!({"capacity": 10})));
+        assert_eq!(p[2].duration, Duration::from_millis(500));
+        assert_eq!(s.load.measured(), Duration::from_millis(15_500));
+        assert_eq!(s.load.phase_label(1), "overload");
+        assert_eq!(s.load.phase_label(2), "phase 3");
+        assert_eq!(s.request.label(0), Some("a"), "the tenant by default");
+        assert_eq!(s.request.label(1), Some("bee"));
+        assert_eq!(s.request.label(2), None);
+        assert_eq!(s.request.mix[1].tenant.as_deref(), Some("b"));
+        // Without phases the measured time is `duration`, labels are none.
+        let plain = Scenario::from_toml(GOOD).unwrap();
+        assert!(plain.load.phases.is_empty() && plain.request.labels.is_empty());
+        assert_eq!(plain.load.measured(), Duration::from_secs(3));
+        assert_eq!(plain.request.label(1), Some("b"));
+        // A command line replacing the mix drops stale explicit labels.
+        let mut replaced = s.clone();
+        replaced.request.mix.truncate(1);
+        assert_eq!(replaced.request.label(0), Some("a"));
+    }
+
+    #[test]
+    fn scenarios_round_trip_with_their_labels_and_phases() {
+        let s = Scenario::from_toml(PHASED).unwrap();
+        let text = toml::to_string(&s).unwrap();
+        let back = Scenario::from_toml(&text).unwrap();
+        assert_eq!(back, s, "{text}");
+    }
+
+    #[test]
+    fn bad_phases_labels_and_pools_name_the_key() {
+        let bad = |from: &str, to: &str| err(&PHASED.replace(from, to));
+        assert!(
+            bad("factor = 10.0", "factor = 0.0")
+                .contains("`load.phases[1].factor` must be above 0")
+        );
+        assert!(bad("factor = 10.0", "factor = -2.0").contains("`load.phases[1].factor`"));
+        assert!(
+            bad("\"500ms\"", "\"0s\"").contains("`load.phases[2].duration` must be above zero")
+        );
+        assert!(
+            bad("args = { capacity = 10 }", "args = 10")
+                .contains("`load.phases[1].args` must be a table")
+        );
+        assert!(bad("label = \"normal\"", "label = \"\"").contains("`load.phases[0].label`"));
+        assert!(bad("label = \"normal\"", "lable = \"x\"").contains("lable"));
+        assert!(bad("mode = \"open\"", "mode = \"closed\"").contains("`load.phases` needs"));
+        assert!(bad("factor = 10.0", "factor = 20000.0").contains("above 1000000"));
+        assert!(bad(", duration = \"500ms\"", "").contains("duration"));
+        assert!(bad("label = \"bee\"", "label = \"\"").contains("`request.mix[1].label`"));
+        assert!(bad("label = \"bee\"", "labl = \"x\"").contains("labl"));
+        assert!(bad("pool = \"sim\"", "pool = \"\"").contains("`target.pool`"));
     }
 }
