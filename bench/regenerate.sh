@@ -23,13 +23,32 @@ order=(
     communications-100-wait
     communications-100-wait-pg
     sim-backend-knee
+    limit-nolimit
+    limit-fixed
+    limit-aimd
+    limit-gradient2
+    limit-vegas
+    recover-nolimit
+    recover-fixed
+    recover-aimd
+    recover-gradient2
+    recover-vegas
+    fairness-solo
+    fairness-mixed
+    health-idle
+    health-cpu-load
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
 mkdir -p bench/results
 for name in "${selected[@]}"; do
     echo "== $name" >&2
-    "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null
+    case "$name" in
+        # One script measures both, on one server.
+        health-idle) bench/health-under-cpu.sh ;;
+        health-cpu-load) ;;
+        *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
+    esac
 done
 results=()
 for name in "${order[@]}"; do

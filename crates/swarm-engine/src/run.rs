@@ -286,7 +286,16 @@ async fn run_task(
         Ok(result) => {
             let timed_out =
                 matches!(&result, Err(AgentError::Timeout { .. })) && Instant::now() >= deadline;
-            permit.record(classify_sample(&inner, &result, rtt));
+            // A run cut by the task's deadline is back-pressure only if the
+            // run itself was slow; when the deadline was spent waiting in
+            // the queue, the backend did nothing wrong, and counting it would
+            // let a queue collapse the limit that should drain it.
+            let typical = Duration::from_micros(pool.limiter.snapshot().rtt_us);
+            if timed_out && rtt < typical * 2 {
+                permit.record(Sample::ignore());
+            } else {
+                permit.record(classify_sample(&inner, &result, rtt));
+            }
             match result {
                 Ok(v) => Outcome::Succeeded(v),
                 Err(_) if timed_out => Outcome::TimedOut,
