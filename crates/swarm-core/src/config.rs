@@ -278,8 +278,8 @@ pub struct QueueConfig {
     pub capacity: usize,
     /// CoDel target, ms: when the smallest queueing delay over `interval_ms`
     /// stays above this, new submissions are refused (503) until the queue
-    /// drains below it. Unset: a quarter of the pool's measured no-load run
-    /// time (at least 5 ms), so a task waits about a quarter of a service
+    /// drains below it. Unset: an eighth of the pool's measured no-load run
+    /// time (at least 5 ms), so a task waits about an eighth of a service
     /// time at most
     /// in a standing queue. 0 turns queue-delay shedding off.
     pub target_delay_ms: Option<u64>,

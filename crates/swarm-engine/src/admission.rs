@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 /// Queued plus running tasks per tenant on this node.
 #[derive(Debug, Default)]
@@ -74,6 +75,57 @@ impl TenantLedger {
     pub(crate) fn outstanding(&self, tenant: &str) -> usize {
         let m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         m.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+/// Admissions per second per tenant, exponentially decayed (time constant
+/// [`RATE_TAU`]): who is taking a pool's capacity right now.
+///
+/// While a pool sheds, a tenant admitted at a lower rate than some other
+/// tenant is still admitted; only the heaviest are refused. That is
+/// max-min fairness on rates: a tenant asking for less than its share keeps
+/// getting all of it, the floods share the rest, and a lone tenant is never
+/// exempt (it alone is the load). Rates, not queue lengths, because
+/// shedding keeps the queue at a few tasks, too few to tell shares apart.
+#[derive(Debug, Default)]
+pub(crate) struct TenantRates {
+    rates: Mutex<HashMap<Arc<str>, (Instant, f64)>>,
+}
+
+/// Memory of [`TenantRates`], seconds.
+pub(crate) const RATE_TAU: f64 = 1.0;
+
+fn decayed(at: Instant, rate: f64, now: Instant) -> f64 {
+    rate * (-(now.saturating_duration_since(at).as_secs_f64()) / RATE_TAU).exp()
+}
+
+impl TenantRates {
+    /// Counts one admission of `tenant` at `now`.
+    pub(crate) fn admitted(&self, tenant: &str, now: Instant) {
+        let mut m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(tenant) {
+            Some((at, r)) => {
+                *r = decayed(*at, *r, now) + 1.0 / RATE_TAU;
+                *at = now;
+            }
+            None => {
+                m.insert(Arc::from(tenant), (now, 1.0 / RATE_TAU));
+            }
+        }
+    }
+
+    /// Whether some other tenant is being admitted faster than `tenant`.
+    pub(crate) fn is_light(&self, tenant: &str, now: Instant) -> bool {
+        let m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = m.get(tenant).map_or(0.0, |&(at, r)| decayed(at, r, now));
+        m.iter()
+            .any(|(t, &(at, r))| **t != *tenant && decayed(at, r, now) > mine)
+    }
+
+    /// Forgets tenants idle for a while (bounded memory).
+    pub(crate) fn prune(&self, now: Instant) {
+        let mut m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, &mut (at, r)| decayed(at, r, now) > 0.01);
     }
 }
 
@@ -213,6 +265,30 @@ mod tests {
         assert!(
             l.counts.lock().unwrap().is_empty(),
             "empty tenants are forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slower_admitted_tenant_is_light() {
+        let r = TenantRates::default();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            r.admitted("a", t0 + Duration::from_millis(i * 5));
+        }
+        for i in 0..20 {
+            r.admitted("b", t0 + Duration::from_millis(i * 25));
+        }
+        let now = t0 + Duration::from_millis(500);
+        assert!(r.is_light("b", now), "b at 40/s beside a at 200/s");
+        assert!(!r.is_light("a", now));
+        assert!(r.is_light("new", now), "a newcomer is light");
+        let lone = TenantRates::default();
+        lone.admitted("x", t0);
+        assert!(!lone.is_light("x", t0), "a lone tenant is the load");
+        r.prune(now + Duration::from_secs(30));
+        assert!(
+            r.rates.lock().unwrap().is_empty(),
+            "idle tenants are forgotten"
         );
     }
 

@@ -99,6 +99,7 @@ pub(crate) async fn governor(engine: Engine) {
         for pool in inner.pools.values() {
             pool.drain.tick(elapsed);
             pool.retune_codel();
+            pool.rates.prune(now);
             for q in pool.take_expired(wall_ms) {
                 inner
                     .runs

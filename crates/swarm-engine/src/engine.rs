@@ -746,6 +746,8 @@ impl Engine {
             inner.stop_runs.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), inner.runs.wait()).await;
         }
+        // Runs are over: dispatchers still serving children may stop.
+        inner.stop_runs.cancel();
         inner.background.close();
         inner.cpu.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(5), inner.background.wait()).await;

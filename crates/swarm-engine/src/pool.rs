@@ -20,11 +20,12 @@
 //!
 //! # Admission
 //! `Pool::admit` answers from memory before anything is stored: the queue
-//! bound; CoDel queue-delay shedding (Nichols & Jacobson 2012, used for
-//! admission as in Facebook's "Fail at Scale", 2015), applied only to
-//! tenants holding at least an even share of the queue, so a light tenant
-//! is not refused for a heavy one's backlog; and an estimate of whether the
-//! task could start before its deadline at the measured drain rate.
+//! bound; queue-delay shedding by CoDel (Nichols & Jacobson 2012, used for
+//! admission as in Facebook's "Fail at Scale", 2015) and by a Little's-law
+//! estimate of the wait, applied only to the tenants admitted fastest, so a
+//! light tenant is not refused for a heavy one's load; and an estimate of
+//! whether the task could start before its deadline at the measured drain
+//! rate.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,7 +43,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{DrainRate, TenantSlot};
+use crate::admission::{DrainRate, TenantRates, TenantSlot};
 use crate::child::ChildJob;
 use crate::error::EngineError;
 
@@ -100,6 +101,8 @@ pub(crate) struct Pool {
     running: Mutex<HashMap<TaskId, Running>>,
     pub(crate) counters: Counters,
     pub(crate) drain: DrainRate,
+    /// Admission rates per tenant (fair shedding).
+    pub(crate) rates: TenantRates,
 }
 
 /// Lifetime counts, for status and benchmarks.
@@ -239,6 +242,7 @@ impl Pool {
             running: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             drain: DrainRate::default(),
+            rates: TenantRates::default(),
         }
     }
 
@@ -275,13 +279,10 @@ impl Pool {
             let expected = Duration::from_secs_f64(
                 ahead * snap.rtt_us as f64 / 1e6 / snap.limit.max(1) as f64,
             );
-            let overloaded = standing || expected > target;
-            // Shedding is fair too: while overloaded, a tenant holding less
-            // than an even share of the queue is still admitted, so the
-            // tenants that built the queue are the ones refused.
-            let tenants = q.tasks.tenants().len().max(1);
-            let light = q.tasks.len_for_tenant(tenant) * tenants < queued;
-            if overloaded && !light {
+            // Shedding is fair: a tenant admitted at a lower rate than
+            // another is still admitted (see `TenantRates`), so the
+            // heaviest tenants are the ones refused.
+            if (standing || expected > target) && !self.rates.is_light(tenant, now) {
                 drop(q);
                 self.counters.rejected_delay.fetch_add(1, Ordering::Relaxed);
                 return Err(EngineError::Overloaded {
@@ -296,6 +297,7 @@ impl Pool {
             }
         }
         drop(q);
+        self.rates.admitted(tenant, now);
         // Everything ahead must drain before this task starts; if the
         // measured rate says that takes longer than its deadline, accepting
         // it would only store a future timeout.
@@ -382,9 +384,9 @@ impl Pool {
             .collect()
     }
 
-    /// Follows the automatic CoDel target: a quarter of the pool's no-load
+    /// Follows the automatic CoDel target: an eighth of the pool's no-load
     /// run time (measured in BENCHMARKS.md: a half let admitted p99 reach
-    /// 2.3× the unloaded p99 at 10× overload, a quarter keeps it near 2×
+    /// 2.3× the unloaded p99 at 10× overload; an eighth keeps it near 2×
     /// with the same goodput).
     pub(crate) fn retune_codel(&self) {
         if !self.codel_on || self.codel_fixed.is_some() {
@@ -394,7 +396,7 @@ impl Pool {
         if snap.min_rtt_us == 0 {
             return;
         }
-        let target = (Duration::from_micros(snap.min_rtt_us) / 4).max(MIN_AUTO_TARGET);
+        let target = (Duration::from_micros(snap.min_rtt_us) / 8).max(MIN_AUTO_TARGET);
         let mut q = lock(&self.queues);
         // Rebuilding forgets CoDel's interval state; only do it for a real
         // change.

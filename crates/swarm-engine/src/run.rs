@@ -27,25 +27,38 @@ use crate::engine::{Inner, ms, progress_for};
 use crate::pool::{Pool, Queued, Running};
 
 /// Waits for work, takes a permit of the pool's limiter, then a child or
-/// (with a permit of the global cap too) a stored task, and starts it; until
-/// shutdown.
+/// (with a permit of the global cap too) a stored task, and starts it.
+///
+/// Once shutdown begins no stored task starts, but children still do until
+/// the grace period ends: running parents waiting for their children must
+/// be able to finish within the grace.
 pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
     let stop = inner.stop_dispatch.clone();
+    let end = inner.stop_runs.clone();
     loop {
-        while !pool.has_work() {
+        let draining = stop.is_cancelled();
+        while !(pool.has_child() || (!draining && pool.has_work())) {
             tokio::select! {
                 _ = pool.notify.notified() => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled(), if !draining => break,
+                _ = end.cancelled() => return,
             }
+        }
+        if !pool.has_child() && (draining || !pool.has_work()) {
+            // Woken by the start of shutdown: look again as draining.
+            continue;
         }
         let permit = tokio::select! {
             p = pool.limiter.acquire() => p,
-            _ = stop.cancelled() => return,
+            _ = end.cancelled() => return,
         };
         if let Some(child) = pool.pop_child() {
             inner
                 .runs
                 .spawn(child::run_child(inner.clone(), pool.clone(), child, permit));
+            continue;
+        }
+        if stop.is_cancelled() {
             continue;
         }
         // A stored task also needs the global cap. A child that arrives
@@ -54,7 +67,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
         let global = loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break None,
                 g = inner.global.acquire() => break Some(g),
                 _ = pool.notify.notified() => {
                     if pool.has_child() {

@@ -190,7 +190,7 @@ async fn reviews_run_as_child_tasks_in_the_reviewers_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_limiters_the_cap_and_the_cpu_pool() {
     let cfg = "[cpu_pool]\nthreads = 1\nqueue = 8\n\
-               [pools.vegas]\nagent = \"sim\"\n[pools.vegas.limit]\nalgorithm = \"vegas\"\ninitial = 4\nmax = 64\n";
+               [pools.tuned]\nagent = \"sim\"\n[pools.tuned.limit]\nalgorithm = \"vegas\"\ninitial = 4\nmax = 64\n";
     let s = server(cfg).await;
     let burn = json!({"type": "sim", "args": {"latency_ms": 1, "cpu_ms": 5}, "wait_ms": 10_000});
     let r = s.post("/api/tasks", &burn).await;
@@ -198,7 +198,7 @@ async fn status_shows_limiters_the_cap_and_the_cpu_pool() {
     let v = s
         .post(
             "/api/tasks",
-            &json!({"type": "sim", "agent": "vegas", "args": {"latency_ms": 5}, "wait_ms": 10_000}),
+            &json!({"type": "sim", "agent": "tuned", "args": {"latency_ms": 5}, "wait_ms": 10_000}),
         )
         .await;
     assert_eq!(v.body["status"], "succeeded", "{}", v.text);
@@ -208,9 +208,33 @@ async fn status_shows_limiters_the_cap_and_the_cpu_pool() {
     assert_eq!(st["global"]["limit"], 4096);
     assert!(st["connections"]["open"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["connections"]["accepted"].as_u64().unwrap() >= 1, "{st}");
-    let vegas = pool(&st, "vegas");
-    assert_eq!(vegas["limit"]["algorithm"], "vegas", "{vegas}");
-    assert!(vegas["limit"]["limit"].as_u64().unwrap() >= 1);
-    assert_eq!(pool(&st, "sim")["limit"]["algorithm"], "gradient2");
+    let tuned = pool(&st, "tuned");
+    assert_eq!(tuned["limit"]["algorithm"], "vegas", "{tuned}");
+    assert!(tuned["limit"]["limit"].as_u64().unwrap() >= 1);
+    assert_eq!(pool(&st, "sim")["limit"]["algorithm"], "aimd");
     assert_eq!(pool(&st, "echo")["limit"]["algorithm"], "fixed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_waiting_on_children_cannot_deadlock_saturated_pools() {
+    // One global slot, one reviewer slot, two communications slots: every
+    // parent holds what a naive scheduler would make its children wait for.
+    let cfg = "[admission]\nglobal_max_inflight = 1\n\
+               [pools.communications]\nconcurrency = 2\n\
+               [pools.reviewers]\nconcurrency = 1\n";
+    let s = server(cfg).await;
+    let body = json!({"type": "email", "args": {"to": "ana@example.com", "subject": "Status", "body": "all green today"}});
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = s.post("/api/tasks", &body).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        ids.push(r.id());
+    }
+    for id in &ids {
+        let t = s.wait_done(id).await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+    }
+    let st = s.get("/api/status").await.body;
+    assert_eq!(pool(&st, "reviewers")["children"], 40, "two reviews each");
+    assert_eq!(st["global"]["in_flight"], 0, "every permit came back");
 }

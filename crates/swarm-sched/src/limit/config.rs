@@ -8,11 +8,14 @@ use serde::{Deserialize, Serialize};
 pub enum Algorithm {
     /// A constant limit (`initial`).
     Fixed,
-    /// Additive increase, multiplicative decrease on back-pressure.
+    /// Additive increase, multiplicative decrease on back-pressure. The
+    /// default: in BENCHMARKS.md and the scenario harness it keeps full
+    /// goodput at 10× overload, and it is the most robust of the adaptive
+    /// laws to what LLM providers do (429s without rising latency, jitter).
+    #[default]
     Aimd,
     /// Netflix's Gradient2: limit follows the ratio of long-term to
     /// short-term round-trip time.
-    #[default]
     Gradient2,
     /// TCP Vegas: queue-size estimate from no-load versus current RTT.
     Vegas,
