@@ -231,8 +231,13 @@ impl PoolConfig {
     }
 
     /// The limiter this pool runs with: `concurrency` as a fixed limit,
-    /// else `[limit]`, else the default by agent kind — `echo` (no backend
-    /// to protect) gets a fixed 1024, others an adaptive limit whose ceiling
+    /// else `[limit]`, else the default by agent kind. Agents that only
+    /// compute in this process (`echo`, and `communications` and
+    /// `reviewers` with their built-in rules) have no backend to protect
+    /// and run in microseconds, where scheduling noise would read as
+    /// latency to an adaptive law: they get a fixed limit (the CPU governor
+    /// and the global cap protect the process). Agents in front of a
+    /// backend (`sim`, `email`, others) get an adaptive limit whose ceiling
     /// suits the kind.
     pub fn limit_or_default(&self, pool: &str) -> LimitConfig {
         if let Some(n) = self.concurrency {
@@ -243,8 +248,8 @@ impl PoolConfig {
         }
         let max = match self.agent_kind(pool) {
             "echo" => return LimitConfig::fixed(1024),
+            "communications" | "reviewers" => return LimitConfig::fixed(256),
             "sim" => 1024,
-            "communications" | "reviewers" => 256,
             "email" => 32,
             _ => 128,
         };
@@ -666,10 +671,14 @@ mod tests {
             cfg.pools["echo"].limit_or_default("echo"),
             LimitConfig::fixed(1024)
         );
-        let adaptive = cfg.pools["communications"].limit_or_default("communications");
+        assert_eq!(
+            cfg.pools["communications"].limit_or_default("communications"),
+            LimitConfig::fixed(256)
+        );
+        let adaptive = cfg.pools["fast"].limit_or_default("fast");
         assert_eq!(
             (adaptive.algorithm, adaptive.max),
-            (Algorithm::default(), 256)
+            (Algorithm::default(), 1024)
         );
     }
 
