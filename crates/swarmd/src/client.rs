@@ -130,10 +130,29 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
         db["in_use"],
         db["max"]
     );
+    let g = &s["global"];
+    let r = &s["resources"];
+    let c = &s["cpu_pool"];
     println!(
-        "\n{:<16} {:<15} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
+        "global cap: {} running of {}{} · process CPU {:.0}%, RSS {:.0} MiB · CPU pool {} of {} threads busy, {} queued",
+        g["in_flight"],
+        g["limit"],
+        if g["cap"].is_null() {
+            String::new()
+        } else {
+            format!(" (lowered: {})", g["cap"])
+        },
+        r["cpu_pct"].as_f64().unwrap_or(0.0),
+        r["rss_mib"].as_f64().unwrap_or(0.0),
+        c["busy"],
+        c["threads"],
+        c["queued"]
+    );
+    println!(
+        "\n{:<16} {:<15} {:<9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
         "POOL",
         "AGENT",
+        "ALGORITHM",
         "LIMIT",
         "RUNNING",
         "QUEUED",
@@ -143,19 +162,22 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
         "TIMED_OUT",
         "REJECTED"
     );
+    // `Value`'s Display ignores width, so numbers go through strings.
+    let n = |v: &serde_json::Value| v.to_string();
     for p in s["pools"].as_array().into_iter().flatten() {
         println!(
-            "{:<16} {:<15} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
+            "{:<16} {:<15} {:<9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
             p["name"].as_str().unwrap_or("?"),
             p["agent"].as_str().unwrap_or("?"),
-            p["concurrency"],
-            p["running"],
-            p["queued"],
-            p["oldest_queued_ms"],
-            p["succeeded"],
-            p["failed"],
-            p["timed_out"],
-            p["rejected"]
+            p["limit"]["algorithm"].as_str().unwrap_or("?"),
+            n(&p["concurrency"]),
+            n(&p["running"]),
+            n(&p["queued"]),
+            n(&p["oldest_queued_ms"]),
+            n(&p["succeeded"]),
+            n(&p["failed"]),
+            n(&p["timed_out"]),
+            n(&p["rejected"])
         );
     }
     Ok(())
