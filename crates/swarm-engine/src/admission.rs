@@ -175,12 +175,6 @@ impl DrainRate {
         }
         ((backlog as f64 / rate).ceil() as u64).clamp(1, 60)
     }
-
-    /// Expected wait, in the queue, of a task behind `backlog` others.
-    pub(crate) fn expected_wait(&self, backlog: usize) -> Option<Duration> {
-        let rate = self.per_second();
-        (rate > 0.0).then(|| Duration::from_secs_f64(backlog as f64 / rate))
-    }
 }
 
 /// Process CPU and memory, as the governor last read them.
@@ -305,7 +299,6 @@ mod tests {
         assert_eq!(d.retry_after_s(1_000_000), 60);
         d.tick(Duration::from_secs(1));
         assert!((d.per_second() - 70.0).abs() < 1e-9);
-        assert_eq!(d.expected_wait(7), Some(Duration::from_millis(100)));
     }
 
     #[test]

@@ -271,14 +271,8 @@ impl Pool {
             let standing = q.codel.on_admission(head_age, now);
             // CoDel needs an interval to see a queue stand; at ten times
             // capacity an interval admits far more than the target's worth
-            // of work. Little's law closes that gap: with `limit` running
-            // and each taking `rtt`, the queue drains at limit / rtt, so a
-            // new task would wait about ahead × rtt / limit.
-            let snap = self.limiter.snapshot();
-            let ahead = (queued + snap.waiting) as f64;
-            let expected = Duration::from_secs_f64(
-                ahead * snap.rtt_us as f64 / 1e6 / snap.limit.max(1) as f64,
-            );
+            // of work, so the wait estimate refuses at once.
+            let expected = self.expected_wait(queued);
             // Shedding is fair: a tenant admitted at a lower rate than
             // another is still admitted (see `TenantRates`), so the
             // heaviest tenants are the ones refused.
@@ -297,15 +291,10 @@ impl Pool {
             }
         }
         drop(q);
-        self.rates.admitted(tenant, now);
-        // Everything ahead must drain before this task starts; if the
-        // measured rate says that takes longer than its deadline, accepting
-        // it would only store a future timeout.
-        let ahead = queued + self.limiter.waiting();
-        if queued > 0
-            && let Some(wait) = self.drain.expected_wait(ahead)
-            && wait > timeout
-        {
+        // If this task would start after its deadline, accepting it would
+        // only store a future timeout.
+        let wait = self.expected_wait(queued);
+        if queued > 0 && wait > timeout {
             self.counters
                 .rejected_deadline
                 .fetch_add(1, Ordering::Relaxed);
@@ -320,7 +309,25 @@ impl Pool {
                 retry_after_s: self.drain.retry_after_s(queued),
             });
         }
+        self.rates.admitted(tenant, now);
         Ok(())
+    }
+
+    /// How long a task admitted now would wait, by Little's law: with
+    /// `limit` running, each taking `rtt`, one leaves every rtt / limit, and
+    /// everything queued (and the dispatcher's own wait for a permit) is
+    /// ahead. Zero before any run has been measured.
+    fn expected_wait(&self, queued: usize) -> Duration {
+        let snap = self.limiter.snapshot();
+        let ahead = (queued + snap.waiting) as f64;
+        Duration::from_secs_f64(ahead * snap.rtt_us as f64 / 1e6 / snap.limit.max(1) as f64)
+    }
+
+    /// Whether the dispatcher has something to start: a child always, a
+    /// stored task unless shutdown has begun.
+    pub(crate) fn ready(&self, draining: bool) -> bool {
+        let q = lock(&self.queues);
+        !q.children.is_empty() || (!draining && !q.tasks.is_empty())
     }
 
     pub(crate) fn push(&self, q: Queued) {
@@ -342,12 +349,6 @@ impl Pool {
     pub(crate) fn push_child(&self, c: ChildJob) {
         lock(&self.queues).children.push_back(c);
         self.notify.notify_one();
-    }
-
-    /// Whether anything waits.
-    pub(crate) fn has_work(&self) -> bool {
-        let q = lock(&self.queues);
-        !q.children.is_empty() || !q.tasks.is_empty()
     }
 
     pub(crate) fn has_child(&self) -> bool {

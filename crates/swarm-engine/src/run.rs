@@ -37,15 +37,14 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
     let end = inner.stop_runs.clone();
     loop {
         let draining = stop.is_cancelled();
-        while !(pool.has_child() || (!draining && pool.has_work())) {
+        if !pool.ready(draining) {
+            // Wake for new work, for the start of shutdown (to look again
+            // as draining), or to end.
             tokio::select! {
                 _ = pool.notify.notified() => {}
-                _ = stop.cancelled(), if !draining => break,
+                _ = stop.cancelled(), if !draining => {}
                 _ = end.cancelled() => return,
             }
-        }
-        if !pool.has_child() && (draining || !pool.has_work()) {
-            // Woken by the start of shutdown: look again as draining.
             continue;
         }
         let permit = tokio::select! {
