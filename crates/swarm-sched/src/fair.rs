@@ -3,10 +3,11 @@
 //! Two levels of scheduling decide which item [`FairQueue::pop`] returns:
 //!
 //! 1. **Classes** (critical, high, normal, low; index 0 most urgent) are
-//!    served by weighted round robin, exactly like
-//!    [`ClassQueue`](crate::ClassQueue): a round serves up to `w[c]` items
-//!    from each class, most urgent first, and an empty class gives its turn
-//!    away. With weights `[8, 4, 2, 1]` and every class backlogged the
+//!    served by weighted round robin (Katevenis et al., "Weighted
+//!    round-robin cell multiplexing in a general-purpose ATM switch chip",
+//!    IEEE JSAC 1991, with items of equal cost): a round serves up to `w[c]`
+//!    items from each class, most urgent first, and an empty class gives its
+//!    turn away. With weights `[8, 4, 2, 1]` and every class backlogged the
 //!    classes get 8/15, 4/15, 2/15 and 1/15 of the starts.
 //!
 //!    Why WRR and not strict priority with *aging* (raising an item's
@@ -50,7 +51,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::Full;
+/// The queue is at capacity; the item is handed back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full<T>(pub T);
 
 /// Number of priority classes: critical, high, normal, low.
 ///

@@ -5,7 +5,6 @@
 //! with paused `tokio::time`.
 //!
 //! # Layout
-//! - [`priority`]: a bounded multi-class queue served by weighted round robin.
 //! - [`fair`]: priorities × per-tenant deficit round robin, bounded.
 //! - [`codel`]: queue-delay overload detection (CoDel).
 //! - [`limit`]: adaptive concurrency limits (fixed, AIMD, Gradient2, Vegas)
@@ -19,11 +18,9 @@ pub mod codel;
 pub mod cpu;
 pub mod fair;
 pub mod limit;
-pub mod priority;
 pub mod util;
 
 pub use codel::CoDel;
 pub use cpu::{CancelFlag, CpuError, CpuJob, CpuPool, CpuPoolFull, CpuPoolStats};
-pub use fair::{FairQueue, QueueMeta};
-pub use priority::{ClassQueue, Full};
+pub use fair::{FairQueue, Full, QueueMeta};
 pub use util::{Deadline, Elapsed, join_bounded, within};
