@@ -1,5 +1,6 @@
 //! The route table.
 
+pub(crate) mod dashboard;
 pub(crate) mod system;
 pub(crate) mod tasks;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status", get(system::status))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .merge(dashboard::routes())
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,536 @@
+// SwarmDirector dashboard: polls `/api/status` once a second, keeps a
+// rolling window in memory and draws one small <canvas> chart per metric.
+// No libraries and nothing fetched from elsewhere: the server's CSP forbids it.
+//
+// For tests: every chart carries `data-points` (samples it holds),
+// `data-max` (largest value in the window, all lines) and `data-max-<line>`
+// per line; `body[data-polls]` counts successful polls.
+"use strict";
+
+(() => {
+  const POLL_MS = 1000;
+  const WINDOW_S = 180;
+  const TIMEOUT_MS = 5000;
+  const KEY_STORE = "swarmd.dashboard.key";
+
+  // High-contrast colours on white; the limit is a dashed grey ceiling.
+  const C = {
+    limit: "#6b7280",
+    inflight: "#1f4e9c",
+    queued: "#d95f02",
+    tput: "#1b7f5a",
+    p50: "#1f4e9c",
+    p99: "#b3261e",
+    rej: "#b3261e",
+    tmo: "#7a3fb0",
+    cpu: "#1f4e9c",
+    rss: "#1b7f5a",
+    size: "#6b7280",
+    idle: "#1b7f5a",
+    inuse: "#d95f02",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+
+  // --- the API key: `?key=` once, then sessionStorage (this tab only) ---
+
+  let key = "";
+  try {
+    key = sessionStorage.getItem(KEY_STORE) || "";
+  } catch (_) {
+    // Storage can be disabled; the key then lives only in this page.
+  }
+  const params = new URLSearchParams(location.search);
+  if (params.has("key")) {
+    setKey(params.get("key"));
+    // Take the key out of the address bar (and out of screenshots, history).
+    params.delete("key");
+    const q = params.toString();
+    history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + location.hash);
+  }
+
+  function setKey(k) {
+    key = (k || "").trim();
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key);
+      else sessionStorage.removeItem(KEY_STORE);
+    } catch (_) {
+      /* see above */
+    }
+  }
+
+  // --- formatting ---
+
+  function fmt(v, digits) {
+    v = num(v);
+    if (v === null) return "–";
+    const a = Math.abs(v);
+    // Big numbers must fit their card: 12,345 → 12.3k.
+    if (a >= 10000) return `${(v / 1000).toFixed(a >= 100000 ? 0 : 1)}k`;
+    if (digits === 0 || a >= 100) return String(Math.round(v));
+    if (a >= 10) return v.toFixed(1);
+    return v.toFixed(digits === undefined ? 2 : digits);
+  }
+
+  function fmtUptime(s) {
+    s = Math.floor(s || 0);
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${m}m`;
+    return `${m}m ${s % 60}s`;
+  }
+
+  // 1, 2, 4, 6, 8 × 10^k at or above v: the axis and its midpoint stay round.
+  function niceCeil(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 4, 6, 8, 10]) if (m * p >= v * 0.999) return m * p;
+    return 10 * p;
+  }
+
+  // --- charts ---
+
+  class Chart {
+    // lines: [{key, label, color, digits, dash, ceiling}]; a `ceiling` line
+    // (a limit) does not stretch the scale when it is far above the others,
+    // so a limit of 1024 does not flatten a queue of 30; it is pinned to the
+    // top and marked "off scale" instead.
+    constructor(card, scope, metric, lines, unit) {
+      this.lines = lines;
+      this.unit = unit || "";
+      this.t = [];
+      this.v = lines.map(() => []);
+      this.canvas = el("canvas", "chart");
+      this.canvas.dataset.scope = scope;
+      this.canvas.dataset.metric = metric;
+      this.canvas.setAttribute("role", "img");
+      this.canvas.setAttribute("aria-label", `${scope} ${metric}`);
+      card.appendChild(this.canvas);
+      this.mark();
+    }
+
+    push(t, values) {
+      this.t.push(t);
+      values.forEach((x, i) => this.v[i].push(num(x)));
+      this.trim(t);
+    }
+
+    trim(now) {
+      let drop = 0;
+      while (drop < this.t.length && this.t[drop] < now - WINDOW_S) drop++;
+      if (drop) {
+        this.t.splice(0, drop);
+        this.v.forEach((a) => a.splice(0, drop));
+      }
+      this.mark();
+    }
+
+    mark() {
+      const ds = this.canvas.dataset;
+      ds.points = String(this.t.length);
+      let all = null;
+      this.lines.forEach((l, i) => {
+        const m = this.max(i);
+        this.canvas.setAttribute(`data-max-${l.key}`, m === null ? "" : String(m));
+        if (m !== null && (all === null || m > all)) all = m;
+      });
+      ds.max = all === null ? "" : String(all);
+    }
+
+    max(i) {
+      let m = null;
+      for (const x of this.v[i]) if (x !== null && (m === null || x > m)) m = x;
+      return m;
+    }
+
+    draw(now) {
+      const cv = this.canvas;
+      const w = cv.clientWidth;
+      const h = cv.clientHeight;
+      if (!w || !h) return; // folded away
+      const dpr = window.devicePixelRatio || 1;
+      if (cv.width !== Math.round(w * dpr) || cv.height !== Math.round(h * dpr)) {
+        cv.width = Math.round(w * dpr);
+        cv.height = Math.round(h * dpr);
+      }
+      const g = cv.getContext("2d");
+      g.setTransform(dpr, 0, 0, dpr, 0, 0);
+      g.clearRect(0, 0, w, h);
+      g.font = "11px system-ui, sans-serif";
+      g.textBaseline = "middle";
+
+      const L = 40, R = 6, T = 18, B = 14;
+      const pw = w - L - R, ph = h - T - B;
+
+      // Scale: everything but far-off ceilings.
+      let top = 0;
+      let ceilings = 0;
+      this.lines.forEach((l, i) => {
+        const m = this.max(i);
+        if (m === null) return;
+        if (l.ceiling) ceilings = Math.max(ceilings, m);
+        else top = Math.max(top, m);
+      });
+      const pinned = ceilings > Math.max(top, 10) * 3;
+      const ymax = niceCeil(pinned ? top : Math.max(top, ceilings));
+      const y = (v) => T + ph - (Math.min(v, ymax) / ymax) * ph;
+      const x = (t) => L + pw - ((now - t) / WINDOW_S) * pw;
+
+      // Grid and axes.
+      g.strokeStyle = "#e3e6eb";
+      g.fillStyle = "#5b6270";
+      g.lineWidth = 1;
+      g.textAlign = "right";
+      for (const f of [0, 0.5, 1]) {
+        const yy = Math.round(T + ph - f * ph) + 0.5;
+        g.beginPath();
+        g.moveTo(L, yy);
+        g.lineTo(L + pw, yy);
+        g.stroke();
+        g.fillText(fmt(ymax * f, ymax < 10 ? 1 : 0), L - 4, yy);
+      }
+      g.textAlign = "center";
+      g.textBaseline = "alphabetic";
+      for (const s of [180, 120, 60]) g.fillText(`-${s / 60}m`, x(now - s), h - 2);
+      g.textAlign = "right";
+      g.fillText("now", L + pw, h - 2);
+
+      // Lines, with gaps where a value is missing.
+      this.lines.forEach((l, i) => {
+        const vals = this.v[i];
+        g.strokeStyle = l.color;
+        g.lineWidth = l.ceiling ? 1.5 : 2;
+        g.setLineDash(l.ceiling ? [5, 3] : []);
+        g.beginPath();
+        let pen = false;
+        for (let k = 0; k < vals.length; k++) {
+          if (vals[k] === null) {
+            pen = false;
+            continue;
+          }
+          const xx = x(this.t[k]);
+          const yy = y(vals[k]);
+          if (pen) g.lineTo(xx, yy);
+          else g.moveTo(xx, yy);
+          pen = true;
+        }
+        // A single sample is a dot, not an invisible zero-length line.
+        if (vals.length === 1 && vals[0] !== null) g.arc(x(this.t[0]), y(vals[0]), 1.5, 0, 7);
+        g.stroke();
+      });
+      g.setLineDash([]);
+
+      // Legend with the latest values.
+      g.textAlign = "left";
+      g.textBaseline = "middle";
+      let lx = L;
+      this.lines.forEach((l, i) => {
+        const vals = this.v[i];
+        const last = vals.length ? vals[vals.length - 1] : null;
+        const off = l.ceiling && pinned ? " (off scale)" : "";
+        const text = `${l.label} ${fmt(last, l.digits)}${off}`;
+        g.fillStyle = l.color;
+        g.fillRect(lx, 6, 10, 3);
+        g.fillStyle = "#14171c";
+        g.fillText(text, lx + 13, 8);
+        lx += 13 + g.measureText(text).width + 12;
+      });
+    }
+  }
+
+  // A card: title, big number(s), chart.
+  function card(row, title, scope, metric, lines, bigs) {
+    const c = el("div", "card");
+    c.appendChild(el("h2", null, title));
+    const big = el("div", "big");
+    const spans = bigs.map(([, caption]) => {
+      const v = el("span", null, "–");
+      big.appendChild(v);
+      big.appendChild(el("small", null, caption));
+      return v;
+    });
+    c.appendChild(big);
+    row.appendChild(c);
+    const chart = new Chart(c, scope, metric, lines);
+    return {
+      chart,
+      set(values) {
+        bigs.forEach(([digits], i) => (spans[i].textContent = fmt(values[i], digits)));
+      },
+    };
+  }
+
+  // --- the process row ---
+
+  const proc = (() => {
+    const row = $("process");
+    const label = el("div", "label");
+    label.appendChild(el("div", "name", "process"));
+    const sub = el("div", "sub", "");
+    label.appendChild(sub);
+    row.appendChild(label);
+    return {
+      sub,
+      cpu: card(row, "CPU", "process", "cpu",
+        [{ key: "cpu", label: "CPU %", color: C.cpu, digits: 1 }], [[1, "% of all cores"]]),
+      rss: card(row, "Memory", "process", "rss",
+        [{ key: "rss", label: "RSS MiB", color: C.rss, digits: 0 }], [[0, "MiB resident"]]),
+      db: card(row, "Database pool", "process", "database",
+        [
+          { key: "max", label: "max", color: C.limit, digits: 0, ceiling: true },
+          { key: "size", label: "size", color: C.size, digits: 0 },
+          { key: "idle", label: "idle", color: C.idle, digits: 0 },
+          { key: "inuse", label: "in use", color: C.inuse, digits: 0 },
+        ],
+        [[0, "in use"], [0, "idle"], [0, "size"], [0, "max"]]),
+      global: card(row, "All pools", "process", "global",
+        [
+          { key: "cap", label: "global cap", color: C.limit, digits: 0, ceiling: true },
+          { key: "inflight", label: "in flight", color: C.inflight, digits: 0 },
+          { key: "queued", label: "queued", color: C.queued, digits: 0 },
+        ],
+        [[0, "in flight"], [0, "queued"]]),
+    };
+  })();
+
+  // --- pools ---
+
+  const pools = new Map(); // name → {row, cards…, prev, active}
+
+  function poolRow(name) {
+    let p = pools.get(name);
+    if (p) return p;
+    const row = el("section", "row idle");
+    row.dataset.pool = name;
+    const label = el("div", "label");
+    label.appendChild(el("div", "name", name));
+    const sub = el("div", "sub", "");
+    label.appendChild(sub);
+    label.appendChild(el("span", "idle-note", "idle"));
+    const shed = el("span", "badge", "shedding");
+    shed.hidden = true;
+    label.appendChild(shed);
+    row.appendChild(label);
+    // Folded rows open on click, for a look at a quiet pool.
+    row.addEventListener("click", () => {
+      if (row.classList.contains("idle")) {
+        p.active = true;
+        row.classList.remove("idle");
+        drawAll();
+      }
+    });
+    p = {
+      row,
+      sub,
+      shed,
+      prev: null,
+      active: false,
+      conc: card(row, "Concurrency", name, "concurrency",
+        [
+          { key: "limit", label: "limit", color: C.limit, digits: 0, ceiling: true },
+          { key: "inflight", label: "in flight", color: C.inflight, digits: 0 },
+          { key: "queued", label: "queued", color: C.queued, digits: 0 },
+        ],
+        [[0, "queued"], [0, "in flight"], [0, "limit"]]),
+      tput: card(row, "Throughput", name, "throughput",
+        [{ key: "tput", label: "done/s", color: C.tput, digits: 1 }], [[1, "tasks/s"]]),
+      lat: card(row, "Run time (last 10 s)", name, "latency",
+        [
+          { key: "p50", label: "p50 ms", color: C.p50, digits: 0 },
+          { key: "p99", label: "p99 ms", color: C.p99, digits: 0 },
+        ],
+        [[0, "ms p50"], [0, "ms p99"]]),
+      err: card(row, "Refused and timed out", name, "errors",
+        [
+          { key: "rejected", label: "refused/s", color: C.rej, digits: 1 },
+          { key: "timedout", label: "timed out/s", color: C.tmo, digits: 1 },
+        ],
+        [[1, "refused/s"], [1, "timed out/s"]]),
+    };
+    pools.set(name, p);
+    $("pools").appendChild(row);
+    return p;
+  }
+
+  // Per-second rate of a counter between two polls; null across a restart.
+  const rate = (now, before, dt) =>
+    before === null || dt <= 0 || now < before ? null : (now - before) / dt;
+
+  function ingestPool(ps, up, t) {
+    const p = poolRow(ps.name);
+    const lim = ps.limit || {};
+    const done = (ps.succeeded || 0) + (ps.failed || 0) + (ps.timed_out || 0) + (ps.cancelled || 0);
+    const prev = p.prev;
+    const dt = prev ? up - prev.up : 0;
+    const tput = rate(done, prev && prev.done, dt);
+    const rej = rate(ps.rejected || 0, prev && prev.rejected, dt);
+    const tmo = rate(ps.timed_out || 0, prev && prev.timed_out, dt);
+    const accepted = ps.accepted || 0;
+    // Any work since the page opened unfolds the pool, for good.
+    if (!p.active && (ps.running > 0 || ps.queued > 0 ||
+        (prev && (accepted !== prev.accepted || ps.rejected !== prev.rejected)))) {
+      p.active = true;
+      p.row.classList.remove("idle");
+    }
+    p.prev = { up, done, rejected: ps.rejected || 0, timed_out: ps.timed_out || 0, accepted };
+
+    p.sub.textContent = `${ps.agent} · ${lim.algorithm || "?"}`;
+    p.shed.hidden = !ps.shedding;
+    const inflight = num(lim.in_flight) !== null ? lim.in_flight : ps.running;
+    const limit = num(lim.limit) !== null ? lim.limit : ps.concurrency;
+    p.conc.chart.push(t, [limit, inflight, ps.queued]);
+    p.conc.set([ps.queued, inflight, limit]);
+    p.tput.chart.push(t, [tput]);
+    p.tput.set([tput]);
+    // `latency_ms` is newer than the rest of the status; "–" without it.
+    const lat = ps.latency_ms || null;
+    const p50 = lat && lat.count ? num(lat.p50) : null;
+    const p99 = lat && lat.count ? num(lat.p99) : null;
+    p.lat.chart.push(t, [p50, p99]);
+    p.lat.set([p50, p99]);
+    p.err.chart.push(t, [rej, tmo]);
+    p.err.set([rej, tmo]);
+  }
+
+  function ingest(st, t) {
+    const up = num(st.uptime_s) || 0;
+    $("meta").textContent =
+      `v${st.version || "?"} · node ${st.node_id || "?"} · ${(st.database || {}).backend || "?"}` +
+      ` · up ${fmtUptime(up)}${st.draining ? " · DRAINING" : ""}`;
+    const res = st.resources || {};
+    proc.sub.textContent = `${st.live_tasks || 0} live tasks`;
+    proc.cpu.chart.push(t, [res.cpu_pct]);
+    proc.cpu.set([res.cpu_pct]);
+    proc.rss.chart.push(t, [res.rss_mib]);
+    proc.rss.set([res.rss_mib]);
+    const db = st.database || {};
+    proc.db.chart.push(t, [db.max, db.size, db.idle, db.in_use]);
+    proc.db.set([db.in_use, db.idle, db.size, db.max]);
+    const gl = st.global || {};
+    const list = Array.isArray(st.pools) ? st.pools : [];
+    const queued = list.reduce((a, p) => a + (p.queued || 0), 0);
+    proc.global.chart.push(t, [gl.limit, gl.in_flight, queued]);
+    proc.global.set([gl.in_flight, queued]);
+    for (const ps of list) ingestPool(ps, up, t);
+  }
+
+  function allCharts() {
+    const out = [proc.cpu, proc.rss, proc.db, proc.global];
+    for (const p of pools.values()) out.push(p.conc, p.tput, p.lat, p.err);
+    return out.map((c) => c.chart);
+  }
+
+  function drawAll() {
+    const now = performance.now() / 1000;
+    for (const c of allCharts()) c.draw(now);
+  }
+
+  // --- errors ---
+
+  const banner = $("banner");
+  function showBanner(text, auth) {
+    banner.textContent = text;
+    banner.classList.toggle("auth", !!auth);
+    banner.hidden = false;
+  }
+
+  function showError(e) {
+    if (e.status === 401 || e.status === 403) {
+      showBanner(
+        key
+          ? `The API key was refused (${e.message}). Enter another one above.`
+          : "This server needs an API key: enter it above, or open /dashboard?key=<key>.",
+        true,
+      );
+      if (document.activeElement !== $("key")) $("key").focus();
+    } else if (e.status) {
+      showBanner(`GET /api/status answered ${e.status}: ${e.message}. Retrying every second.`);
+    } else if (e.name === "AbortError") {
+      showBanner(`GET /api/status took longer than ${TIMEOUT_MS / 1000} s. Retrying every second.`);
+    } else {
+      showBanner(`Cannot reach the server (${e.message}). Retrying every second; the charts show the last data.`);
+    }
+  }
+
+  // --- polling ---
+
+  let polls = 0;
+  let lastOk = null;
+
+  async function fetchStatus() {
+    const headers = { Accept: "application/json" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
+    try {
+      const r = await fetch("api/status", { headers, cache: "no-store", signal: ctl.signal });
+      if (!r.ok) {
+        let message = r.statusText || "error";
+        try {
+          const body = await r.json();
+          if (body && body.message) message = body.message;
+        } catch (_) {
+          // Not our JSON envelope (a proxy's page, say): keep the status text.
+        }
+        const err = new Error(message);
+        err.status = r.status;
+        throw err;
+      }
+      return await r.json();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function poll() {
+    const started = performance.now();
+    try {
+      const st = await fetchStatus();
+      const t = performance.now() / 1000;
+      ingest(st, t);
+      polls += 1;
+      lastOk = t;
+      document.body.dataset.polls = String(polls);
+      banner.hidden = true;
+      drawAll();
+    } catch (e) {
+      showError(e);
+    }
+    // Trim even without new data, so a dead server's charts scroll away.
+    const now = performance.now() / 1000;
+    for (const c of allCharts()) c.trim(now);
+    const age = $("age");
+    if (lastOk === null) age.textContent = "";
+    else {
+      const a = now - lastOk;
+      age.textContent = a < 2.5 ? "live" : `last data ${Math.round(a)} s ago`;
+      age.classList.toggle("stale", a >= 2.5);
+    }
+    setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - started)));
+  }
+
+  // --- key form ---
+
+  $("key").value = key;
+  $("keyform").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    setKey($("key").value);
+    banner.hidden = true;
+  });
+  $("forget").addEventListener("click", () => {
+    setKey("");
+    $("key").value = "";
+  });
+  window.addEventListener("resize", drawAll);
+
+  poll();
+})();
