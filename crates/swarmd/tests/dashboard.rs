@@ -1,0 +1,372 @@
+//! `GET /dashboard` in a real browser: headless Chromium loads the page from
+//! a server under load; the test reads what the page drew.
+//!
+//! Chromium runs with a virtual-time budget: the page's timers run on
+//! virtual time, which Chromium holds still while a fetch is in flight, so
+//! every 1 s poll really reaches the server, yet 8 s of page time cost a
+//! second or two of wall time. When the budget is spent Chromium writes a
+//! screenshot and prints the DOM, where each chart carries `data-points`
+//! and `data-max[-<line>]`, and `<body>` carries `data-polls`.
+//!
+//! Without Chromium the browser tests are skipped, unless
+//! `SWARMD_TEST_REQUIRE_ALL=1` (CI), where that is a failure.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Backend, TestServer};
+
+/// One department, four tasks at a time, 100 ms each: 40 tasks/s. The load
+/// below offers more and shedding is off, so a queue builds and stays.
+const BUSY: &str = "[pools.busy]\nagent = \"sim\"\nconcurrency = 4\nmax_timeout_ms = 600000\n\
+                    [pools.busy.queue]\ntarget_delay_ms = 0\n";
+
+async fn server(extra: &str) -> TestServer {
+    TestServer::start(Backend::Sqlite, extra)
+        .await
+        .expect("SQLite is always available")
+}
+
+/// The browser to drive: `SWARMD_TEST_CHROMIUM`, else the first of the
+/// usual names on `PATH`; `None` (skip) when there is none.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SWARMD_TEST_CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        for name in ["chromium", "chromium-browser", "google-chrome"] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!(
+            "Chromium is not installed but SWARMD_TEST_REQUIRE_ALL=1 (apt-get install chromium)"
+        );
+    }
+    eprintln!("SKIPPED: dashboard browser test (install chromium, or set SWARMD_TEST_CHROMIUM)");
+    None
+}
+
+/// A scratch directory, removed at the end unless the test failed (then
+/// its screenshot and DOM stay for a look).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "swarmd-dashboard-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// What Chromium saw: the DOM after `budget_ms` of page time, and the
+/// screenshot's path.
+struct Page {
+    dom: String,
+    png: PathBuf,
+}
+
+async fn open(browser: &Path, url: &str, scratch: &Scratch, budget_ms: u64) -> Page {
+    let png = scratch.0.join("dashboard.png");
+    let mut cmd = tokio::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        // Tests may run as root, where Chromium refuses its sandbox.
+        "--no-sandbox",
+        "--disable-gpu",
+        // Without these Chromium keeps calling home (updates, sync,
+        // field trials), which on a closed network only costs time.
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ])
+    .arg(format!(
+        "--user-data-dir={}",
+        scratch.0.join("profile").display()
+    ))
+    .arg(format!("--virtual-time-budget={budget_ms}"))
+    .arg(format!("--screenshot={}", png.display()))
+    .arg("--dump-dom")
+    .arg(url)
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish in 90 s", browser.display()))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", browser.display()));
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::write(scratch.0.join("dom.html"), &dom);
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium failed ({}); stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Page { dom, png }
+}
+
+/// The attributes of every `<tag …>` in `html`, as Chromium serialises
+/// them (double quotes, `"` escaped as `&quot;`).
+fn tags(html: &str, tag: &str) -> Vec<HashMap<String, String>> {
+    let open = format!("<{tag}");
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let mut attrs = HashMap::new();
+        loop {
+            rest = rest.trim_start();
+            if rest.is_empty() || rest.starts_with('>') || rest.starts_with("/>") {
+                break;
+            }
+            let end = rest
+                .find(|c: char| c == '=' || c == '>' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            let name = rest[..end].to_string();
+            rest = &rest[end..];
+            let value = match rest.strip_prefix("=\"") {
+                Some(v) => {
+                    let close = v.find('"').expect("a closing quote");
+                    rest = &v[close + 1..];
+                    v[..close].to_string()
+                }
+                None => String::new(),
+            };
+            attrs.insert(name, value);
+        }
+        out.push(attrs);
+    }
+    out
+}
+
+/// The `<body>`'s `data-polls`.
+fn polls(dom: &str) -> u64 {
+    let body = tags(dom, "body");
+    body.first()
+        .and_then(|b| b.get("data-polls"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no data-polls on <body>:\n{dom}"))
+}
+
+/// The chart of `metric` for `scope` (a pool, or `process`).
+fn chart(dom: &str, scope: &str, metric: &str) -> HashMap<String, String> {
+    tags(dom, "canvas")
+        .into_iter()
+        .find(|c| {
+            c.get("data-scope").map(String::as_str) == Some(scope)
+                && c.get("data-metric").map(String::as_str) == Some(metric)
+        })
+        .unwrap_or_else(|| panic!("no {scope}/{metric} chart in:\n{dom}"))
+}
+
+fn number(chart: &HashMap<String, String>, attr: &str) -> f64 {
+    chart
+        .get(attr)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{attr} is not a number in {chart:?}"))
+}
+
+/// Submits `sim` tasks to `busy` every 15 ms until aborted (refusals are
+/// fine: they are part of what the page shows).
+fn keep_busy(s: &TestServer) -> tokio::task::JoinHandle<()> {
+    let client = s.client.clone();
+    let url = s.url("/api/tasks");
+    tokio::spawn(async move {
+        let task = json!({"type": "sim", "agent": "busy", "args": {"latency_ms": 100}, "timeout_ms": 600_000});
+        loop {
+            let _ = client.post(&url).json(&task).send().await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    })
+}
+
+fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_without_a_key_with_strict_headers() {
+    let key = "dash-secret";
+    let cfg = format!(
+        "[[tenants]]\nname = \"acme\"\nkey_sha256 = \"{}\"\n",
+        swarm_server::auth::hash_key(key)
+    );
+    let s = server(&cfg).await;
+    let page = s.get("/dashboard").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let header = |r: &support::Reply, h: &str| {
+        r.headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    let csp = header(&page, "content-security-policy");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "no inline code allowed: {csp}");
+    // Nothing from elsewhere: no absolute URLs in the page.
+    assert!(!page.text.contains("http"), "{}", page.text);
+    for (path, ty) in [
+        ("/dashboard/dashboard.js", "text/javascript; charset=utf-8"),
+        ("/dashboard/dashboard.css", "text/css; charset=utf-8"),
+    ] {
+        let r = s.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(header(&r, "content-type"), ty, "{path}");
+        assert!(!r.text.contains("http://") && !r.text.contains("https://"));
+    }
+    // The data stays behind the key.
+    s.get("/api/status")
+        .await
+        .assert_error(401, "unauthorized", None);
+    let bearer = format!("Bearer {key}");
+    let st = s
+        .get_with("/api/status", &[("authorization", bearer.as_str())])
+        .await;
+    assert_eq!(st.status, 200, "{}", st.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_polls_and_charts_a_busy_pool() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let s = server(BUSY).await;
+    let load = keep_busy(&s);
+    // Let a queue build first, so every poll the page makes sees work.
+    let mut busy = false;
+    for _ in 0..200 {
+        let st = s.get("/api/status").await.body;
+        if pool(&st, "busy")["queued"].as_u64().unwrap_or(0) >= 10 {
+            busy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(busy, "no queue built up in the busy pool");
+
+    let scratch = Scratch::new("busy");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 8_000).await;
+    let status = s.get("/api/status").await.body;
+    load.abort();
+    let dom = &page.dom;
+
+    let png = std::fs::read(&page.png).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // A blank 1400×1000 page compresses to a few kB; charts and text do not.
+    assert!(png.len() > 30_000, "screenshot of {} bytes", png.len());
+    eprintln!("screenshot: {}", page.png.display());
+
+    let polls = polls(dom);
+    assert!(polls >= 3, "the page polled {polls} times");
+    assert!(
+        tags(dom, "div")
+            .iter()
+            .any(|d| d.get("id").map(String::as_str) == Some("banner") && d.contains_key("hidden")),
+        "the error banner shows after successful polls:\n{dom}"
+    );
+    // Every chart has a point per poll, the process ones included.
+    for (scope, metric) in [
+        ("process", "cpu"),
+        ("process", "rss"),
+        ("process", "database"),
+        ("busy", "concurrency"),
+        ("busy", "throughput"),
+        ("busy", "latency"),
+        ("busy", "errors"),
+    ] {
+        let c = chart(dom, scope, metric);
+        assert!(number(&c, "data-points") >= 3.0, "{scope}/{metric}: {c:?}");
+    }
+    let conc = chart(dom, "busy", "concurrency");
+    assert_eq!(number(&conc, "data-max-limit"), 4.0, "{conc:?}");
+    assert!(number(&conc, "data-max-inflight") >= 1.0, "{conc:?}");
+    assert!(number(&conc, "data-max-queued") >= 1.0, "{conc:?}");
+    let tput = chart(dom, "busy", "throughput");
+    assert!(number(&tput, "data-max") > 0.0, "{tput:?}");
+    assert!(number(&chart(dom, "process", "rss"), "data-max") > 1.0);
+    // `latency_ms` is optional in the status; when the server has it, the
+    // page must chart it.
+    if pool(&status, "busy").get("latency_ms").is_some() {
+        let lat = chart(dom, "busy", "latency");
+        assert!(number(&lat, "data-max-p50") > 0.0, "{lat:?}");
+        assert!(number(&lat, "data-max-p99") > 0.0, "{lat:?}");
+    }
+    // The busy pool is unfolded; a pool nobody used stays folded.
+    let rows = tags(dom, "section");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.get("data-pool").map(String::as_str) == Some(name))
+            .and_then(|r| r.get("class").cloned())
+            .unwrap_or_else(|| panic!("no row for {name}"))
+    };
+    assert_eq!(row("busy"), "row", "busy is shown in full");
+    assert_eq!(row("email"), "row idle", "email had no work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_the_page_asks_for_one_and_with_key_in_the_url_it_polls() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let key = "dash-secret";
+    let cfg = format!(
+        "[[tenants]]\nname = \"acme\"\nkey_sha256 = \"{}\"\n",
+        swarm_server::auth::hash_key(key)
+    );
+    let s = server(&cfg).await;
+
+    let scratch = Scratch::new("nokey");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 3_000).await;
+    assert_eq!(polls(&page.dom), 0, "no poll succeeds without the key");
+    assert!(
+        page.dom.contains("This server needs an API key"),
+        "the banner asks for a key:\n{}",
+        page.dom
+    );
+    drop(scratch);
+
+    let scratch = Scratch::new("key");
+    let url = s.url(&format!("/dashboard?key={key}"));
+    let page = open(&browser, &url, &scratch, 4_000).await;
+    let polls = polls(&page.dom);
+    assert!(polls >= 3, "the page polled {polls} times with the key");
+    assert!(!page.dom.contains("needs an API key"), "{}", page.dom);
+}
