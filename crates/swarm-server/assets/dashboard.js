@@ -204,8 +204,12 @@
       g.textAlign = "right";
       g.fillText("now", L + pw, h - 2);
 
-      // Lines, with gaps where a value is missing.
-      this.lines.forEach((l, i) => {
+      // Lines, with gaps where a value is missing; ceilings last, dashed
+      // over the rest, so a limit stays visible when in flight reaches it.
+      const order = this.lines.map((l, i) => i);
+      order.sort((a, b) => !!this.lines[a].ceiling - !!this.lines[b].ceiling);
+      order.forEach((i) => {
+        const l = this.lines[i];
         const vals = this.v[i];
         g.strokeStyle = l.color;
         g.lineWidth = l.ceiling ? 1.5 : 2;
@@ -229,20 +233,27 @@
       });
       g.setLineDash([]);
 
-      // Legend with the latest values.
+      // Legend with the latest values; where that does not fit, the labels
+      // alone (the card's big numbers carry the values).
       g.textAlign = "left";
       g.textBaseline = "middle";
+      const legend = (withValues) =>
+        this.lines.map((l, i) => {
+          const vals = this.v[i];
+          const last = vals.length ? vals[vals.length - 1] : null;
+          const off = l.ceiling && pinned ? ` ${fmt(last, l.digits)} (off scale)` : "";
+          return withValues && !off ? `${l.label} ${fmt(last, l.digits)}` : l.label + off;
+        });
+      const width = (texts) => texts.reduce((a, t) => a + 25 + g.measureText(t).width, 0);
+      let texts = legend(true);
+      if (width(texts) > w - L) texts = legend(false);
       let lx = L;
       this.lines.forEach((l, i) => {
-        const vals = this.v[i];
-        const last = vals.length ? vals[vals.length - 1] : null;
-        const off = l.ceiling && pinned ? " (off scale)" : "";
-        const text = `${l.label} ${fmt(last, l.digits)}${off}`;
         g.fillStyle = l.color;
         g.fillRect(lx, 6, 10, 3);
         g.fillStyle = "#14171c";
-        g.fillText(text, lx + 13, 8);
-        lx += 13 + g.measureText(text).width + 12;
+        g.fillText(texts[i], lx + 13, 8);
+        lx += 25 + g.measureText(texts[i]).width;
       });
     }
   }
@@ -343,7 +354,7 @@
         [[0, "queued"], [0, "in flight"], [0, "limit"]]),
       tput: card(row, "Throughput", name, "throughput",
         [{ key: "tput", label: "done/s", color: C.tput, digits: 1 }], [[1, "tasks/s"]]),
-      lat: card(row, "Run time (last 10 s)", name, "latency",
+      lat: card(row, "Latency, end to end (last ~10 s)", name, "latency",
         [
           { key: "p50", label: "p50 ms", color: C.p50, digits: 0 },
           { key: "p99", label: "p99 ms", color: C.p99, digits: 0 },
