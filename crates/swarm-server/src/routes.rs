@@ -1,5 +1,6 @@
 //! The route table.
 
+pub(crate) mod profile;
 pub(crate) mod system;
 pub(crate) mod tasks;
 
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/tasks/{id}/events", get(tasks::events))
         .route("/api/outbox", get(system::outbox))
+        .merge(profile::routes())
         .route("/api/status", get(system::status))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
