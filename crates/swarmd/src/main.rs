@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod serve;
 mod sim_backend;
+mod telemetry;
 mod top;
 
 use clap::Parser;
