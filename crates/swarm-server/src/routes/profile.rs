@@ -1,7 +1,7 @@
 //! `GET /debug/pprof/profile?seconds=N&format=svg|pprof`: a CPU profile of
 //! this process, admin only.
 //!
-//! pprof-rs samples every thread at [`FREQUENCY_HZ`] from `SIGPROF`
+//! pprof-rs samples every thread at 99 Hz from `SIGPROF`
 //! (`setitimer(ITIMER_PROF)`), which is process-wide: there can be only one
 //! profile at a time, so a second request gets `409 profile_in_progress`.
 //! Starting the profiler and building the report (symbolisation) block for
@@ -16,7 +16,6 @@
 //! Built without the `pprof` feature, the route answers `501 not_built`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -28,9 +27,6 @@ use crate::AppState;
 use crate::auth::Admin;
 use crate::error::ApiError;
 
-/// Sampling rate. 99 rather than 100 Hz so samples do not fall in lockstep
-/// with work driven by 10 ms timers.
-pub(crate) const FREQUENCY_HZ: i32 = 99;
 const DEFAULT_SECONDS: u64 = 10;
 const MAX_SECONDS: u64 = 60;
 
@@ -105,15 +101,20 @@ mod imp {
 #[cfg(feature = "pprof")]
 mod imp {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use axum::http::{HeaderValue, StatusCode, header};
     use axum::response::{IntoResponse, Response};
     use pprof::protos::Message;
     use tracing::info;
 
-    use super::{Duration, FREQUENCY_HZ, Format, Params};
+    use super::{Format, Params};
     use crate::AppState;
     use crate::error::ApiError;
+
+    /// Sampling rate. 99 rather than 100 Hz so samples do not fall in
+    /// lockstep with work driven by 10 ms timers.
+    const FREQUENCY_HZ: i32 = 99;
 
     /// The profiler is process-wide (one `SIGPROF` timer), so the slot is too,
     /// even with several servers in one process (tests).
