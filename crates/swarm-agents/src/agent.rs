@@ -54,6 +54,10 @@ pub struct AgentContext {
     /// Runs child tasks through the scheduler (nested calls); `None` when
     /// the agent runs outside an engine, and agents then do the work inline.
     pub children: Option<Arc<dyn Children>>,
+    /// The `X-Request-Id` of the request that submitted the task (absent
+    /// for tasks recovered after a restart); agents calling other services
+    /// pass it on.
+    pub request_id: Option<String>,
 }
 
 /// Nested calls: a task asking another department for work.

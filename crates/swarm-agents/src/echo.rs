@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 
-/// Returns `{"echo": args}` (plus title and description when given).
+/// Returns `{"echo": args}` (plus title, description and the request id
+/// when given).
 #[derive(Debug, Default)]
 pub struct EchoAgent;
 
@@ -19,7 +20,7 @@ impl Agent for EchoAgent {
 
     fn run(
         self: Arc<Self>,
-        _ctx: AgentContext,
+        ctx: AgentContext,
         input: AgentInput,
     ) -> BoxFuture<'static, Result<Value, AgentError>> {
         Box::pin(async move {
@@ -29,6 +30,11 @@ impl Agent for EchoAgent {
             }
             if let Some(d) = input.description {
                 out["description"] = Value::String(d);
+            }
+            // Shows the request id reaches agents (what an HTTP agent would
+            // forward as `X-Request-Id`).
+            if let Some(r) = ctx.request_id {
+                out["request_id"] = Value::String(r);
             }
             Ok(out)
         })

@@ -42,6 +42,7 @@ pub(crate) fn ctx() -> AgentContext {
         cancel: CancellationToken::new(),
         children: None,
         progress: Progress::default(),
+        request_id: None,
     }
 }
 

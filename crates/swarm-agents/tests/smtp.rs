@@ -36,6 +36,7 @@ fn ctx() -> AgentContext {
         cancel: CancellationToken::new(),
         children: None,
         progress: Progress::default(),
+        request_id: None,
     }
 }
 

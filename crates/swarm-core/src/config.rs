@@ -35,6 +35,8 @@ pub struct Config {
     pub cpu_pool: CpuPoolConfig,
     /// API keys. None configured: `X-Tenant` names the tenant.
     pub tenants: Vec<TenantConfig>,
+    /// The resource monitor, metrics and alerts.
+    pub monitor: MonitorConfig,
     /// Trace export (OpenTelemetry); off unless `otlp_endpoint` is set.
     pub telemetry: TelemetryConfig,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             cpu_pool: CpuPoolConfig::default(),
             tenants: Vec::new(),
+            monitor: MonitorConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -320,8 +323,6 @@ pub struct AdmissionConfig {
     /// Process resident memory (MiB) above which the global cap is lowered
     /// and submissions refused; 0 turns it off.
     pub rss_high_mib: u64,
-    /// How often process CPU and memory are sampled, ms.
-    pub sample_ms: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -331,7 +332,6 @@ impl Default for AdmissionConfig {
             global_max_inflight: 4_096,
             cpu_high_pct: 0.0,
             rss_high_mib: 0,
-            sample_ms: 1_000,
         }
     }
 }
@@ -364,6 +364,76 @@ impl CpuPoolConfig {
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         cores.saturating_sub(1).max(1)
+    }
+}
+
+/// The resource monitor, Prometheus metrics and alerts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Record metrics (stage histograms, counters) and serve `/metrics`;
+    /// `false` records nothing (resources are still sampled for the
+    /// governor and alerts).
+    pub metrics: bool,
+    /// How often resources are sampled and alerts evaluated, ms.
+    pub interval_ms: u64,
+    /// Tasks whose end-to-end time exceeds this are logged with their
+    /// timings, ms; 0 turns it off.
+    pub slow_task_ms: u64,
+    /// Distinct tenants given their own metrics label; the rest are counted
+    /// as `_other`, so a flood of `X-Tenant` values cannot grow `/metrics`.
+    pub max_tenant_labels: usize,
+    /// Alert thresholds (CPU and memory thresholds are `admission.cpu_high_pct`
+    /// and `admission.rss_high_mib`, which also lower the global cap).
+    pub alerts: AlertThresholds,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            interval_ms: 1_000,
+            slow_task_ms: 10_000,
+            max_tenant_labels: 100,
+            alerts: AlertThresholds::default(),
+        }
+    }
+}
+
+/// When alerts fire; each 0 turns its alert off. An alert clears once its
+/// figure is back 10% inside the threshold, so it does not flap.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// Open file descriptors, percent of the process's limit.
+    pub fd_pct: f64,
+    /// Machine memory available (`MemAvailable`) below this, MiB.
+    pub mem_available_mib: u64,
+    /// One-minute load average per core.
+    pub load_per_core: f64,
+    /// A pool's oldest queued task older than this, ms.
+    pub queue_age_ms: u64,
+    /// A pool refusing more than this share of its submissions over an
+    /// interval (0-1; only with at least 20 submissions).
+    pub reject_ratio: f64,
+    /// A pool ending more than this share of its tasks `timed_out` over an
+    /// interval (0-1; only with at least 20 outcomes).
+    pub timeout_ratio: f64,
+    /// The database writer's mean wait for a connection over an interval, ms.
+    pub db_acquire_ms: f64,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        Self {
+            fd_pct: 80.0,
+            mem_available_mib: 256,
+            load_per_core: 4.0,
+            queue_age_ms: 10_000,
+            reject_ratio: 0.5,
+            timeout_ratio: 0.2,
+            db_acquire_ms: 250.0,
+        }
     }
 }
 
@@ -637,8 +707,32 @@ impl Config {
         if !(0.0..=100.0).contains(&self.admission.cpu_high_pct) {
             return Err(cfg_err("admission.cpu_high_pct", "must be 0-100"));
         }
-        if self.admission.sample_ms < 10 {
-            return Err(cfg_err("admission.sample_ms", "must be at least 10"));
+        let m = &self.monitor;
+        if m.interval_ms < 10 {
+            return Err(cfg_err("monitor.interval_ms", "must be at least 10"));
+        }
+        let a = &m.alerts;
+        if !(0.0..=100.0).contains(&a.fd_pct) {
+            return Err(cfg_err("monitor.alerts.fd_pct", "must be 0-100"));
+        }
+        for (key, v) in [
+            ("reject_ratio", a.reject_ratio),
+            ("timeout_ratio", a.timeout_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(cfg_err(format!("monitor.alerts.{key}"), "must be 0-1"));
+            }
+        }
+        for (key, v) in [
+            ("load_per_core", a.load_per_core),
+            ("db_acquire_ms", a.db_acquire_ms),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(cfg_err(
+                    format!("monitor.alerts.{key}"),
+                    "must be 0 or more",
+                ));
+            }
         }
         if self.cpu_pool.queue == 0 {
             return Err(cfg_err("cpu_pool.queue", "must be at least 1"));
@@ -832,7 +926,15 @@ mod tests {
             bad("[admission]\ncpu_high_pct = 120\n"),
             "admission.cpu_high_pct"
         );
-        assert_eq!(bad("[admission]\nsample_ms = 1\n"), "admission.sample_ms");
+        assert_eq!(bad("[monitor]\ninterval_ms = 1\n"), "monitor.interval_ms");
+        assert_eq!(
+            bad("[monitor.alerts]\nreject_ratio = 1.5\n"),
+            "monitor.alerts.reject_ratio"
+        );
+        assert_eq!(
+            bad("[monitor.alerts]\nfd_pct = -1\n"),
+            "monitor.alerts.fd_pct"
+        );
         assert_eq!(bad("[cpu_pool]\nqueue = 0\n"), "cpu_pool.queue");
         let key = "a".repeat(64);
         assert_eq!(

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 /// Queued plus running tasks per tenant on this node.
@@ -177,44 +176,6 @@ impl DrainRate {
     }
 }
 
-/// Process CPU and memory, as the governor last read them.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct ResourceReading {
-    /// Process CPU since the previous sample, percent of all cores.
-    pub cpu_pct: f64,
-    /// Resident memory, MiB.
-    pub rss_mib: f64,
-    /// Whether CPU is over `admission.cpu_high_pct`.
-    pub cpu_high: bool,
-    /// Whether memory is over `admission.rss_high_mib`.
-    pub rss_high: bool,
-}
-
-/// Reads this process's CPU time (user + system, seconds; proc(5)
-/// `/proc/self/stat` fields 14 and 15) and resident set size (bytes;
-/// `VmRSS` of `/proc/self/status`, in kB there so no page size is assumed).
-/// `None` where `/proc` is missing; the governor then does nothing.
-pub(crate) fn read_self_usage() -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; fields after it follow the
-    // last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3, so field n is f[n - 3].
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    // USER_HZ is 100 on every Linux ABI (sysconf(_SC_CLK_TCK)).
-    Some(((utime + stime) / 100.0, rss_kb * 1024))
-}
-
 /// The global cap's next value: lowered by a quarter each sample while the
 /// process is over a threshold, raised by a quarter (and at least one) each
 /// sample after, until it reaches `max` again (`None`: uncapped).
@@ -315,13 +276,5 @@ mod tests {
         }
         assert!(steps < 40, "restored in {steps} samples");
         assert_eq!(next_cap(Some(1), 0, 4096, true), Some(1), "never below 1");
-    }
-
-    #[test]
-    fn reads_own_usage() {
-        if let Some((cpu, rss)) = read_self_usage() {
-            assert!(cpu >= 0.0);
-            assert!(rss > 1 << 20, "a test process holds more than 1 MiB");
-        }
     }
 }

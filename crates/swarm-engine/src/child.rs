@@ -48,6 +48,7 @@ pub(crate) struct ChildCall {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: Progress,
+    pub(crate) request_id: Option<String>,
     /// Pools the call chain above runs in, the parent's included.
     pub(crate) ancestors: Arc<[String]>,
 }
@@ -101,6 +102,7 @@ impl Children for ChildRunner {
             deadline: parent.deadline,
             cancel: parent.cancel.child_token(),
             progress: parent.progress.clone(),
+            request_id: parent.request_id.clone(),
             ancestors: self.ancestors.clone(),
         };
         if self.ancestors.iter().any(|a| a == department) {
@@ -164,6 +166,7 @@ async fn run_call(
         cancel: call.cancel.clone(),
         progress: call.progress,
         children: Some(ChildRunner::for_pool(inner, &call.ancestors, &pool.name)),
+        request_id: call.request_id,
     };
     let input = AgentInput {
         task_type: call.department.clone(),

@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admission::{ResourceReading, TenantLedger};
+use crate::admission::TenantLedger;
 use crate::director::Director;
 use crate::error::EngineError;
 use crate::hub::{Hub, TaskEvent};
+use crate::monitor::{AlertBook, AlertsView, ResourceReading};
 use crate::pool::{Pool, PoolStatus, Queued};
 use crate::run::OverloadClassifier;
+use crate::stats::Metrics;
 use crate::{background, run};
 
 /// Who is asking: reads and cancels are limited to the caller's tenant
@@ -55,6 +57,9 @@ pub struct Submission {
     pub tenant: String,
     /// When the request arrived (admission latency is measured from here).
     pub received_at: Instant,
+    /// The request's `X-Request-Id`, carried to the run's log lines and the
+    /// agent.
+    pub request_id: Option<String>,
 }
 
 /// What a submission produced.
@@ -143,6 +148,10 @@ pub(crate) struct Inner {
     pub(crate) resources: Mutex<ResourceReading>,
     /// Blocking, CPU-heavy agent work runs here.
     pub(crate) cpu: CpuPool,
+    /// Prometheus metrics.
+    pub(crate) metrics: Metrics,
+    /// Alerts raised by the monitor.
+    pub(crate) alerts: Mutex<AlertBook>,
 }
 
 /// The running engine; cheap to clone.
@@ -260,6 +269,7 @@ impl Engine {
         );
         let agents = builtin_agents(&cfg, Arc::new(StoreOutbox(store.clone())), cpu.clone())
             .map_err(EngineError::Internal)?;
+        let metrics = Metrics::new(cfg.monitor.metrics, cfg.monitor.max_tenant_labels);
         let mut pools = BTreeMap::new();
         for (name, pc) in &cfg.pools {
             let kind = pc.agent_kind(name);
@@ -269,7 +279,7 @@ impl Engine {
                 .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?;
             pools.insert(
                 name.clone(),
-                Arc::new(Pool::new(name, pc, &cfg.tenants, agent)),
+                Arc::new(Pool::new(name, pc, &cfg.tenants, agent, metrics.pool(name))),
             );
         }
         let quotas = cfg
@@ -296,6 +306,8 @@ impl Engine {
             classifier,
             resources: Mutex::new(ResourceReading::default()),
             cpu,
+            metrics,
+            alerts: Mutex::new(AlertBook::default()),
         });
         let engine = Engine { inner };
         engine.recover().await?;
@@ -341,6 +353,7 @@ impl Engine {
                     enqueued_at: Instant::now(),
                     accepted_at: None,
                     slot,
+                    request_id: None,
                 });
             }
             None => {
@@ -384,6 +397,22 @@ impl Engine {
     /// Validates, routes, stores and queues a task. Returns once the task is
     /// durable.
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        let metrics = &self.inner.metrics;
+        let tenant = metrics.enabled().then(|| sub.tenant.clone());
+        let r = self.submit_inner(sub).await;
+        if let Some(t) = tenant {
+            match &r {
+                Ok(s) if s.created => metrics.submitted(&t, true),
+                Err(EngineError::Overloaded { .. } | EngineError::QuotaExceeded { .. }) => {
+                    metrics.submitted(&t, false)
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    async fn submit_inner(&self, sub: Submission) -> Result<Submitted, EngineError> {
         let inner = &self.inner;
         if inner.stop_dispatch.is_cancelled() {
             return Err(EngineError::ShuttingDown);
@@ -497,6 +526,7 @@ impl Engine {
                     enqueued_at: Instant::now(),
                     accepted_at: Some(sub.received_at),
                     slot,
+                    request_id: sub.request_id,
                 });
                 Ok(Submitted {
                     task,
@@ -683,6 +713,7 @@ impl Engine {
             t.error = Some(error);
             t.finished_at = Some(now);
             t.timings = timings;
+            run::finished(inner, pool, &t);
             inner.hub.publish(t.clone());
             return Ok(Some(t));
         }
@@ -722,6 +753,152 @@ impl Engine {
             resources: *inner.resources.lock().unwrap_or_else(|p| p.into_inner()),
             cpu_pool: inner.cpu.stats(),
         }
+    }
+
+    /// Alerts firing now and recently.
+    pub fn alerts(&self) -> AlertsView {
+        self.inner
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .view()
+    }
+
+    /// The engine's metrics; the server records its HTTP figures here.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The Prometheus exposition: the state `/api/status` shows is copied
+    /// into gauges and counters, then everything is rendered. `None` when
+    /// `monitor.metrics` is off.
+    pub fn render_metrics(&self) -> Option<String> {
+        let m = &self.inner.metrics;
+        if !m.enabled() {
+            return None;
+        }
+        let st = self.status();
+        for p in &st.pools {
+            let pool = [("pool", p.name.as_str())];
+            m.gauge("swarmd_pool_limit", &pool)
+                .set(p.limit.limit as f64);
+            m.gauge("swarmd_pool_in_flight", &pool)
+                .set(p.limit.in_flight as f64);
+            for (prio, n) in &p.queued_by_priority {
+                m.gauge(
+                    "swarmd_pool_queued",
+                    &[("pool", &p.name), ("priority", prio)],
+                )
+                .set(*n as f64);
+            }
+            m.gauge("swarmd_pool_children_queued", &pool)
+                .set(p.children_queued as f64);
+            m.gauge("swarmd_pool_queue_capacity", &pool)
+                .set(p.queue_capacity as f64);
+            m.gauge("swarmd_pool_oldest_queued_seconds", &pool)
+                .set(p.oldest_queued_ms as f64 / 1e3);
+            m.gauge("swarmd_pool_shedding", &pool)
+                .set(if p.shedding { 1.0 } else { 0.0 });
+            m.gauge("swarmd_pool_drain_rate", &pool).set(p.drain_per_s);
+            m.gauge("swarmd_pool_rtt_seconds", &pool)
+                .set(p.limit.rtt_us as f64 / 1e6);
+            m.counter_at("swarmd_pool_accepted_total", &pool, p.accepted);
+            let r = &p.rejections;
+            for (reason, n) in [
+                ("queue_full", r.queue_full),
+                ("queue_delay", r.queue_delay),
+                ("deadline_unmeetable", r.deadline_unmeetable),
+                ("tenant_quota", r.tenant_quota),
+                ("process_overloaded", r.process_overloaded),
+            ] {
+                m.counter_at(
+                    "swarmd_pool_rejected_total",
+                    &[("pool", &p.name), ("reason", reason)],
+                    n,
+                );
+            }
+            for (outcome, n) in [
+                ("succeeded", p.succeeded),
+                ("failed", p.failed),
+                ("timed_out", p.timed_out),
+                ("cancelled", p.cancelled),
+            ] {
+                m.counter_at(
+                    "swarmd_pool_finished_total",
+                    &[("pool", &p.name), ("outcome", outcome)],
+                    n,
+                );
+            }
+            m.counter_at(
+                "swarmd_pool_expired_in_queue_total",
+                &pool,
+                p.expired_in_queue,
+            );
+            m.counter_at("swarmd_pool_children_total", &pool, p.children);
+        }
+        m.gauge("swarmd_global_cap", &[])
+            .set(st.global.cap.unwrap_or(st.global.limit) as f64);
+        m.gauge("swarmd_global_in_flight", &[])
+            .set(st.global.in_flight as f64);
+        m.gauge("swarmd_live_tasks", &[]).set(st.live_tasks as f64);
+        m.gauge("swarmd_uptime_seconds", &[]).set(st.uptime_s);
+        let r = &st.resources;
+        m.gauge("swarmd_process_cpu_ratio", &[])
+            .set(r.cpu_pct / 100.0);
+        m.gauge("swarmd_process_resident_memory_bytes", &[])
+            .set(r.rss_mib * 1024.0 * 1024.0);
+        m.gauge("swarmd_process_open_fds", &[]).set(r.fds as f64);
+        m.gauge("swarmd_process_max_fds", &[]).set(r.max_fds as f64);
+        m.gauge("swarmd_process_threads", &[]).set(r.threads as f64);
+        m.gauge("swarmd_machine_load1", &[]).set(r.load1);
+        m.gauge("swarmd_machine_memory_available_bytes", &[])
+            .set(r.mem_available_mib * 1024.0 * 1024.0);
+        m.gauge("swarmd_runtime_workers", &[])
+            .set(r.runtime_workers as f64);
+        m.gauge("swarmd_runtime_alive_tasks", &[])
+            .set(r.runtime_alive_tasks as f64);
+        m.gauge("swarmd_runtime_global_queue_depth", &[])
+            .set(r.runtime_global_queue as f64);
+        m.gauge("swarmd_monitor_sample_seconds", &[])
+            .set(r.sample_us as f64 / 1e6);
+        let db = self.inner.store.pool_stats();
+        m.gauge("swarmd_db_connections", &[("state", "idle")])
+            .set(db.idle as f64);
+        m.gauge("swarmd_db_connections", &[("state", "in_use")])
+            .set(db.size.saturating_sub(db.idle) as f64);
+        m.gauge("swarmd_db_connections_max", &[]).set(db.max as f64);
+        m.gauge("swarmd_db_write_queue", &[])
+            .set(db.write_queue as f64);
+        m.gauge("swarmd_db_acquire_mean_seconds", &[])
+            .set(r.db_acquire_ms / 1e3);
+        m.counter_at("swarmd_db_acquires_total", &[], db.acquires);
+        m.counter_at("swarmd_db_batches_total", &[], db.batches);
+        m.counter_at("swarmd_db_ops_total", &[], db.ops);
+        let c = &st.cpu_pool;
+        m.gauge("swarmd_cpu_pool_threads", &[])
+            .set(c.threads as f64);
+        m.gauge("swarmd_cpu_pool_busy", &[]).set(c.busy as f64);
+        m.gauge("swarmd_cpu_pool_queued", &[]).set(c.queued as f64);
+        for (outcome, n) in [
+            ("completed", c.completed),
+            ("rejected", c.rejected),
+            ("panicked", c.panicked),
+            ("cancelled", c.cancelled),
+        ] {
+            m.counter_at("swarmd_cpu_pool_jobs_total", &[("outcome", outcome)], n);
+        }
+        let alerts = self.alerts();
+        for (name, n) in &alerts.fired {
+            m.counter_at("swarmd_alerts_fired_total", &[("alert", name)], *n);
+        }
+        // Every known alert has a series, 0 when quiet, so a dashboard can
+        // graph it before it first fires.
+        for name in crate::monitor::ALERT_NAMES {
+            let firing = alerts.active.iter().filter(|a| a.name == name).count();
+            m.gauge("swarmd_alerts_active", &[("alert", name)])
+                .set(firing as f64);
+        }
+        Some(m.render())
     }
 
     /// Whether the database answers.

@@ -30,14 +30,18 @@ pub mod director;
 pub mod engine;
 pub mod error;
 mod hub;
+pub mod monitor;
 mod pool;
 mod run;
+pub mod stats;
 
 pub use engine::{
     Access, CancelOutcome, DatabaseStatus, Engine, Status, Submission, Submitted, Watch,
 };
 pub use error::EngineError;
 pub use hub::TaskEvent;
+pub use monitor::{Alert, AlertsView, ResourceReading};
 pub use pool::{PoolStatus, Rejections};
 pub use run::OverloadClassifier;
+pub use stats::{Metrics, RecentLatency};
 pub use swarm_store::ListQuery;

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{DrainRate, TenantRates, TenantSlot};
 use crate::child::ChildJob;
 use crate::error::EngineError;
+use crate::stats::{PoolMetrics, RecentLatency};
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
 const PRIORITY_WEIGHTS: [u32; 4] = [8, 4, 2, 1];
@@ -64,6 +65,8 @@ pub(crate) struct Queued {
     pub(crate) accepted_at: Option<Instant>,
     /// The tenant's outstanding-task count, held until the task leaves.
     pub(crate) slot: TenantSlot,
+    /// The submitting request's id, when this process accepted it.
+    pub(crate) request_id: Option<String>,
 }
 
 /// A running task's handle: firing `cancel` stops it as `cancelled`.
@@ -100,6 +103,8 @@ pub(crate) struct Pool {
     pub(crate) limiter: Limiter,
     running: Mutex<HashMap<TaskId, Running>>,
     pub(crate) counters: Counters,
+    /// Stage histograms and recent latencies.
+    pub(crate) metrics: PoolMetrics,
     pub(crate) drain: DrainRate,
     /// Admission rates per tenant (fair shedding).
     pub(crate) rates: TenantRates,
@@ -168,6 +173,8 @@ pub struct PoolStatus {
     pub shedding: bool,
     /// Completions per second, smoothed.
     pub drain_per_s: f64,
+    /// End-to-end latency of tasks that succeeded in the last 5-10 s.
+    pub latency_ms: RecentLatency,
     /// Instance names.
     pub instances: Vec<String>,
     /// Tasks accepted since start.
@@ -202,6 +209,7 @@ impl Pool {
         cfg: &PoolConfig,
         tenants: &[TenantConfig],
         agent: Arc<dyn Agent>,
+        metrics: PoolMetrics,
     ) -> Self {
         let limiter = Limiter::new(cfg.limit_or_default(name));
         let replicas = cfg.replicas_or_default();
@@ -243,6 +251,7 @@ impl Pool {
             counters: Counters::default(),
             drain: DrainRate::default(),
             rates: TenantRates::default(),
+            metrics,
         }
     }
 
@@ -493,6 +502,7 @@ impl Pool {
             // The verdict of the last admission, while anything waits.
             shedding: self.codel_on && shedding && queued > 0,
             drain_per_s: self.drain.per_second(),
+            latency_ms: self.metrics.recent(),
             instances: self.instances.clone(),
             accepted: get(&c.accepted),
             rejected: rejections.queue_full

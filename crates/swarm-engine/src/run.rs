@@ -20,7 +20,7 @@ use swarm_sched::limit::{Classify, Outcome as LimitOutcome, Permit, Sample};
 use swarm_store::{Expect, Finish, StoreError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use crate::child::{self, ChildRunner};
 use crate::engine::{Inner, ms, progress_for};
@@ -93,13 +93,17 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, pool: Arc<Pool>) {
             break;
         }
         if let Some(queued) = popped {
-            inner.runs.spawn(run_task(
-                inner.clone(),
-                pool.clone(),
-                queued,
-                permit,
-                global,
-            ));
+            // Every log line of the run carries the task, its pool and the
+            // request that submitted it.
+            let span = tracing::info_span!(
+                "task",
+                id = %queued.task.id,
+                pool = %pool.name,
+                request_id = queued.request_id.as_deref().unwrap_or("")
+            );
+            inner.runs.spawn(
+                run_task(inner.clone(), pool.clone(), queued, permit, global).instrument(span),
+            );
         }
     }
 }
@@ -200,6 +204,7 @@ async fn run_task(
         enqueued_at,
         accepted_at,
         slot,
+        request_id,
     } = queued;
     let id = task.id;
     let now = now_ms();
@@ -244,6 +249,7 @@ async fn run_task(
                     enqueued_at,
                     accepted_at,
                     slot,
+                    request_id,
                 });
             });
             return;
@@ -268,6 +274,7 @@ async fn run_task(
         cancel: ctx_cancel.clone(),
         progress: progress_for(&inner, id),
         children: Some(ChildRunner::for_pool(&inner, &[], &pool.name)),
+        request_id: request_id.clone(),
     };
     let input = AgentInput {
         task_type: task.task_type.clone(),
@@ -458,6 +465,7 @@ async fn record(
             task.timings = timings;
             task.timings.complete_ms = Some(ms(complete_from.elapsed()));
             pool.drain.completed();
+            finished(inner, pool, &task);
             inner.hub.publish(task);
         }
         Some(false) => {
@@ -466,5 +474,25 @@ async fn record(
             debug!(task = %task.id, "outcome not recorded: task already ended");
         }
         None => {}
+    }
+}
+
+/// Metrics and the slow-task log for a task whose outcome is stored.
+pub(crate) fn finished(inner: &Inner, pool: &Pool, task: &Task) {
+    pool.metrics
+        .finished(&inner.metrics, &task.tenant, task.status, &task.timings);
+    let slow = inner.cfg.monitor.slow_task_ms;
+    if slow > 0
+        && let Some(total) = task.timings.total_ms
+        && total > slow as f64
+    {
+        warn!(
+            task = %task.id,
+            pool = %pool.name,
+            status = task.status.as_str(),
+            total_ms = total,
+            timings = %serde_json::to_string(&task.timings).unwrap_or_default(),
+            "slow task: over monitor.slow_task_ms ({slow} ms)"
+        );
     }
 }

@@ -40,10 +40,11 @@
 //!
 //! - **Fixed**: the constant `initial`; samples only update the statistics.
 //! - **AIMD** (additive increase, multiplicative decrease; Chiu & Jain 1989,
-//!   TCP Reno, Netflix `AIMDLimit`, vector's adaptive request concurrency):
-//!   +1 per limit's worth of successes; × `backoff_ratio` on a drop, or when
-//!   an RTT exceeds `tolerance` × the no-load baseline, at most once per round
-//!   trip (only calls started after the last cut may cut again).
+//!   TCP Reno, Netflix `AIMDLimit`, vector's adaptive request concurrency),
+//!   decided once per round trip: +1, or × `backoff_ratio` when the round
+//!   trip was queueing (below), and × `backoff_ratio` on every drop.
+//!   Goal: hold in flight just above the backend's knee, because each call
+//!   beyond it adds queueing to every call's time in the backend.
 //! - **Gradient2** (Netflix concurrency-limits `Gradient2Limit`):
 //!   `gradient = clamp(tolerance × long_rtt / rtt, 0.5, 1)`,
 //!   `new = limit × gradient + √limit`, smoothed by `smoothing`. The long RTT
@@ -62,11 +63,29 @@
 //!
 //! # RTT estimates
 //!
-//! Decisions use the short RTT, an exponential average of about ten samples
-//! (plain mean while warming up), so jitter is not mistaken for queueing.
-//! Gradient2 and Vegas move once per round trip in aggregate: each sample
-//! applies 1/limit of the law's step (Netflix batches samples into windows
-//! for the same reason; stepping per sample overshoots by a window's worth).
+//! Gradient2 and Vegas decide on the short RTT, an exponential average of
+//! about ten samples (plain mean while warming up), so jitter is not
+//! mistaken for queueing. They move once per round trip in aggregate: each
+//! sample applies 1/limit of the law's step (Netflix batches samples into
+//! windows for the same reason; stepping per sample overshoots by a
+//! window's worth).
+//!
+//! AIMD judges windows instead: the successes of a limit's worth of calls
+//! (at least 16) that started since the last cut or probe edge, about one
+//! round trip, so each verdict is about the limit in force (TCP Vegas and
+//! BBR likewise decide per round trip). A window is queueing when the lower
+//! confidence bound of its mean RTT (mean − 3 standard errors) exceeds
+//! `queue_tolerance` × the baseline, and the baseline is the windowed
+//! minimum of the windows' *upper* bounds (mean + 3 standard errors).
+//! Why: the minimum of noisy averages sits below the typical no-load RTT
+//! by a few of their standard deviations, so with jitter a tolerance
+//! below that gap reads every round trip as queueing and the limit
+//! collapses (a tolerance of 1.25 on the old per-sample average did, at
+//! 5% goodput, in the `jittery` scenario). Putting the noise into the
+//! bounds instead lets the tolerance be small (1.05): with little jitter
+//! the limit settles ~5–15% above the knee (`knee_tight`: 1.07×, where a
+//! per-sample average with tolerance 1.5 held 1.4×); with a lot it backs
+//! off only when the queueing is beyond doubt, and never collapses.
 //!
 //! # Baseline, probes and recovery
 //!
@@ -76,12 +95,13 @@
 //! floor (Envoy issue #38338). Every `probe_interval_ms` a probe halves the
 //! limit until ten calls started during it complete, so the minimum is
 //! measured without our own queueing (Envoy's gradient controller does the
-//! same, down to its minimum concurrency; half is gentler).
+//! same, down to its minimum concurrency; half is gentler). AIMD's probe
+//! lasts one window of calls started during it, which feeds its baseline.
 //!
 //! # Slow start
 //!
 //! With `slow_start`, the limit starts at `initial` and grows by one per
-//! success whose RTT is within `tolerance` × baseline, doubling per limit's
+//! success whose short RTT is within `tolerance` × baseline, doubling per limit's
 //! worth (TCP slow start); the first congestion signal ends it. After a
 //! collapse (three drops at the floor, or the floor held for a probe
 //! interval), the next success re-enters it, so recovery after an outage

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 const REQUIRED: &[&str] = &[
     "steady",
     "knee",
+    "knee_tight",
     "deferral_429",
     "capacity_halves_then_recovers",
     "jittery",

@@ -5,7 +5,7 @@ pub(crate) mod system;
 pub(crate) mod tasks;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -24,6 +24,30 @@ async fn stamp_arrival(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Counts and times each request by its route template (a bounded label
+/// set: never the raw path, which holds task ids).
+async fn record_http(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let metrics = app.engine.metrics();
+    if !metrics.enabled() {
+        return next.run(req).await;
+    }
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let resp = next.run(req).await;
+    metrics.http(
+        method.as_str(),
+        &route,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
 /// All routes with their middleware.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.config().server.max_body_bytes;
@@ -37,17 +61,34 @@ pub fn router(state: AppState) -> Router {
         .route("/api/outbox", get(system::outbox))
         .merge(profile::routes())
         .route("/api/status", get(system::status))
+        .route("/api/alerts", get(system::alerts))
+        .route("/metrics", get(system::metrics))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(stamp_arrival))
+        .layer(middleware::from_fn_with_state(state.clone(), record_http))
         // A 503 that sheds load is the server working as designed; logging
         // each at ERROR would cost most at the worst moment. Real server
         // errors are logged where they happen (`ApiError`).
         .layer(
             TraceLayer::new_for_http()
+                // The request id (set or passed on by the layers outside)
+                // goes on every log line of the request.
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        request_id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                    )
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

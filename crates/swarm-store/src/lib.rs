@@ -86,6 +86,7 @@ pub struct Store {
 struct Inner {
     db: Db,
     writes: mpsc::Sender<Op>,
+    writer: Arc<writer::WriterStats>,
     max_connections: u32,
     // Held for the life of the store: while it is locked, no other swarmd
     // process opens the same SQLite file.
@@ -102,11 +103,13 @@ impl Store {
         let lock = lock_sqlite_file(&cfg.url)?;
         let db = db::connect(cfg).await?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer::run(db.clone(), rx, cfg.batch_max));
+        let stats = Arc::new(writer::WriterStats::default());
+        tokio::spawn(writer::run(db.clone(), rx, cfg.batch_max, stats.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 writes: tx,
+                writer: stats,
                 max_connections: cfg.max_connections,
                 _lock: lock,
             }),
@@ -343,10 +346,17 @@ impl Store {
     /// Connection-pool figures.
     pub fn pool_stats(&self) -> PoolStats {
         let (size, idle) = with_db!(&self.inner.db, p => (p.size(), p.num_idle() as u32));
+        let w = &self.inner.writer;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         PoolStats {
             size,
             idle,
             max: self.inner.max_connections,
+            write_queue: WRITE_QUEUE - self.inner.writes.capacity(),
+            acquires: load(&w.acquires),
+            acquire_us: load(&w.acquire_us),
+            batches: load(&w.batches),
+            ops: load(&w.ops),
         }
     }
 

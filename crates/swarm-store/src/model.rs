@@ -101,7 +101,7 @@ pub struct OutboxRow {
 }
 
 /// Connection-pool figures for `/api/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Open connections.
     pub size: u32,
@@ -109,6 +109,16 @@ pub struct PoolStats {
     pub idle: u32,
     /// Configured ceiling.
     pub max: u32,
+    /// Writes waiting for the group-commit writer.
+    pub write_queue: usize,
+    /// Transactions the writer has begun (each waited for a connection).
+    pub acquires: u64,
+    /// Their total wait for a connection plus `BEGIN`, microseconds.
+    pub acquire_us: u64,
+    /// Batches the writer has committed, and the ops in them.
+    pub batches: u64,
+    /// Ops applied.
+    pub ops: u64,
 }
 
 /// Which database a store talks to.

@@ -15,6 +15,8 @@
 //! cannot fail its neighbours.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -100,8 +102,22 @@ fn mismatch() -> StoreError {
     StoreError::Database("group-commit answer does not match its op".into())
 }
 
+/// The writer's own figures, read by `Store::pool_stats`.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub(crate) acquires: AtomicU64,
+    pub(crate) acquire_us: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) ops: AtomicU64,
+}
+
 /// Runs until every sender is gone, then returns.
-pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Op>, batch_max: usize) {
+pub(crate) async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Op>,
+    batch_max: usize,
+    stats: Arc<WriterStats>,
+) {
     let mut batch: Vec<Op> = Vec::with_capacity(batch_max);
     loop {
         batch.clear();
@@ -109,7 +125,9 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Op>, batch_max: usize) {
             debug!("group-commit writer: all senders gone, stopping");
             return;
         }
-        match apply(&db, &batch).await {
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match apply(&db, &batch, &stats).await {
             Ok(answers) => {
                 for (op, a) in batch.drain(..).zip(answers) {
                     op.send(Ok(a));
@@ -124,7 +142,7 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Op>, batch_max: usize) {
                 warn!(error = %e, ops = batch.len(), "batched write failed; retrying ops one by one");
                 for op in batch.drain(..) {
                     let one = std::slice::from_ref(&op);
-                    let answer = apply(&db, one)
+                    let answer = apply(&db, one, &stats)
                         .await
                         .map_err(StoreError::from)
                         .and_then(|mut v| v.pop().ok_or(StoreError::Closed));
@@ -136,7 +154,7 @@ pub(crate) async fn run(db: Db, mut rx: mpsc::Receiver<Op>, batch_max: usize) {
 }
 
 /// Applies `ops` in one transaction; answers are in the ops' order.
-async fn apply(db: &Db, ops: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
+async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, sqlx::Error> {
     let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
 
     // Inserts first (one multi-row statement per chunk), deduplicating
@@ -164,7 +182,12 @@ async fn apply(db: &Db, ops: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
     }
 
     with_db!(db, pool => {
+        let asked = std::time::Instant::now();
         let mut tx = pool.begin().await?;
+        stats.acquires.fetch_add(1, Ordering::Relaxed);
+        stats
+            .acquire_us
+            .fetch_add(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut created: HashSet<String> = HashSet::new();
         for chunk in unique.chunks(INSERT_CHUNK) {
             let mut qb = QueryBuilder::new(db::SQL_INSERT_HEAD);

@@ -2,10 +2,10 @@
 //!
 //! Logs go to standard error, pretty or JSON (`--log-format`), filtered by
 //! `--log`. With the `otlp` feature and `[telemetry] otlp_endpoint` set,
-//! tracing spans (today the HTTP request spans, with their events) are also
-//! exported over OTLP/HTTP protobuf. The export has its own filter: the
-//! request spans are at DEBUG, which `--log info` would hide, and the log
-//! level should not decide what is traced.
+//! tracing spans (each HTTP request, each task run, with their events and
+//! request ids) are also exported over OTLP/HTTP protobuf. The export has
+//! its own filter: the log level should not decide what is traced, and
+//! tower-http's per-request events (status, latency) are at DEBUG.
 
 use swarm_core::config::TelemetryConfig;
 use tracing_subscriber::layer::SubscriberExt;
@@ -98,8 +98,8 @@ mod otlp {
 
     use super::BoxedLayer;
 
-    /// What is exported: the HTTP request spans (tower-http, DEBUG) and
-    /// everything at INFO and above.
+    /// What is exported: everything at INFO and above (the `request` and
+    /// `task` spans), plus tower-http's DEBUG events on the request spans.
     const EXPORT_FILTER: &str = "info,tower_http=debug";
 
     /// `<endpoint>/v1/traces`, the OTLP/HTTP path for spans (given as is if

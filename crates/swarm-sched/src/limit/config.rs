@@ -36,8 +36,13 @@ pub struct LimitConfig {
     /// Multiplicative decrease on back-pressure (AIMD, and all laws on drops).
     pub backoff_ratio: f64,
     /// An RTT above `tolerance` × the baseline counts as queueing
-    /// (Gradient2's tolerance; AIMD's latency threshold).
+    /// (Gradient2's tolerance; ends slow start for every law).
     pub tolerance: f64,
+    /// AIMD: a round trip whose mean RTT is, with confidence, above
+    /// `queue_tolerance` × the baseline counts as queueing. The default 1.05
+    /// holds in flight about 5–10% above what the backend serves without
+    /// queueing; the confidence bounds, not this margin, absorb jitter.
+    pub queue_tolerance: f64,
     /// Weight of a new estimate in the limit's moving average (0–1].
     pub smoothing: f64,
     /// Samples in Gradient2's long-term RTT average.
@@ -59,6 +64,7 @@ impl Default for LimitConfig {
             max: 1024,
             backoff_ratio: 0.9,
             tolerance: 1.5,
+            queue_tolerance: 1.05,
             smoothing: 0.2,
             long_window: 600,
             probe_interval_ms: 30_000,
@@ -96,6 +102,9 @@ impl LimitConfig {
         if self.tolerance.is_nan() || self.tolerance < 1.0 {
             return Err("`tolerance` must be at least 1.0".into());
         }
+        if !(self.queue_tolerance.is_finite() && self.queue_tolerance >= 1.0) {
+            return Err("`queue_tolerance` must be a number of at least 1.0".into());
+        }
         if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
             return Err("`smoothing` must be in (0, 1]".into());
         }
@@ -106,5 +115,23 @@ impl LimitConfig {
             return Err("`probe_interval_ms` must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_tolerance_is_validated() {
+        assert_eq!(LimitConfig::default().validate(), Ok(()));
+        for bad in [0.9, f64::NAN, f64::INFINITY] {
+            let c = LimitConfig {
+                queue_tolerance: bad,
+                ..LimitConfig::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("queue_tolerance"), "{bad}: {err}");
+        }
     }
 }

@@ -26,6 +26,59 @@ const SHORT_WARMUP: u64 = 10;
 const PROBE_SAMPLES: u32 = 10;
 /// Shortest RTT taken seriously: a zero RTT would make every ratio infinite.
 const MIN_RTT_S: f64 = 1e-6;
+/// AIMD decides once per window of at least this many successes (and at
+/// least a limit's worth, about one round trip), so a low limit still
+/// averages enough samples for its mean to mean something.
+const AIMD_MIN_WINDOW: u32 = 16;
+/// Standard errors by which a window's mean RTT must exceed the threshold
+/// before AIMD calls it queueing: a one-sided test at about 0.1%, so jitter
+/// alone almost never cuts, while a real queue of a few calls does.
+const AIMD_Z: f64 = 3.0;
+
+/// AIMD's current window: the successes of calls that started at or after
+/// `start` (the last cut or probe edge), so each decision judges the limit
+/// in force, not the one before it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RttWindow {
+    start: Option<Instant>,
+    /// Samples that close it: a limit's worth as of its first sample (in
+    /// slow start the limit outgrows any later count).
+    size: u32,
+    n: u32,
+    sum: f64,
+    sum_sq: f64,
+    /// Samples from calls that found the limit mostly used.
+    busy: u32,
+}
+
+/// A closed AIMD window: the lower confidence bound of its mean RTT, and
+/// whether it mostly used the limit.
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    low: f64,
+    busy: bool,
+}
+
+impl RttWindow {
+    fn reset(&mut self, start: Instant) {
+        *self = Self {
+            start: Some(start),
+            ..Self::default()
+        };
+    }
+
+    /// Mean and standard error of the mean.
+    fn stats(&self) -> (f64, f64) {
+        let n = f64::from(self.n.max(1));
+        let mean = self.sum / n;
+        let var = if self.n > 1 {
+            ((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)
+        } else {
+            0.0
+        };
+        (mean, (var / n).sqrt())
+    }
+}
 
 /// The minimum RTT over the current and the previous window, so a baseline
 /// learned at a better time expires instead of pinning the limit forever
@@ -103,6 +156,7 @@ pub(crate) struct Law {
     initial: f64,
     backoff: f64,
     tolerance: f64,
+    queue_tolerance: f64,
     smoothing: f64,
     long_window: f64,
     probe_interval: Duration,
@@ -111,13 +165,15 @@ pub(crate) struct Law {
     limit: f64,
     slow_start: bool,
     baseline: WindowedMin,
+    /// AIMD's baseline: the windowed minimum of each round trip's upper
+    /// confidence bound (mean + [`AIMD_Z`] standard errors).
+    aimd_base: WindowedMin,
     short_rtt: f64,
     short_count: u64,
     long_rtt: f64,
     long_count: u64,
-    /// AIMD: successes since the last additive step.
-    acc: f64,
-    last_decrease: Option<Instant>,
+    /// AIMD: the samples of the round trip being judged.
+    window: RttWindow,
     drops_at_min: u32,
     at_min_since: Option<Instant>,
     next_probe: Instant,
@@ -147,6 +203,11 @@ impl Law {
             } else {
                 1.5
             },
+            queue_tolerance: if cfg.queue_tolerance.is_finite() && cfg.queue_tolerance >= 1.0 {
+                cfg.queue_tolerance
+            } else {
+                1.05
+            },
             smoothing: if cfg.smoothing > 0.0 && cfg.smoothing <= 1.0 {
                 cfg.smoothing
             } else {
@@ -158,12 +219,12 @@ impl Law {
             limit: initial,
             slow_start: cfg.slow_start && cfg.algorithm != Algorithm::Fixed,
             baseline: WindowedMin::new(probe_interval),
+            aimd_base: WindowedMin::new(probe_interval),
             short_rtt: 0.0,
             short_count: 0,
             long_rtt: 0.0,
             long_count: 0,
-            acc: 0.0,
-            last_decrease: None,
+            window: RttWindow::default(),
             drops_at_min: 0,
             at_min_since: None,
             next_probe: now + probe_interval,
@@ -196,7 +257,10 @@ impl Law {
         self.drops
     }
     pub(crate) fn min_rtt(&self) -> Option<Duration> {
-        self.baseline.get().map(Duration::from_secs_f64)
+        let aimd = (self.algorithm == Algorithm::Aimd)
+            .then(|| self.aimd_base.get())
+            .flatten();
+        aimd.or(self.baseline.get()).map(Duration::from_secs_f64)
     }
     pub(crate) fn rtt(&self) -> Option<Duration> {
         (self.short_rtt > 0.0).then(|| Duration::from_secs_f64(self.short_rtt))
@@ -250,6 +314,14 @@ impl Law {
         // App-limited: the limit was mostly unused, so a good RTT proves
         // nothing about a higher one (Netflix and vector both skip these).
         let app_limited = (in_flight_at_start as f64) * 2.0 < self.limit.floor();
+        // AIMD's windows run in slow start and probes too, so its baseline
+        // sees the round trips at low concurrency.
+        let raw = sample.rtt.as_secs_f64().max(MIN_RTT_S);
+        let judged = if self.algorithm == Algorithm::Aimd {
+            self.aimd_window(now, started, raw, app_limited)
+        } else {
+            None
+        };
 
         if self.slow_start {
             if rtt <= self.tolerance * base {
@@ -267,7 +339,7 @@ impl Law {
         let old = self.limit;
         let new = match self.algorithm {
             Algorithm::Fixed => old,
-            Algorithm::Aimd => self.aimd(now, started, rtt, base, app_limited),
+            Algorithm::Aimd => self.aimd(now, judged),
             Algorithm::Gradient2 => self.gradient2(rtt, base),
             Algorithm::Vegas => self.vegas(rtt, base),
         };
@@ -307,6 +379,7 @@ impl Law {
     fn on_drop(&mut self, now: Instant) {
         self.slow_start = false;
         self.baseline.roll(now);
+        self.aimd_base.roll(now);
         self.decrease(now);
         if self.limit <= self.min {
             self.drops_at_min += 1;
@@ -315,8 +388,7 @@ impl Law {
 
     fn decrease(&mut self, now: Instant) {
         self.limit *= self.backoff;
-        self.acc = 0.0;
-        self.last_decrease = Some(now);
+        self.window.reset(now);
         self.clamp(now);
     }
 
@@ -346,6 +418,10 @@ impl Law {
             fresh: 0,
         });
         self.baseline.restart(now);
+        self.aimd_base.restart(now);
+        // Calls from before the probe ran at the full limit: not a sample
+        // of either the probe or what follows it.
+        self.window.reset(now);
     }
 
     fn end_probe_if_done(&mut self, now: Instant, started: Instant) {
@@ -355,37 +431,86 @@ impl Law {
             if started >= p.started {
                 p.fresh += 1;
             }
-            if p.fresh >= PROBE_SAMPLES
+            // AIMD's probe ends when its window closes (`aimd_window`).
+            if (p.fresh >= PROBE_SAMPLES && self.algorithm != Algorithm::Aimd)
                 || now.saturating_duration_since(p.started) >= self.probe_interval
             {
                 self.probe = None;
+                // Calls from the probe ran at half the limit and would vouch
+                // for a limit they never met.
+                self.window.reset(now);
             }
         }
     }
 
-    /// AIMD: +1 per limit's worth of successes; ×backoff when the RTT
-    /// exceeds tolerance × baseline, at most once per round trip (only calls
-    /// started after the last cut can vouch for it).
-    fn aimd(
+    /// Adds a success to AIMD's window; when the window holds a round
+    /// trip's worth (a limit's worth of calls started since it opened, and
+    /// at least [`AIMD_MIN_WINDOW`]), closes it, feeds its upper confidence
+    /// bound to the baseline and returns it for judging (none during a
+    /// probe, which the closing window ends).
+    fn aimd_window(
         &mut self,
         now: Instant,
         started: Instant,
         rtt: f64,
-        base: f64,
         app_limited: bool,
-    ) -> f64 {
-        if rtt > self.tolerance * base {
-            if self.last_decrease.is_none_or(|t| started >= t) {
-                self.decrease(now);
-            }
-            return self.limit;
+    ) -> Option<Judged> {
+        let size = AIMD_MIN_WINDOW.max(self.limit() as u32);
+        let w = &mut self.window;
+        if w.start.is_some_and(|s| started < s) {
+            // Started under an older limit (before the last cut or probe edge).
+            return None;
         }
+        w.start.get_or_insert(started);
+        if w.n == 0 {
+            w.size = size;
+        }
+        w.n += 1;
+        w.sum += rtt;
+        w.sum_sq += rtt * rtt;
         if !app_limited {
-            self.acc += 1.0;
-            if self.acc >= self.limit.floor() {
-                self.acc = 0.0;
-                return self.limit + 1.0;
-            }
+            w.busy += 1;
+        }
+        if w.n < w.size {
+            return None;
+        }
+        let (mean, se) = w.stats();
+        let busy = w.busy * 2 >= w.n;
+        // The next window continues from here: an increase of one changes
+        // too little to void the calls already running.
+        *w = RttWindow {
+            start: w.start,
+            ..RttWindow::default()
+        };
+        // The baseline is the lowest RTT we are confident of: the minimum of
+        // upper bounds, so noise does not drag it below the typical no-load
+        // RTT (the minimum of noisy means does, and then jitter alone reads
+        // as queueing and collapses the limit).
+        self.aimd_base.update(now, mean + AIMD_Z * se);
+        if self.probe.take().is_some() {
+            // The probe's round trip is measured; what follows runs at the
+            // full limit again.
+            self.window.reset(now);
+            return None;
+        }
+        Some(Judged {
+            low: mean - AIMD_Z * se,
+            busy,
+        })
+    }
+
+    /// AIMD, decided once per round trip: a window whose mean RTT is, with
+    /// confidence, above `queue_tolerance` × baseline is queueing: ×backoff;
+    /// otherwise +1 if the window mostly used the limit.
+    fn aimd(&mut self, now: Instant, judged: Option<Judged>) -> f64 {
+        let Some(j) = judged else {
+            return self.limit;
+        };
+        let base = self.aimd_base.get().unwrap_or(f64::INFINITY);
+        if j.low > self.queue_tolerance * base {
+            self.decrease(now);
+        } else if j.busy {
+            return self.limit + 1.0;
         }
         self.limit
     }
@@ -620,25 +745,68 @@ mod tests {
 
     #[test]
     fn probe_halves_the_limit_until_a_fresh_sample() {
+        for a in ALGOS {
+            let mut now = Instant::now();
+            let mut law = Law::new(&cfg(a), now);
+            feed(&mut law, &mut now, 10, Sample::success(ms(10)));
+            let l = law.limit();
+            now += ms(10_000);
+            let before = now - ms(100);
+            law.on_sample(now, before, l, Sample::success(ms(10)));
+            assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
+            // Old calls do not end it; enough calls started during it do
+            // (AIMD: a window's worth, so its baseline sees the probe).
+            for _ in 0..20 {
+                law.on_sample(now, before, l, Sample::success(ms(10)));
+            }
+            assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
+            let fresh = match a {
+                Algorithm::Aimd => AIMD_MIN_WINDOW,
+                _ => PROBE_SAMPLES,
+            };
+            for _ in 0..fresh {
+                assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
+                now += ms(10);
+                law.on_sample(now, now - ms(5), l / 2, Sample::success(ms(10)));
+            }
+            assert!(law.limit() >= l, "{a:?}");
+        }
+    }
+
+    /// Feeds a backend whose RTT is `base` up to `knee` in flight and grows
+    /// in proportion above it, plus uniform jitter; every call uses the
+    /// whole limit. Returns the mean limit over the last half.
+    fn run_knee(law: &mut Law, now: &mut Instant, n: usize, knee: f64, jitter: f64) -> f64 {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut sum = 0.0;
+        for i in 0..n {
+            *now += ms(1);
+            let l = law.limit();
+            let rtt = 100.0 * (l as f64 / knee).max(1.0) + rng.f64() * jitter;
+            law.on_sample(*now, *now, l, Sample::success(ms(rtt as u64)));
+            if i >= n / 2 {
+                sum += l as f64;
+            }
+        }
+        sum / (n - n / 2) as f64
+    }
+
+    #[test]
+    fn aimd_settles_near_the_knee() {
         let mut now = Instant::now();
         let mut law = Law::new(&cfg(Algorithm::Aimd), now);
-        feed(&mut law, &mut now, 10, Sample::success(ms(10)));
-        let l = law.limit();
-        now += ms(10_000);
-        let before = now - ms(100);
-        law.on_sample(now, before, l, Sample::success(ms(10)));
-        assert_eq!(law.limit(), (l / 2).max(2));
-        // Old calls do not end it; enough calls started during it do.
-        for _ in 0..20 {
-            law.on_sample(now, before, l, Sample::success(ms(10)));
-        }
-        assert_eq!(law.limit(), (l / 2).max(2));
-        for _ in 0..PROBE_SAMPLES {
-            assert_eq!(law.limit(), (l / 2).max(2));
-            now += ms(10);
-            law.on_sample(now, now - ms(5), l / 2, Sample::success(ms(10)));
-        }
-        assert!(law.limit() >= l);
+        let mean = run_knee(&mut law, &mut now, 20_000, 40.0, 10.0);
+        assert!((38.0..46.0).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn aimd_does_not_mistake_jitter_for_queueing() {
+        // RTT 100-300 ms whatever the concurrency: the limit must not
+        // collapse (a low tolerance on a noisy average did: goodput 5%).
+        let mut now = Instant::now();
+        let mut law = Law::new(&cfg(Algorithm::Aimd), now);
+        let mean = run_knee(&mut law, &mut now, 20_000, 1e9, 200.0);
+        assert!(mean > 50.0, "{mean}");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use swarm_core::FieldError;
 use swarm_core::clock::rfc3339;
@@ -48,6 +49,61 @@ pub(crate) async fn status(State(app): State<AppState>, _caller: Caller) -> Json
     let mut v = serde_json::to_value(app.engine.status()).unwrap_or_else(|_| json!({}));
     v["connections"] = serde_json::to_value(app.connections.snapshot()).unwrap_or_default();
     Json(v)
+}
+
+/// `GET /api/alerts`: alerts firing now and recently, and how often each
+/// has fired.
+pub(crate) async fn alerts(State(app): State<AppState>, _caller: Caller) -> Json<Value> {
+    Json(serde_json::to_value(app.engine.alerts()).unwrap_or_else(|_| json!({})))
+}
+
+/// `GET /metrics`: Prometheus text format. Open when no API keys are
+/// configured (like the rest of the API); with keys, an admin key, since
+/// tenant names appear in labels.
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> Result<Response, ApiError> {
+    if !app.keys.is_empty() && !caller?.admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "`/metrics` needs an admin key",
+        ));
+    }
+    let c = app.connections.snapshot();
+    let m = app.engine.metrics();
+    m.gauge("swarmd_http_connections_open", &[])
+        .set(c.open as f64);
+    for (name, n) in [
+        ("swarmd_http_connections_accepted_total", c.accepted),
+        ("swarmd_http_header_timeouts_total", c.closed_header_timeout),
+        ("swarmd_http_idle_timeouts_total", c.closed_idle_timeout),
+        ("swarmd_http_body_timeouts_total", c.body_timeouts),
+        ("swarmd_http_accept_errors_total", c.accept_errors),
+    ] {
+        m.counter_at(name, &[], n);
+    }
+    // Rendering walks every series: keep it off the async workers' hot path.
+    let engine = app.engine.clone();
+    let text = tokio::task::spawn_blocking(move || engine.render_metrics())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "metrics_disabled",
+                "metrics are turned off (`monitor.metrics = false`)",
+            )
+        })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// `GET /api/outbox?limit=`.

@@ -82,6 +82,10 @@ pub(crate) async fn submit(
             spec,
             tenant: caller.tenant.clone(),
             received_at,
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         })
         .await?;
     let mut task = submitted.task;
