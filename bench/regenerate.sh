@@ -37,6 +37,8 @@ order=(
     fairness-mixed
     health-idle
     health-cpu-load
+    monitoring-on
+    monitoring-off
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
@@ -47,6 +49,8 @@ for name in "${selected[@]}"; do
         # One script measures both, on one server.
         health-idle) bench/health-under-cpu.sh ;;
         health-cpu-load) ;;
+        monitoring-on) bench/monitoring-overhead.sh > /dev/null ;;
+        monitoring-off) ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac
 done
@@ -58,5 +62,11 @@ done
     cat bench/BENCHMARKS.head.md
     echo
     "$bin" bench-report --ceiling bench/results/hello-ceiling.json --charts bench/results "${results[@]}"
+    if [ -f bench/results/monitoring-overhead.md ]; then
+        echo
+        echo "### Monitoring overhead, side by side (\`bench/monitoring-overhead.sh\`)"
+        echo
+        cat bench/results/monitoring-overhead.md
+    fi
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -37,6 +37,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// The resource monitor, metrics and alerts.
     pub monitor: MonitorConfig,
+    /// Trace export (OpenTelemetry); off unless `otlp_endpoint` is set.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             cpu_pool: CpuPoolConfig::default(),
             tenants: Vec::new(),
             monitor: MonitorConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -521,6 +524,27 @@ pub enum Role {
     Admin,
 }
 
+/// Trace export over OTLP/HTTP (needs a `swarmd` built with the `otlp`
+/// feature).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`;
+    /// spans are POSTed to `<endpoint>/v1/traces`. None: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "swarmd".into(),
+        }
+    }
+}
+
 /// A configuration that parsed but does not hold together.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("invalid configuration at `{key}`: {message}")]
@@ -729,6 +753,26 @@ impl Config {
                 return Err(cfg_err("smtp.pool_size", "must be at least 1"));
             }
         }
+        let t = &self.telemetry;
+        if let Some(e) = &t.otlp_endpoint {
+            let host = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) {
+                return Err(cfg_err(
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "`{e}` is not an http:// or https:// URL (e.g. \"http://127.0.0.1:4318\")"
+                    ),
+                ));
+            }
+        }
+        if t.service_name.trim().is_empty() || t.service_name.len() > 255 {
+            return Err(cfg_err(
+                "telemetry.service_name",
+                "must be 1-255 characters",
+            ));
+        }
         Ok(())
     }
 }
@@ -899,6 +943,28 @@ mod tests {
             )),
             "tenants[0].weight"
         );
+        assert_eq!(
+            bad("[telemetry]\notlp_endpoint = \"localhost:4318\"\n"),
+            "telemetry.otlp_endpoint"
+        );
+        assert_eq!(
+            bad("[telemetry]\notlp_endpoint = \"http://\"\n"),
+            "telemetry.otlp_endpoint"
+        );
+        assert_eq!(
+            bad("[telemetry]\nservice_name = \" \"\n"),
+            "telemetry.service_name"
+        );
+        let t = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://otel:4318\"\nservice_name = \"swarmd-a\"\n",
+        )
+        .unwrap();
+        t.validate(KINDS).unwrap();
+        assert_eq!(
+            t.telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel:4318")
+        );
+        assert_eq!(Config::default().telemetry.service_name, "swarmd");
         let unknown = Config::from_toml("[pools.x.limit]\nalgoritm = \"aimd\"\n").unwrap_err();
         assert!(unknown.to_string().contains("algoritm"), "{unknown}");
     }

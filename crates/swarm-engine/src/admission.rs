@@ -86,10 +86,29 @@ impl TenantLedger {
 /// getting all of it, the floods share the rest, and a lone tenant is never
 /// exempt (it alone is the load). Rates, not queue lengths, because
 /// shedding keeps the queue at a few tasks, too few to tell shares apart.
+///
+/// It also keeps each tenant's *offered* rate (submissions, refused ones
+/// included), from which [`TenantRates::within_share`] finds the tenants
+/// asking for less than their max-min fair share; the pool serves those
+/// first (`FairQueue::set_favoured`).
 #[derive(Debug, Default)]
 pub(crate) struct TenantRates {
-    rates: Mutex<HashMap<Arc<str>, (Instant, f64)>>,
+    rates: Mutex<HashMap<Arc<str>, Rate>>,
 }
+
+/// One tenant's decayed rates, as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    at: Instant,
+    admitted: f64,
+    offered: f64,
+}
+
+/// A tenant offering up to this much more than its computed fair share
+/// still counts as within it: rates are estimates (a tenant at exactly its
+/// share reads above it half the time), and the margin is what keeps such
+/// a tenant favoured.
+pub(crate) const SHARE_MARGIN: f64 = 1.1;
 
 /// Memory of [`TenantRates`], seconds.
 pub(crate) const RATE_TAU: f64 = 1.0;
@@ -99,32 +118,100 @@ fn decayed(at: Instant, rate: f64, now: Instant) -> f64 {
 }
 
 impl TenantRates {
-    /// Counts one admission of `tenant` at `now`.
-    pub(crate) fn admitted(&self, tenant: &str, now: Instant) {
+    fn bump(&self, tenant: &str, now: Instant, admitted: f64, offered: f64) {
         let mut m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
         match m.get_mut(tenant) {
-            Some((at, r)) => {
-                *r = decayed(*at, *r, now) + 1.0 / RATE_TAU;
-                *at = now;
+            Some(r) => {
+                r.admitted = decayed(r.at, r.admitted, now) + admitted / RATE_TAU;
+                r.offered = decayed(r.at, r.offered, now) + offered / RATE_TAU;
+                r.at = now;
             }
             None => {
-                m.insert(Arc::from(tenant), (now, 1.0 / RATE_TAU));
+                m.insert(
+                    Arc::from(tenant),
+                    Rate {
+                        at: now,
+                        admitted: admitted / RATE_TAU,
+                        offered: offered / RATE_TAU,
+                    },
+                );
             }
         }
     }
 
-    /// Whether some other tenant is being admitted faster than `tenant`.
-    pub(crate) fn is_light(&self, tenant: &str, now: Instant) -> bool {
+    /// Counts one submission of `tenant` at `now`, before it is judged.
+    pub(crate) fn offered(&self, tenant: &str, now: Instant) {
+        self.bump(tenant, now, 0.0, 1.0);
+    }
+
+    /// Counts one admission of `tenant` at `now`.
+    pub(crate) fn admitted(&self, tenant: &str, now: Instant) {
+        self.bump(tenant, now, 1.0, 0.0);
+    }
+
+    /// Whether some other tenant, not `ignored`, is being admitted faster
+    /// than `tenant`.
+    pub(crate) fn is_light(
+        &self,
+        tenant: &str,
+        now: Instant,
+        ignored: impl Fn(&str) -> bool,
+    ) -> bool {
         let m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = m.get(tenant).map_or(0.0, |&(at, r)| decayed(at, r, now));
+        let mine = m
+            .get(tenant)
+            .map_or(0.0, |r| decayed(r.at, r.admitted, now));
         m.iter()
-            .any(|(t, &(at, r))| **t != *tenant && decayed(at, r, now) > mine)
+            .any(|(t, r)| **t != *tenant && !ignored(t) && decayed(r.at, r.admitted, now) > mine)
+    }
+
+    /// The tenants offering at most their max-min fair share of `capacity`
+    /// (tasks per second), by water-filling (Bertsekas & Gallager, *Data
+    /// Networks*, §6.5.2): in order of offered rate per unit weight, each
+    /// tenant's share is what is left divided by the weights left; a tenant
+    /// within it (with [`SHARE_MARGIN`]) is satisfied and leaves the rest to
+    /// the others. Empty unless some tenant asks for more than its share:
+    /// without contention there is no one to favour.
+    pub(crate) fn within_share(
+        &self,
+        capacity: f64,
+        weight: impl Fn(&str) -> u32,
+        now: Instant,
+    ) -> Vec<Arc<str>> {
+        if capacity <= 0.0 {
+            return Vec::new();
+        }
+        let m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tenants: Vec<(Arc<str>, f64, f64)> = m
+            .iter()
+            .map(|(t, r)| {
+                let w = f64::from(weight(t).max(1));
+                (t.clone(), decayed(r.at, r.offered, now), w)
+            })
+            .filter(|(_, offered, _)| *offered > 0.01)
+            .collect();
+        drop(m);
+        tenants.sort_by(|a, b| (a.1 / a.2).total_cmp(&(b.1 / b.2)));
+        let mut left = capacity;
+        let mut weights: f64 = tenants.iter().map(|t| t.2).sum();
+        let mut within = Vec::new();
+        for (t, offered, w) in tenants {
+            let share = left * w / weights;
+            if offered > share * SHARE_MARGIN {
+                // This tenant and every one after it ask for more.
+                return within;
+            }
+            within.push(t);
+            left = (left - offered).max(0.0);
+            weights -= w;
+        }
+        Vec::new()
     }
 
     /// Forgets tenants idle for a while (bounded memory).
     pub(crate) fn prune(&self, now: Instant) {
         let mut m = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, &mut (at, r)| decayed(at, r, now) > 0.01);
+        m.retain(|_, r| decayed(r.at, r.offered.max(r.admitted), now) > 0.01);
     }
 }
 
@@ -202,6 +289,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn within_share_is_max_min_by_water_filling() {
+        let r = TenantRates::default();
+        let now = Instant::now();
+        let offer = |t: &str, n: usize| (0..n).for_each(|_| r.offered(t, now));
+        offer("a", 1000);
+        offer("b", 150);
+        offer("c", 50);
+        let names = |v: Vec<Arc<str>>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        // Shares of 364/s: c 121 (asks 50), then b 157 (asks 150), a the
+        // remaining 164 (asks 1000).
+        assert_eq!(names(r.within_share(364.0, |_| 1, now)), ["c", "b"]);
+        // Less capacity: b's share (107) is below what it asks.
+        assert_eq!(names(r.within_share(200.0, |_| 1, now)), ["c"]);
+        // Weight 4 for a: nobody is over its share, so nobody is favoured.
+        assert!(
+            r.within_share(2000.0, |t| if t == "a" { 4 } else { 1 }, now)
+                .is_empty()
+        );
+        // No contention at all: empty too.
+        assert!(r.within_share(5000.0, |_| 1, now).is_empty());
+        assert!(r.within_share(0.0, |_| 1, now).is_empty());
+    }
+
+    #[test]
     fn tenant_slots_count_and_release() {
         let l = Arc::new(TenantLedger::default());
         let a = l.try_take("a", 2).unwrap();
@@ -234,12 +345,22 @@ mod tests {
             r.admitted("b", t0 + Duration::from_millis(i * 25));
         }
         let now = t0 + Duration::from_millis(500);
-        assert!(r.is_light("b", now), "b at 40/s beside a at 200/s");
-        assert!(!r.is_light("a", now));
-        assert!(r.is_light("new", now), "a newcomer is light");
+        assert!(
+            r.is_light("b", now, |_| false),
+            "b at 40/s beside a at 200/s"
+        );
+        assert!(!r.is_light("a", now, |_| false));
+        assert!(r.is_light("new", now, |_| false), "a newcomer is light");
+        assert!(
+            !r.is_light("b", now, |t| t == "a"),
+            "lighter only than a tenant that does not count"
+        );
         let lone = TenantRates::default();
         lone.admitted("x", t0);
-        assert!(!lone.is_light("x", t0), "a lone tenant is the load");
+        assert!(
+            !lone.is_light("x", t0, |_| false),
+            "a lone tenant is the load"
+        );
         r.prune(now + Duration::from_secs(30));
         assert!(
             r.rates.lock().unwrap().is_empty(),

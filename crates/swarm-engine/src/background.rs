@@ -103,6 +103,7 @@ pub(crate) async fn governor(engine: Engine) {
             pool.drain.tick(elapsed);
             pool.retune_codel();
             pool.rates.prune(now);
+            pool.refavour(now);
             for q in pool.take_expired(wall_ms) {
                 inner
                     .runs

@@ -259,6 +259,7 @@ impl Pool {
     /// `timeout` may be queued here now.
     pub(crate) fn admit(&self, timeout: Duration, tenant: &str) -> Result<(), EngineError> {
         let now = Instant::now();
+        self.rates.offered(tenant, now);
         let mut q = lock(&self.queues);
         let queued = q.tasks.len();
         if queued >= self.capacity {
@@ -282,10 +283,13 @@ impl Pool {
             // capacity an interval admits far more than the target's worth
             // of work, so the wait estimate refuses at once.
             let expected = self.expected_wait(queued);
-            // Shedding is fair: a tenant admitted at a lower rate than
-            // another is still admitted (see `TenantRates`), so the
-            // heaviest tenants are the ones refused.
-            if (standing || expected > target) && !self.rates.is_light(tenant, now) {
+            // Shedding is fair: a tenant within its fair share (favoured)
+            // is still admitted, and so is one admitted at a lower rate
+            // than another tenant over its share (see `TenantRates`), so
+            // the heaviest tenants are the ones refused.
+            let exempt = q.tasks.is_favoured(tenant)
+                || self.rates.is_light(tenant, now, |t| q.tasks.is_favoured(t));
+            if (standing || expected > target) && !exempt {
                 drop(q);
                 self.counters.rejected_delay.fetch_add(1, Ordering::Relaxed);
                 return Err(EngineError::Overloaded {
@@ -398,6 +402,18 @@ impl Pool {
     /// run time (measured in BENCHMARKS.md: a half let admitted p99 reach
     /// 2.3× the unloaded p99 at 10× overload; an eighth keeps it near 2×
     /// with the same goodput).
+    /// Marks the tenants asking for less than their fair share of what the
+    /// pool completes, so the queue serves them first (see
+    /// `TenantRates::within_share`).
+    pub(crate) fn refavour(&self, now: Instant) {
+        let capacity = self.drain.per_second();
+        let mut q = lock(&self.queues);
+        let within = self
+            .rates
+            .within_share(capacity, |t| q.tasks.tenant_weight(t), now);
+        q.tasks.set_favoured(within.iter().map(|t| &**t));
+    }
+
     pub(crate) fn retune_codel(&self) {
         if !self.codel_on || self.codel_fixed.is_some() {
             return;

@@ -29,6 +29,21 @@
 //!    tenant's next item by at most one round (the sum of the active tenants'
 //!    weights).
 //!
+//!    **Favoured tenants** go first. DRR alone gives each backlogged tenant
+//!    its share, so a tenant asking for *exactly* its share of a saturated
+//!    pool is served at the rate it arrives and its own backlog behaves like
+//!    a queue at full load: long, variable waits, though it asks for no
+//!    more than is fair. The caller can mark tenants that ask for less than
+//!    their max-min fair share ([`FairQueue::set_favoured`]; the engine
+//!    computes shares by water-filling over offered rates); their items are
+//!    served before other tenants' in the same class, in the order their
+//!    tenants joined. Their demand is by definition within what the pool
+//!    gives them, so the others still get the remainder, which is at least
+//!    their fair share; the flood absorbs the queueing instead of the tenant
+//!    that stayed within its share. (The same idea as giving flows under
+//!    their fair rate priority in Stochastic Fairness / "sparse flow"
+//!    schedulers such as FQ-CoDel's new-flow list, RFC 8290 §4.1.)
+//!
 //! Per-tenant state exists only while the tenant has queued items, so
 //! memory is bounded by what is queued (weights set with
 //! [`FairQueue::set_tenant_weight`] are configuration and kept separately).
@@ -46,7 +61,7 @@
 //! assert_eq!(order, ["f0", "q0", "f1", "f2"]);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -110,7 +125,42 @@ impl<T> Class<T> {
         }
     }
 
-    fn pop(&mut self, weights: &HashMap<Arc<str>, u32>) -> Option<(T, QueueMeta)> {
+    /// The active-list index of the first favoured tenant, if any.
+    fn favoured_index(&self, favoured: &HashSet<Arc<str>>) -> Option<usize> {
+        if favoured.is_empty() {
+            return None;
+        }
+        self.active.iter().position(|t| favoured.contains(t))
+    }
+
+    fn pop(
+        &mut self,
+        weights: &HashMap<Arc<str>, u32>,
+        favoured: &HashSet<Arc<str>>,
+    ) -> Option<(T, QueueMeta)> {
+        if let Some(i) = self.favoured_index(favoured) {
+            // Outside the DRR rotation: the visit in progress (the head's
+            // deficit) is left as it was.
+            let tq = self
+                .tenants
+                .get_mut(&self.active[i])
+                .expect("active tenant has a queue");
+            let (item, enqueued_at) = tq.items.pop_front().expect("active tenants are non-empty");
+            self.len -= 1;
+            let tenant = tq.name.clone();
+            if tq.items.is_empty() {
+                self.tenants.remove(&tenant);
+                self.active.remove(i);
+            }
+            return Some((
+                item,
+                QueueMeta {
+                    class: 0,
+                    tenant,
+                    enqueued_at,
+                },
+            ));
+        }
         let name = self.active.front()?;
         let tq = self
             .tenants
@@ -169,6 +219,8 @@ pub struct FairQueue<T> {
     credits: [u32; CLASSES],
     /// Only tenants whose weight is not the default 1.
     tenant_weights: HashMap<Arc<str>, u32>,
+    /// Tenants within their fair share: served first in their class.
+    favoured: HashSet<Arc<str>>,
     len: usize,
     capacity: usize,
 }
@@ -183,9 +235,33 @@ impl<T> FairQueue<T> {
             class_weights,
             credits: class_weights,
             tenant_weights: HashMap::new(),
+            favoured: HashSet::new(),
             len: 0,
             capacity,
         }
+    }
+
+    /// Replaces the set of favoured tenants: their queued items are served
+    /// before other tenants' in the same class (see the [module
+    /// docs](self)). An empty set is plain DRR.
+    ///
+    /// ```
+    /// use swarm_sched::fair::FairQueue;
+    ///
+    /// let mut q = FairQueue::new([1; 4], 10);
+    /// q.push(2, "flood", "f0").unwrap();
+    /// q.push(2, "flood", "f1").unwrap();
+    /// q.push(2, "quiet", "q0").unwrap();
+    /// q.set_favoured(["quiet"]);
+    /// assert_eq!(q.pop().unwrap().0, "q0");
+    /// ```
+    pub fn set_favoured<'a>(&mut self, tenants: impl IntoIterator<Item = &'a str>) {
+        self.favoured = tenants.into_iter().map(Arc::from).collect();
+    }
+
+    /// Whether `tenant` is favoured now.
+    pub fn is_favoured(&self, tenant: &str) -> bool {
+        self.favoured.contains(tenant)
     }
 
     /// Sets `tenant`'s DRR quantum: it gets `weight` pops per round in each
@@ -291,7 +367,8 @@ impl<T> FairQueue<T> {
         for _ in 0..2 {
             for c in 0..CLASSES {
                 if self.credits[c] > 0
-                    && let Some((item, mut meta)) = self.classes[c].pop(&self.tenant_weights)
+                    && let Some((item, mut meta)) =
+                        self.classes[c].pop(&self.tenant_weights, &self.favoured)
                 {
                     self.credits[c] -= 1;
                     self.len -= 1;
@@ -313,7 +390,8 @@ impl<T> FairQueue<T> {
             // Every backlogged class is out of credit: pop starts a new round.
             .or_else(|| (0..CLASSES).find(backlogged))?;
         let class = &self.classes[c];
-        let tq = &class.tenants[class.active.front()?];
+        let i = class.favoured_index(&self.favoured).unwrap_or(0);
+        let tq = &class.tenants[class.active.get(i)?];
         let (_, enqueued_at) = tq.items.front()?;
         Some(QueueMeta {
             class: c,
@@ -700,6 +778,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn favoured_tenants_go_first_and_the_rest_keep_their_rotation() {
+        let mut q = FairQueue::new([1; CLASSES], 100);
+        for i in 0..3 {
+            q.push(2, "a", format!("a{i}")).unwrap();
+            q.push(2, "c", format!("c{i}")).unwrap();
+        }
+        q.push(2, "b", "b0".to_string()).unwrap();
+        q.push(2, "b", "b1".to_string()).unwrap();
+        assert_eq!(q.pop().unwrap().0, "a0");
+        q.set_favoured(["b"]);
+        assert!(q.is_favoured("b") && !q.is_favoured("a"));
+        assert_eq!(q.peek_meta().unwrap().tenant.as_ref(), "b");
+        assert_eq!(pop_all_n(&mut q, 2), ["b0", "b1"]);
+        // b emptied and left; a and c go on by DRR where they were.
+        assert_eq!(pop_all(&mut q), ["c0", "a1", "c1", "a2", "c2"]);
+        // Favour does not cross classes: a more urgent class still wins.
+        q.push(2, "b", "b2".to_string()).unwrap();
+        q.push(0, "a", "urgent".to_string()).unwrap();
+        assert_eq!(q.pop().unwrap().0, "urgent");
+        q.set_favoured(std::iter::empty());
+        assert_eq!(q.pop().unwrap().0, "b2");
+        q.check_invariants();
+    }
+
+    fn pop_all_n<T>(q: &mut FairQueue<T>, n: usize) -> Vec<T> {
+        (0..n).filter_map(|_| q.pop()).map(|(t, _)| t).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn peek_matches_pop_across_round_resets() {
         let mut q = FairQueue::new([2, 1, 1, 1], 1000);
         for i in 0..20 {
@@ -772,8 +879,11 @@ mod tests {
                                 assert!(model.remove(&id).is_some());
                                 assert!(seen.insert(id));
                             }
-                        } else {
+                        } else if rng.bool() {
                             q.set_tenant_weight(tenants[rng.usize(0..5)], rng.u32(0..4));
+                        } else {
+                            let n = rng.usize(0..3);
+                            q.set_favoured(tenants.iter().copied().filter(|_| rng.usize(0..5) < n));
                         }
                     }
                 }

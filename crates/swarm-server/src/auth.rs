@@ -154,6 +154,39 @@ where
     }
 }
 
+/// A caller allowed on admin endpoints (profiles). With keys configured,
+/// one holding an `admin` key (`401` without a valid key, `403` with a
+/// client's). Without keys, nothing tells an operator from a client, so
+/// only a peer on this machine (`403` otherwise).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    Arc<Keys>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let forbidden = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m);
+        if Arc::<Keys>::from_ref(state).is_empty() {
+            if is_loopback(parts) {
+                return Ok(Admin(caller));
+            }
+            return Err(forbidden(
+                "admin endpoints answer only on loopback while no API keys are configured",
+            ));
+        }
+        if caller.admin {
+            Ok(Admin(caller))
+        } else {
+            Err(forbidden("this endpoint needs an admin key"))
+        }
+    }
+}
+
 /// Whether the peer is on this machine (for admin endpoints without keys).
 pub fn is_loopback(parts: &Parts) -> bool {
     parts

@@ -8,7 +8,8 @@
 //!   then drains (tests pass `127.0.0.1:0` and their own future).
 //! - [`conn`]: the accept loop and the life of one connection (limits,
 //!   timeouts, drain) and its counters, [`conn::ConnStats`].
-//! - `routes`: the route table; `routes/tasks.rs`, `routes/system.rs`.
+//! - `routes`: the route table; `routes/tasks.rs`, `routes/system.rs`,
+//!   `routes/profile.rs` (CPU profiles, feature `pprof`).
 //! - [`auth`]: API keys → tenant and role.
 //! - [`error`]: [`ApiError`] and its JSON envelope.
 //! - [`extract`]: the JSON body extractor with field-level errors.

@@ -1,6 +1,7 @@
 //! The route table.
 
 pub(crate) mod dashboard;
+pub(crate) mod profile;
 pub(crate) mod system;
 pub(crate) mod tasks;
 
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/tasks/{id}/events", get(tasks::events))
         .route("/api/outbox", get(system::outbox))
+        .merge(profile::routes())
         .route("/api/status", get(system::status))
         .route("/api/alerts", get(system::alerts))
         .route("/metrics", get(system::metrics))

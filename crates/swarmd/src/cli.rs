@@ -22,6 +22,9 @@ pub(crate) enum Command {
     Submit(SubmitArgs),
     /// Print a running server's pools, database pool and uptime.
     Status(StatusArgs),
+    /// `status`, redrawn live with per-pool rates (tasks done, rejections,
+    /// timeouts per second) until Ctrl-C.
+    Top(TopArgs),
     /// Measure a server: closed or open loop, sweeps, HDR latency percentiles,
     /// JSON/Markdown/SVG results.
     Bench(Box<BenchArgs>),
@@ -164,6 +167,18 @@ pub(crate) struct StatusArgs {
     /// Print the raw JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Time between polls (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s")]
+    pub(crate) interval: String,
+    /// Stop after this many frames [default: run until Ctrl-C].
+    #[arg(long)]
+    pub(crate) iterations: Option<u64>,
 }
 
 /// What `swarmd bench` starts for each step.

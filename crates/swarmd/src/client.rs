@@ -1,5 +1,6 @@
-//! `swarmd submit`, `swarmd status`, `swarmd hash-key`.
+//! `swarmd submit`, `swarmd status`, `swarmd top`, `swarmd hash-key`.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
 
@@ -98,19 +99,96 @@ pub(crate) async fn submit(a: SubmitArgs) -> Result<(), String> {
     }
 }
 
-pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
-    let client = http_client(&a.client, Duration::from_secs(10))?;
+/// `GET /api/status`.
+pub(crate) async fn fetch_status(
+    client: &reqwest::Client,
+    args: &ClientArgs,
+) -> Result<Value, String> {
     let resp = client
-        .get(url(&a.client, "/api/status"))
+        .get(url(args, "/api/status"))
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", a.client.server))?;
-    let (_, s) = json_or_error(resp).await?;
+        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
+    Ok(json_or_error(resp).await?.1)
+}
+
+pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
+    let client = http_client(&a.client, Duration::from_secs(10))?;
+    let s = fetch_status(&client, &a.client).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    print!("{}", render_status(&s, None));
+    Ok(())
+}
+
+/// One pool's rates between two polls, per second (`swarmd top`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PoolRates {
+    /// Tasks ended: succeeded, failed, timed out or cancelled.
+    pub(crate) done: f64,
+    /// Submissions refused.
+    pub(crate) rejected: f64,
+    /// Tasks timed out.
+    pub(crate) timed_out: f64,
+}
+
+/// Per-pool rates from two `/api/status` answers. The time between them is
+/// the server's own (`uptime_s`), so the client's request latency does not
+/// skew it. A restart in between (uptime or a counter went backwards) gives
+/// no rates rather than wrong ones.
+pub(crate) fn pool_rates(prev: &Value, now: &Value) -> BTreeMap<String, PoolRates> {
+    let mut out = BTreeMap::new();
+    let dt = now["uptime_s"].as_f64().unwrap_or(0.0) - prev["uptime_s"].as_f64().unwrap_or(0.0);
+    if dt <= 0.0 {
+        return out;
+    }
+    let pools = |s: &Value| -> BTreeMap<String, Value> {
+        s["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.to_string(), p.clone())))
+            .collect()
+    };
+    let before = pools(prev);
+    for (name, p) in pools(now) {
+        let Some(q) = before.get(&name) else { continue };
+        let delta = |keys: &[&str]| -> Option<f64> {
+            let sum = |v: &Value| {
+                keys.iter()
+                    .map(|k| v[*k].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+            };
+            sum(&p).checked_sub(sum(q)).map(|d| d as f64 / dt)
+        };
+        if let (Some(done), Some(rejected), Some(timed_out)) = (
+            delta(&["succeeded", "failed", "timed_out", "cancelled"]),
+            delta(&["rejected"]),
+            delta(&["timed_out"]),
+        ) {
+            out.insert(
+                name,
+                PoolRates {
+                    done,
+                    rejected,
+                    timed_out,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The `swarmd status` picture of an `/api/status` answer; with `rates`
+/// (`swarmd top`), three more columns per pool (`-` where a pool has none
+/// yet).
+pub(crate) fn render_status(s: &Value, rates: Option<&BTreeMap<String, PoolRates>>) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "swarmd {} on node {} · up {:.0} s{}",
         s["version"].as_str().unwrap_or("?"),
         s["node_id"].as_str().unwrap_or("?"),
@@ -122,7 +200,8 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
         }
     );
     let db = &s["database"];
-    println!(
+    let _ = writeln!(
+        o,
         "database {}: {} open, {} idle, {} in use, max {}",
         db["backend"].as_str().unwrap_or("?"),
         db["size"],
@@ -133,7 +212,8 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
     let g = &s["global"];
     let r = &s["resources"];
     let c = &s["cpu_pool"];
-    println!(
+    let _ = writeln!(
+        o,
         "global cap: {} running of {}{} · process CPU {:.0}%, RSS {:.0} MiB · CPU pool {} of {} threads busy, {} queued",
         g["in_flight"],
         g["limit"],
@@ -148,7 +228,8 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
         c["threads"],
         c["queued"]
     );
-    println!(
+    let _ = write!(
+        o,
         "\n{:<16} {:<15} {:<9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
         "POOL",
         "AGENT",
@@ -162,12 +243,18 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
         "TIMED_OUT",
         "REJECTED"
     );
+    if rates.is_some() {
+        let _ = write!(o, " {:>8} {:>8} {:>8}", "DONE/S", "REJ/S", "TMO/S");
+    }
+    o.push('\n');
     // `Value`'s Display ignores width, so numbers go through strings.
     let n = |v: &serde_json::Value| v.to_string();
     for p in s["pools"].as_array().into_iter().flatten() {
-        println!(
+        let name = p["name"].as_str().unwrap_or("?");
+        let _ = write!(
+            o,
             "{:<16} {:<15} {:<9} {:>6} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>9}",
-            p["name"].as_str().unwrap_or("?"),
+            name,
             p["agent"].as_str().unwrap_or("?"),
             p["limit"]["algorithm"].as_str().unwrap_or("?"),
             n(&p["concurrency"]),
@@ -179,8 +266,23 @@ pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
             n(&p["timed_out"]),
             n(&p["rejected"])
         );
+        if let Some(rates) = rates {
+            match rates.get(name) {
+                Some(r) => {
+                    let _ = write!(
+                        o,
+                        " {:>8.1} {:>8.1} {:>8.1}",
+                        r.done, r.rejected, r.timed_out
+                    );
+                }
+                None => {
+                    let _ = write!(o, " {:>8} {:>8} {:>8}", "-", "-", "-");
+                }
+            }
+        }
+        o.push('\n');
     }
-    Ok(())
+    o
 }
 
 pub(crate) fn hash_key(a: HashKeyArgs) -> Result<(), String> {
@@ -199,4 +301,65 @@ pub(crate) fn hash_key(a: HashKeyArgs) -> Result<(), String> {
     }
     println!("{}", swarm_server::auth::hash_key(&key));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(uptime_s: f64, pools: &[(&str, u64, u64, u64)]) -> Value {
+        json!({
+            "uptime_s": uptime_s,
+            "pools": pools.iter().map(|(name, succeeded, rejected, timed_out)| json!({
+                "name": name, "agent": "sim", "limit": {"algorithm": "aimd"},
+                "succeeded": succeeded, "failed": 1, "cancelled": 0,
+                "rejected": rejected, "timed_out": timed_out,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn rates_are_deltas_over_server_time() {
+        let a = status(10.0, &[("sim", 100, 5, 1), ("echo", 0, 0, 0)]);
+        let b = status(12.0, &[("sim", 140, 9, 3), ("new", 7, 0, 0)]);
+        let r = pool_rates(&a, &b);
+        assert_eq!(
+            r["sim"],
+            PoolRates {
+                done: 21.0,
+                rejected: 2.0,
+                timed_out: 1.0
+            }
+        );
+        // Only in one of the two polls: no rate.
+        assert!(!r.contains_key("new") && !r.contains_key("echo"));
+        // A restart in between (uptime or counters backwards): none.
+        assert!(pool_rates(&b, &a).is_empty());
+        let restarted_counters = status(14.0, &[("sim", 3, 0, 0)]);
+        assert!(pool_rates(&b, &restarted_counters).is_empty());
+    }
+
+    #[test]
+    fn rate_columns_only_with_rates() {
+        let s = status(12.0, &[("sim", 140, 9, 3), ("echo", 0, 0, 0)]);
+        let plain = render_status(&s, None);
+        assert!(
+            plain.contains("REJECTED") && !plain.contains("DONE/S"),
+            "{plain}"
+        );
+        let rates = pool_rates(&status(10.0, &[("sim", 100, 5, 1)]), &s);
+        let top = render_status(&s, Some(&rates));
+        let line = |name: &str| {
+            top.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} row in {top}"))
+                .to_string()
+        };
+        assert!(top.contains("DONE/S") && top.contains("TMO/S"), "{top}");
+        assert!(line("sim").ends_with("    21.0      2.0      1.0"), "{top}");
+        assert!(
+            line("echo").ends_with("       -        -        -"),
+            "{top}"
+        );
+    }
 }

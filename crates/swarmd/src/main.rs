@@ -7,6 +7,8 @@ mod cli;
 mod client;
 mod serve;
 mod sim_backend;
+mod telemetry;
+mod top;
 
 use clap::Parser;
 
@@ -27,6 +29,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Submit(args) => client::submit(args).await,
             cli::Command::Status(args) => client::status(args).await,
+            cli::Command::Top(args) => top::run(args).await,
             cli::Command::Bench(args) => bench::run(*args).await,
             cli::Command::BenchReport(args) => bench::report(args),
             cli::Command::HashKey(args) => client::hash_key(args),

@@ -6,7 +6,7 @@ use swarm_engine::Engine;
 use swarm_store::Store;
 use tokio::net::TcpListener;
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::ServeArgs;
 
 /// Loads the configuration: defaults, then the file, then env and flags.
 pub(crate) fn load_config(args: &ServeArgs) -> Result<Config, String> {
@@ -32,21 +32,6 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     cfg.validate(BUILTIN_KINDS).map_err(|e| e.to_string())?;
     Ok(cfg)
-}
-
-fn init_logging(args: &ServeArgs) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .map_err(|e| format!("bad --log filter `{}`: {e}", args.log))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let result = match args.log_format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -93,8 +78,16 @@ pub(crate) async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
-    init_logging(&args)?;
+    // The configuration comes first: it says where spans go. Its errors
+    // are returned, not logged, so nothing is lost before logging starts.
     let cfg = load_config(&args)?;
+    let telemetry = crate::telemetry::init(&args, &cfg.telemetry)?;
+    let result = serve(cfg).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
     let listener = listen(&cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
