@@ -35,8 +35,9 @@
 //!   estimate jumps to any slower reply and decays back over `decay_ms`,
 //!   so a slow instance is avoided at once; two random choices rather than
 //!   the global minimum, so many balancers with stale views do not herd
-//!   onto one instance. Failures count as at least twice the current
-//!   estimate, so an instance that fails fast does not look fast.
+//!   onto one instance. A failure counts as at least the current
+//!   estimate and an overload (429/503) as twice it, so an instance that
+//!   refuses fast does not look fast.
 //! - **`least_outstanding`**: fewest calls in flight, ties at random.
 //! - **`round_robin`**: each candidate in turn.
 //! - **`weighted`**: smooth weighted round robin (nginx): weights 5:1:1
@@ -61,7 +62,9 @@
 //! overload (429/503) does not, because it is load rather than breakage
 //! and ejecting for it would cut capacity when it is shortest. At most
 //! `max_ejected_percent` of the instances are ejected at once and never
-//! all; if all are out anyway (active checks, see
+//! all. A half-open instance with a probe slot free is picked first
+//! (except by sticky hash keys), so its return does not wait on chance.
+//! If all are out anyway (active checks, see
 //! [`Balancer::mark_unhealthy`]), picks fall back to all of them (Envoy's
 //! panic mode).
 //!

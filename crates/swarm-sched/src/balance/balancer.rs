@@ -29,10 +29,13 @@ pub enum Outcome {
     Timeout,
 }
 
-/// A non-success RTT counts as at least this many times the current
-/// estimate, so an instance failing fast does not look fast and attract
-/// more calls (the "black hole" of least-latency balancing).
-const FAILURE_PENALTY: f64 = 2.0;
+/// An overload's RTT counts as at least this many times the current
+/// estimate, so an instance answering 429 fast does not look fast and
+/// attract more calls (the "black hole" of least-latency balancing), and
+/// repeated refusals push load away harder. Failures and timeouts count as
+/// at least the estimate, not more: ejection deals with broken instances,
+/// and a compounding penalty would starve one that fails now and then.
+const OVERLOAD_PENALTY: f64 = 2.0;
 
 /// Chooses instances for calls and tracks their health. Cloning shares it.
 ///
@@ -249,9 +252,22 @@ impl Balancer {
         if cands.is_empty() {
             cands.extend((0..st.instances.len()).filter(|&i| !st.instances[i].draining));
         }
-        let chosen = match cands.len() {
-            0 => None,
-            1 => Some(cands[0]),
+        // A half-open instance with a probe slot free goes first (hash keys
+        // excepted, which keep their order): probes are few, and waiting
+        // for p2c to find it cheap would delay its return by chance.
+        let sticky = cfg.policy == Policy::Hash && key.is_some();
+        let probe_first = (!sticky)
+            .then(|| {
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&i| st.instances[i].health.avail(&cfg.outlier) == Avail::Probe)
+            })
+            .flatten();
+        let chosen = match (probe_first, cands.len()) {
+            (Some(i), _) => Some(i),
+            (None, 0) => None,
+            (None, 1) => Some(cands[0]),
             _ => Some(st.choose(cfg.policy, &cands, key, now)),
         };
         st.scratch = cands;
@@ -422,14 +438,21 @@ impl State {
             }
             return;
         };
-        let sample = if outcome == Outcome::Success {
-            inst.successes += 1;
-            rtt
-        } else {
-            inst.failures += 1;
-            let floor = inst.ewma.get(now) * FAILURE_PENALTY;
-            rtt.max(Duration::from_nanos(floor as u64))
+        let floor = match outcome {
+            Outcome::Success => {
+                inst.successes += 1;
+                0.0
+            }
+            Outcome::Failure | Outcome::Timeout => {
+                inst.failures += 1;
+                inst.ewma.get(now)
+            }
+            Outcome::Overloaded => {
+                inst.failures += 1;
+                inst.ewma.get(now) * OVERLOAD_PENALTY
+            }
         };
+        let sample = rtt.max(Duration::from_nanos(floor as u64));
         inst.ewma.update(sample, now);
         if inst
             .health
@@ -606,18 +629,19 @@ mod tests {
         // 10 × (outstanding + 1) passes 105, then b.
         let held: Vec<_> = (0..11).map(|_| b.pick(None).unwrap()).collect();
         assert_eq!(ids(&held), "aaaaaaaaaab");
-        // A failure counts as at least twice the estimate: a fast error
-        // does not make an instance look fast.
+        // A fast failure does not make an instance look fast; a fast
+        // overload makes it look twice as slow.
         drop(held);
-        let p = loop {
+        let complete_a = |o| loop {
             let p = b.pick(None).unwrap();
             if p.id() == "a" {
-                break p;
+                p.complete(MS, o);
+                break b.snapshot().instances[0].ewma_rtt_us;
             }
         };
-        p.complete(MS, Outcome::Failure);
-        let a = &b.snapshot().instances[0];
-        assert_eq!(a.ewma_rtt_us, 20_000);
+        assert_eq!(complete_a(Outcome::Failure), 10_000);
+        assert_eq!(complete_a(Outcome::Timeout), 10_000);
+        assert_eq!(complete_a(Outcome::Overloaded), 20_000);
     }
 
     #[tokio::test(start_paused = true)]
