@@ -6,6 +6,9 @@
 //!
 //! # Layout
 //! - [`fair`]: priorities × per-tenant deficit round robin, bounded.
+//! - [`balance`]: which instance of a pool gets a call (p2c over peak-EWMA,
+//!   least outstanding, round robin, weighted, sticky hash), passive health
+//!   with a half-open return, and retry helpers.
 //! - [`codel`]: queue-delay overload detection (CoDel).
 //! - [`limit`]: adaptive concurrency limits (fixed, AIMD, Gradient2, Vegas)
 //!   enforced by a shrinkable semaphore.
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod balance;
 pub mod codel;
 pub mod cpu;
 pub mod fair;
