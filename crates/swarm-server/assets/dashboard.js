@@ -103,7 +103,7 @@
     // lines: [{key, label, color, digits, dash, ceiling}]; a `ceiling` line
     // (a limit) does not stretch the scale when it is far above the others,
     // so a limit of 1024 does not flatten a queue of 30; it is pinned to the
-    // top and marked "off scale" instead.
+    // top and marked with an arrow instead.
     constructor(card, scope, metric, lines, unit) {
       this.lines = lines;
       this.unit = unit || "";
@@ -241,7 +241,8 @@
         this.lines.map((l, i) => {
           const vals = this.v[i];
           const last = vals.length ? vals[vals.length - 1] : null;
-          const off = l.ceiling && pinned ? ` ${fmt(last, l.digits)} (off scale)` : "";
+          // "↑": above the chart's scale, pinned to its top.
+          const off = l.ceiling && pinned ? ` ${fmt(last, l.digits)}↑` : "";
           return withValues && !off ? `${l.label} ${fmt(last, l.digits)}` : l.label + off;
         });
       const width = (texts) => texts.reduce((a, t) => a + 25 + g.measureText(t).width, 0);
@@ -305,7 +306,7 @@
         [[0, "in use"], [0, "idle"], [0, "size"], [0, "max"]]),
       global: card(row, "All pools", "process", "global",
         [
-          { key: "cap", label: "global cap", color: C.limit, digits: 0, ceiling: true },
+          { key: "cap", label: "cap", color: C.limit, digits: 0, ceiling: true },
           { key: "inflight", label: "in flight", color: C.inflight, digits: 0 },
           { key: "queued", label: "queued", color: C.queued, digits: 0 },
         ],
