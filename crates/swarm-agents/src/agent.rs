@@ -141,6 +141,10 @@ pub enum AgentError {
         code: String,
         /// What happened.
         message: String,
+        /// Whether trying again (on this or another instance) may succeed,
+        /// e.g. a worker that died or a backend's 5xx; see
+        /// [`AgentError::is_retryable`].
+        retryable: bool,
     },
     /// A backend refused for lack of capacity (back-pressure for the limiter).
     #[error("{message}")]
@@ -159,11 +163,34 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// A `Failed` error.
+    /// A `Failed` error that trying again would not fix.
     pub fn failed(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Failed {
             code: code.into(),
             message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// A `Failed` error that may go away when tried again (a crashed worker,
+    /// a backend's 5xx, a refused connection).
+    pub fn failed_retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Failed {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// Whether the same input may succeed when tried again, for whoever
+    /// decides on retries (a balancer moving to another instance, a client).
+    /// Back-pressure (`Overloaded`) and `Timeout` are transient by nature;
+    /// bad input never is; a failure says so itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Invalid { .. } => false,
+            Self::Failed { retryable, .. } => *retryable,
+            Self::Overloaded { .. } | Self::Timeout { .. } => true,
         }
     }
 
@@ -180,6 +207,33 @@ impl AgentError {
         Self::failed("cancelled", "the task was cancelled")
     }
 
+    /// Reads the `error` object external agents answer with
+    /// (`{"code", "message", "retryable"?}`): `code` a non-empty string,
+    /// `message` a string (the code when absent), `retryable` a boolean
+    /// (false when absent). Shared by the process and HTTP backends so
+    /// both protocols mean the same thing.
+    pub fn from_wire(e: &Value) -> Result<Self, String> {
+        let code = match e.get("code") {
+            Some(Value::String(c)) if !c.is_empty() => c.clone(),
+            _ => return Err("`error.code` must be a non-empty string".into()),
+        };
+        let message = match e.get("message") {
+            Some(Value::String(m)) => m.clone(),
+            None | Some(Value::Null) => code.clone(),
+            Some(_) => return Err("`error.message` must be a string".into()),
+        };
+        let retryable = match e.get("retryable") {
+            Some(Value::Bool(b)) => *b,
+            None | Some(Value::Null) => false,
+            Some(_) => return Err("`error.retryable` must be a boolean".into()),
+        };
+        Ok(Self::Failed {
+            code,
+            message,
+            retryable,
+        })
+    }
+
     /// The stable code stored in the task's `error.code`.
     pub fn code(&self) -> &str {
         match self {
@@ -188,5 +242,35 @@ impl AgentError {
             Self::Overloaded { .. } => "backend_overloaded",
             Self::Timeout { .. } => "backend_timeout",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_follows_the_variant_and_the_flag() {
+        assert!(!AgentError::failed("x", "m").is_retryable());
+        assert!(!AgentError::cancelled().is_retryable());
+        assert!(AgentError::failed_retryable("worker_died", "m").is_retryable());
+        assert_eq!(
+            AgentError::failed_retryable("worker_died", "m").code(),
+            "worker_died"
+        );
+        let invalid = AgentError::Invalid {
+            message: "m".into(),
+            field: None,
+        };
+        assert!(!invalid.is_retryable());
+        let overloaded = AgentError::Overloaded {
+            message: "m".into(),
+            retry_after: None,
+        };
+        assert!(overloaded.is_retryable());
+        let timeout = AgentError::Timeout {
+            message: "m".into(),
+        };
+        assert!(timeout.is_retryable());
     }
 }

@@ -13,6 +13,9 @@
 //! - [`communications`]: the prototype's workflow: draft, two reviewers in
 //!   parallel, merge the edits it agrees with, hand to email.
 //! - [`email`]: sends over pooled SMTP, or stores into the [`Outbox`].
+//! - [`process`]: runs tasks on long-lived worker processes speaking JSON
+//!   lines (how an agent written in Python plugs in).
+//! - [`http`]: POSTs tasks to one agent instance over HTTP.
 //! - [`registry`]: builds the built-in agents from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -21,6 +24,8 @@ pub mod agent;
 pub mod communications;
 pub mod echo;
 pub mod email;
+pub mod http;
+pub mod process;
 pub mod registry;
 pub mod sim;
 #[cfg(test)]
@@ -28,4 +33,6 @@ pub(crate) mod test_support;
 
 pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
 pub use email::{Outbox, OutboxMessage};
+pub use http::{HttpAgent, HttpConfig};
+pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
 pub use registry::{BUILTIN_KINDS, builtin_agents};

@@ -1,0 +1,532 @@
+//! `http`: runs a task by POSTing it to one agent instance over HTTP.
+//!
+//! # Protocol
+//! `POST <url>` with `Content-Type: application/json` and the body
+//! `{"id", "type", "args", "title", "description", "deadline_ms",
+//! "request_id", "task_id", "tenant"}` (the same shape the `process`
+//! backend writes; `deadline_ms` is the time left when the request was
+//! sent). The submitting request's id goes along as `X-Request-Id`.
+//! The instance answers:
+//! - `2xx` with `{"result": …}`, or `{"error": {"code", "message",
+//!   "retryable"?}}` for a failure it wants reported as such;
+//! - `429` or `503` when it is out of capacity, optionally with
+//!   `Retry-After` (seconds or an HTTP date): [`AgentError::Overloaded`],
+//!   which the pool's adaptive limiter treats as back-pressure;
+//! - any other `5xx`: a retryable `backend_error`;
+//! - `4xx`: a non-retryable `backend_rejected`.
+//!
+//! Errors carry the status and the start of the body.
+//!
+//! # Design
+//! - One [`reqwest::Client`] per agent, so connections are pooled and kept
+//!   alive between tasks (`pool_max_idle`, `pool_idle_timeout_ms`);
+//!   `connect_timeout_ms` bounds connection set-up. The whole request is
+//!   bounded by the task's remaining time (or `request_timeout_ms` if that
+//!   is shorter); running out is [`AgentError::Timeout`], also back-pressure.
+//! - The request future is raced against the cancellation token and the
+//!   deadline; losing drops it, which closes the connection mid-request,
+//!   so the instance sees the client go away instead of working on for
+//!   nobody. (The engine drops the whole run at the deadline anyway; the
+//!   race makes the agent correct on its own.)
+//! - A refused or reset connection is a retryable `backend_unreachable`;
+//!   a reply that breaks the protocol is a non-retryable
+//!   `bad_backend_output`. Bodies are read up to `max_response_bytes`.
+//! - Redirects are not followed and proxy variables are ignored: an
+//!   instance URL names one instance, and a redirect or a proxy in between
+//!   would hide which one answered. One URL per agent object; balancing over
+//!   instances is a layer above.
+//! - Only `http://` URLs: reqwest is built without TLS in this workspace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use swarm_core::FieldError;
+
+use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
+
+/// Default `connect_timeout_ms`.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Default `pool_max_idle`.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 32;
+/// Default `pool_idle_timeout_ms`.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Default `max_response_bytes` (16 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Bytes of an error response read for the message.
+const ERROR_BODY_BYTES: usize = 4 << 10;
+/// Characters of a body quoted in an error message.
+const EXCERPT_CHARS: usize = 300;
+
+/// Configuration of an `http` agent (one instance).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The instance's task endpoint, e.g. `http://10.0.0.5:8000/run`.
+    pub url: String,
+    /// Time allowed to open a connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Upper bound for one request; the task's remaining time always
+    /// bounds it too. `None`: the deadline only.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+    /// Idle keep-alive connections kept open to the instance.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// How long an idle connection is kept.
+    #[serde(default = "default_pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
+    /// Extra headers sent with every request (e.g. an API key).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Largest accepted response body, in bytes.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_pool_max_idle() -> usize {
+    DEFAULT_POOL_MAX_IDLE
+}
+fn default_pool_idle_timeout_ms() -> u64 {
+    DEFAULT_POOL_IDLE_TIMEOUT_MS
+}
+fn default_max_response_bytes() -> usize {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
+
+impl HttpConfig {
+    /// A configuration for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            request_timeout_ms: None,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
+            headers: BTreeMap::new(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+
+    /// Checks every field; errors name it (`url`, `headers.NAME`, …)
+    /// relative to this table.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.parse().map(|_| ())
+    }
+
+    fn parse(&self) -> Result<(Url, HeaderMap), FieldError> {
+        let url = Url::parse(&self.url)
+            .map_err(|e| FieldError::invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(FieldError::invalid(
+                    "url",
+                    "https is not supported: this build's HTTP client has no TLS; \
+                     use http (e.g. to a local TLS-terminating proxy)",
+                ));
+            }
+            s => {
+                return Err(FieldError::invalid(
+                    "url",
+                    format!("scheme `{s}` is not supported; use http"),
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(FieldError::invalid("url", "must name a host"));
+        }
+        if !(1..=600_000).contains(&self.connect_timeout_ms) {
+            return Err(FieldError::invalid(
+                "connect_timeout_ms",
+                "must be between 1 and 600000",
+            ));
+        }
+        if self.request_timeout_ms == Some(0) {
+            return Err(FieldError::invalid(
+                "request_timeout_ms",
+                "must be at least 1 (leave it out to use the deadline only)",
+            ));
+        }
+        if self.pool_idle_timeout_ms == 0 {
+            return Err(FieldError::invalid(
+                "pool_idle_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(FieldError::invalid(
+                "max_response_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            let field = || format!("headers.{k}");
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| FieldError::invalid(field(), "not a valid header name"))?;
+            if matches!(
+                name.as_str(),
+                "content-type" | "content-length" | "host" | "x-request-id" | "transfer-encoding"
+            ) {
+                return Err(FieldError::invalid(
+                    field(),
+                    "set by the agent itself; cannot be configured",
+                ));
+            }
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                FieldError::invalid(field(), "not a valid header value (control characters?)")
+            })?;
+            headers.insert(name, value);
+        }
+        Ok((url, headers))
+    }
+}
+
+/// Posts tasks to one HTTP agent instance; see the module docs.
+pub struct HttpAgent {
+    cfg: HttpConfig,
+    url: Url,
+    client: reqwest::Client,
+    seq: AtomicU64,
+}
+
+impl HttpAgent {
+    /// Checks `cfg` (errors as [`HttpConfig::validate`]) and builds the
+    /// client; opens no connection.
+    pub fn new(cfg: HttpConfig) -> Result<Self, FieldError> {
+        let (url, headers) = cfg.parse()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| {
+                FieldError::invalid("url", format!("cannot build the HTTP client: {e}"))
+            })?;
+        Ok(Self {
+            cfg,
+            url,
+            client,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The instance URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// One request, bounded by `limit`.
+    async fn call(
+        &self,
+        body: Value,
+        request_id: Option<String>,
+        limit: Duration,
+    ) -> Result<Value, AgentError> {
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .timeout(limit)
+            .json(&body);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, limit))?;
+        let status = resp.status();
+        if status.is_success() {
+            let bytes = read_body(&mut resp, self.cfg.max_response_bytes)
+                .await
+                .map_err(|e| match e {
+                    BodyError::Transport(e) => self.transport_error(&e, limit),
+                    BodyError::TooLarge => self.bad_output(format!(
+                        "the response is larger than {} bytes",
+                        self.cfg.max_response_bytes
+                    )),
+                })?;
+            return self.parse_success(status, &bytes);
+        }
+        let retry_after = retry_after(resp.headers(), SystemTime::now());
+        // The body only feeds the message: read a little, and a failure to
+        // read it must not hide the status.
+        let bytes = read_body(&mut resp, ERROR_BODY_BYTES).await;
+        let text = match &bytes {
+            Ok(b) => excerpt(b),
+            Err(BodyError::TooLarge) => "(body too large to quote)".into(),
+            Err(BodyError::Transport(e)) => format!("(body unreadable: {e})"),
+        };
+        let message = format!("POST {}: HTTP {status}: {text}", self.url);
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                AgentError::Overloaded {
+                    message,
+                    retry_after,
+                }
+            }
+            s if s.is_server_error() => AgentError::failed_retryable("backend_error", message),
+            s if s.is_client_error() => AgentError::failed("backend_rejected", message),
+            _ => AgentError::failed("bad_backend_output", message),
+        })
+    }
+
+    fn parse_success(&self, status: StatusCode, bytes: &[u8]) -> Result<Value, AgentError> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            self.bad_output(format!(
+                "HTTP {status} with a body that is not JSON ({e}): {}",
+                excerpt(bytes)
+            ))
+        })?;
+        let Value::Object(mut obj) = v else {
+            return Err(self.bad_output(format!(
+                "HTTP {status} with a body that is not an object: {}",
+                excerpt(bytes)
+            )));
+        };
+        if let Some(r) = obj.remove("result") {
+            return Ok(r);
+        }
+        match obj.get("error") {
+            Some(e) => Err(AgentError::from_wire(e)
+                .map_err(|why| self.bad_output(format!("{why}: {}", excerpt(bytes))))?),
+            None => Err(self.bad_output(format!(
+                "HTTP {status} with neither `result` nor `error`: {}",
+                excerpt(bytes)
+            ))),
+        }
+    }
+
+    fn bad_output(&self, why: String) -> AgentError {
+        AgentError::failed("bad_backend_output", format!("POST {}: {why}", self.url))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error, limit: Duration) -> AgentError {
+        if e.is_timeout() {
+            return AgentError::Timeout {
+                message: format!(
+                    "POST {}: no answer within {} ms",
+                    self.url,
+                    limit.as_millis()
+                ),
+            };
+        }
+        let message = format!("POST {}: {}", self.url, error_chain(e));
+        if e.is_connect() {
+            AgentError::failed_retryable("backend_unreachable", message)
+        } else {
+            AgentError::failed_retryable("backend_error", message)
+        }
+    }
+}
+
+impl Agent for HttpAgent {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    /// Only the shape: what `args` mean is the instance's business.
+    fn validate(&self, args: &Value) -> Result<(), FieldError> {
+        match args {
+            Value::Object(_) | Value::Null => Ok(()),
+            _ => Err(FieldError::invalid("", "`args` must be an object")),
+        }
+    }
+
+    fn run(
+        self: Arc<Self>,
+        ctx: AgentContext,
+        input: AgentInput,
+    ) -> BoxFuture<'static, Result<Value, AgentError>> {
+        Box::pin(async move {
+            let remaining = ctx.remaining();
+            let limit = match self.cfg.request_timeout_ms {
+                Some(ms) => remaining.min(Duration::from_millis(ms)),
+                None => remaining,
+            };
+            if limit.is_zero() {
+                return Err(AgentError::Timeout {
+                    message: format!("POST {}: the deadline passed before the request", self.url),
+                });
+            }
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let body = json!({
+                "id": format!("{}.{seq}", ctx.task_id),
+                "type": input.task_type,
+                "args": input.args,
+                "title": input.title,
+                "description": input.description,
+                "deadline_ms": u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+                "request_id": ctx.request_id,
+                "task_id": ctx.task_id.to_string(),
+                "tenant": ctx.tenant,
+            });
+            // Losing either race drops the request future, which closes its
+            // connection: the instance sees the client leave.
+            tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => Err(AgentError::cancelled()),
+                r = self.call(body, ctx.request_id.clone(), limit) => r,
+                _ = tokio::time::sleep_until(ctx.deadline) => Err(AgentError::Timeout {
+                    message: format!("POST {}: no answer before the deadline", self.url),
+                }),
+            }
+        })
+    }
+}
+
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads at most `max` bytes of the body, chunk by chunk, so a huge or
+/// endless body cannot exhaust memory.
+async fn read_body(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
+        if out.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110
+/// §10.2.3); a date in the past is zero, anything unparsable is ignored.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut out: String = text.chars().take(EXCERPT_CHARS).collect();
+    if text.chars().nth(EXCERPT_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// reqwest's own message is terse (`error sending request`); the cause
+/// (`Connection refused`) is in its sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(cfg: HttpConfig) -> String {
+        cfg.validate().unwrap_err().field.unwrap()
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let cfg: HttpConfig =
+            serde_json::from_value(json!({"url": "http://127.0.0.1:9/run"})).unwrap();
+        assert_eq!(cfg, HttpConfig::new("http://127.0.0.1:9/run"));
+        cfg.validate().unwrap();
+        let err = serde_json::from_value::<HttpConfig>(json!({"url": "http://x", "timeout": 1}))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let base = || HttpConfig::new("http://127.0.0.1:8000/run");
+        assert_eq!(field(HttpConfig::new("not a url")), "url");
+        assert_eq!(field(HttpConfig::new("https://example.com/")), "url");
+        assert_eq!(field(HttpConfig::new("ftp://example.com/")), "url");
+        assert_eq!(
+            field(HttpConfig {
+                connect_timeout_ms: 0,
+                ..base()
+            }),
+            "connect_timeout_ms"
+        );
+        assert_eq!(
+            field(HttpConfig {
+                request_timeout_ms: Some(0),
+                ..base()
+            }),
+            "request_timeout_ms"
+        );
+        assert_eq!(
+            field(HttpConfig {
+                max_response_bytes: 1,
+                ..base()
+            }),
+            "max_response_bytes"
+        );
+        let with_header = |k: &str, v: &str| HttpConfig {
+            headers: [(k.to_string(), v.to_string())].into(),
+            ..base()
+        };
+        assert_eq!(field(with_header("bad name", "x")), "headers.bad name");
+        assert_eq!(field(with_header("x-key", "a\nb")), "headers.x-key");
+        assert_eq!(
+            field(with_header("X-Request-Id", "x")),
+            "headers.X-Request-Id"
+        );
+        with_header("authorization", "Bearer t").validate().unwrap();
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&m, now)
+        };
+        assert_eq!(h("7"), Some(Duration::from_secs(7)));
+        assert_eq!(h(" 0 "), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        assert_eq!(h(&later), Some(Duration::from_secs(120)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(h(&earlier), Some(Duration::ZERO));
+        assert_eq!(h("soon"), None);
+        assert_eq!(h("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+}

@@ -1,0 +1,401 @@
+//! The `process` backend against real Python workers
+//! (`examples/python-agent/agent.py`; skipped with a notice when `python3`
+//! is missing, unless `SWARMD_TEST_REQUIRE_ALL=1`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use swarm_agents::process::{ProcessAgent, ProcessConfig};
+use swarm_agents::{Agent, AgentContext, AgentError, AgentInput, Progress};
+use swarm_core::TaskId;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const AGENT_PY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/python-agent/agent.py"
+);
+
+fn python_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("python3 not found and SWARMD_TEST_REQUIRE_ALL=1");
+        }
+        eprintln!("SKIPPED: python3 not found");
+    }
+    ok
+}
+
+fn config(workers: usize) -> ProcessConfig {
+    ProcessConfig {
+        workers,
+        ..ProcessConfig::new(["python3", AGENT_PY])
+    }
+}
+
+/// A started agent whose workers are all ready, or `None` (skipped).
+async fn agent(cfg: ProcessConfig) -> Option<Arc<ProcessAgent>> {
+    if !python_available() {
+        return None;
+    }
+    let workers = cfg.workers;
+    let agent = Arc::new(ProcessAgent::new(cfg).expect("valid config"));
+    agent.start();
+    wait_for(|| agent.stats().alive == workers, "workers ready").await;
+    Some(agent)
+}
+
+fn ctx(deadline: Duration) -> AgentContext {
+    AgentContext {
+        task_id: TaskId::new(),
+        tenant: "acme".into(),
+        instance: "process-0".into(),
+        deadline: Instant::now() + deadline,
+        cancel: CancellationToken::new(),
+        children: None,
+        progress: Progress::default(),
+        request_id: None,
+    }
+}
+
+fn input(args: Value) -> AgentInput {
+    AgentInput {
+        task_type: "demo".into(),
+        title: Some("A title".into()),
+        description: None,
+        args,
+    }
+}
+
+async fn run(agent: &Arc<ProcessAgent>, args: Value) -> Result<Value, AgentError> {
+    agent
+        .clone()
+        .run(ctx(Duration::from_secs(30)), input(args))
+        .await
+}
+
+/// The pid of the worker that runs the next task (with one worker: the only one).
+async fn worker_pid(agent: &Arc<ProcessAgent>) -> u64 {
+    run(agent, json!({})).await.expect("a plain task")["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_gone(pid: u64) {
+    wait_for(
+        || !Path::new(&format!("/proc/{pid}")).exists(),
+        &format!("pid {pid} gone"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_carry_the_task_and_request_id() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let mut c = ctx(Duration::from_secs(30));
+    c.request_id = Some("req-4711".into());
+    let out = agent
+        .clone()
+        .run(c, input(json!({"x": [1, 2]})))
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!({"x": [1, 2]}));
+    assert_eq!(out["type"], "demo");
+    assert_eq!(out["title"], "A title");
+    assert_eq!(out["request_id"], "req-4711");
+    let left = out["deadline_ms"].as_u64().unwrap();
+    assert!(left > 20_000 && left <= 30_000, "{left}");
+    assert_eq!(
+        agent.stats().pids,
+        vec![out["pid"].as_u64().unwrap() as u32]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_errors_fail_the_task_and_keep_the_worker() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let e = run(&agent, json!({"fail": "no such customer"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e, AgentError::failed("agent_failed", "no such customer"));
+    let e = run(&agent, json!({"fail": true, "retryable": true}))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    // An error answer is part of the protocol: the same worker goes on.
+    assert_eq!(worker_pid(&agent).await, pid);
+    let s = agent.stats();
+    assert_eq!((s.restarts, s.kills, s.busy), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_forwarded_in_order() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut c = ctx(Duration::from_secs(30));
+    let sink = seen.clone();
+    c.progress = Progress::new(move |v| sink.lock().unwrap().push(v));
+    agent
+        .clone()
+        .run(c, input(json!({"progress": 3})))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            json!({"step": 1, "of": 3}),
+            json!({"step": 2, "of": 3}),
+            json!({"step": 3, "of": 3}),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_run_tasks_concurrently_one_worker_does_not() {
+    let Some(agent2) = agent(config(2)).await else {
+        return;
+    };
+    let sleepy = |a: &Arc<ProcessAgent>| {
+        let a = a.clone();
+        tokio::spawn(async move { run(&a, json!({"sleep_ms": 800})).await })
+    };
+    let start = std::time::Instant::now();
+    let (a, b) = (sleepy(&agent2), sleepy(&agent2));
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    let both = start.elapsed();
+    assert!(both < Duration::from_millis(1500), "took {both:?}");
+    assert_ne!(a["pid"], b["pid"], "both ran on one worker");
+
+    // With one worker the second task waits for the first.
+    let agent1 = agent(config(1)).await.unwrap();
+    let start = std::time::Instant::now();
+    let (a, b) = (sleepy(&agent1), sleepy(&agent1));
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(1600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_its_task_and_the_worker_is_restarted() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let e = run(&agent, json!({"crash": true})).await.unwrap_err();
+    assert_eq!(e.code(), "worker_died", "{e:?}");
+    assert!(e.is_retryable());
+    assert!(e.to_string().contains("exit status 3"), "{e}");
+    let next = worker_pid(&agent).await;
+    assert_ne!(next, pid);
+    assert_eq!(agent.stats().restarts, 1);
+    assert_eq!(agent.stats().kills, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_task_times_out_and_its_worker_is_replaced() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let start = std::time::Instant::now();
+    let e = agent
+        .clone()
+        .run(
+            ctx(Duration::from_millis(500)),
+            input(json!({"hang": true})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AgentError::Timeout { .. }), "{e:?}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    wait_gone(pid).await;
+    assert_ne!(worker_pid(&agent).await, pid);
+    let s = agent.stats();
+    assert_eq!((s.kills, s.restarts), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_worker() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let c = ctx(Duration::from_secs(30));
+    let token = c.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel();
+    });
+    let start = std::time::Instant::now();
+    let e = agent
+        .clone()
+        .run(c, input(json!({"hang": true})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "cancelled");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    wait_gone(pid).await;
+    assert_ne!(worker_pid(&agent).await, pid);
+    assert_eq!(agent.stats().kills, 1);
+}
+
+/// The engine drops a run's future at the deadline or on cancel; the
+/// worker must not be left running the abandoned task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_run_kills_its_worker() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let run = agent
+        .clone()
+        .run(ctx(Duration::from_secs(30)), input(json!({"hang": true})));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), run)
+            .await
+            .is_err()
+    );
+    wait_gone(pid).await;
+    assert_ne!(worker_pid(&agent).await, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_output_fails_the_task_and_replaces_the_worker() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    let pid = worker_pid(&agent).await;
+    let e = run(&agent, json!({"bad_output": true})).await.unwrap_err();
+    assert_eq!(e.code(), "bad_worker_output", "{e:?}");
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("this is not JSON"), "{e}");
+    wait_gone(pid).await;
+    assert_ne!(worker_pid(&agent).await, pid);
+    assert_eq!(agent.stats().kills, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_overload() {
+    let Some(agent) = agent(ProcessConfig {
+        max_waiting: 1,
+        ..config(1)
+    })
+    .await
+    else {
+        return;
+    };
+    let spawn_hang = || {
+        let a = agent.clone();
+        let c = ctx(Duration::from_secs(30));
+        let token = c.cancel.clone();
+        (
+            tokio::spawn(async move { a.run(c, input(json!({"hang": true}))).await }),
+            token,
+        )
+    };
+    let (first, t1) = spawn_hang();
+    wait_for(|| agent.stats().busy == 1, "first task running").await;
+    let (second, t2) = spawn_hang();
+    wait_for(|| agent.stats().waiting == 1, "second task waiting").await;
+    let e = run(&agent, json!({})).await.unwrap_err();
+    assert!(matches!(e, AgentError::Overloaded { .. }), "{e:?}");
+    t1.cancel();
+    t2.cancel();
+    assert_eq!(first.await.unwrap().unwrap_err().code(), "cancelled");
+    assert_eq!(second.await.unwrap().unwrap_err().code(), "cancelled");
+    wait_for(|| agent.stats().alive == 1, "worker replaced").await;
+    // The waiting task was skipped, not run (running it would have killed
+    // a second worker, as its caller is gone).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = agent.stats();
+    assert_eq!((s.kills, s.waiting, s.busy), (1, 0, 0), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_is_drained() {
+    let Some(agent) = agent(config(1)).await else {
+        return;
+    };
+    // Far beyond a pipe's buffer: blocks forever unless stderr is read.
+    let out = agent
+        .clone()
+        .run(
+            ctx(Duration::from_secs(20)),
+            input(json!({"stderr_kb": 1024})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["echo"]["stderr_kb"], 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_start_is_retried_and_tasks_time_out() {
+    if !python_available() {
+        return;
+    }
+    let agent = Arc::new(
+        ProcessAgent::new(ProcessConfig::new([
+            "python3",
+            "-c",
+            "import sys; print('no ready line here'); sys.exit(2)",
+        ]))
+        .unwrap(),
+    );
+    let e = agent
+        .clone()
+        .run(ctx(Duration::from_millis(1500)), input(json!({})))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AgentError::Timeout { .. }), "{e:?}");
+    let s = agent.stats();
+    assert_eq!(s.alive, 0);
+    // Backoff: 100 + 200 + 400 ms between attempts, so a few, not hundreds.
+    assert!((1..=6).contains(&s.restarts), "{s:?}");
+
+    let missing =
+        Arc::new(ProcessAgent::new(ProcessConfig::new(["/surely/not/a/program"])).unwrap());
+    let e = missing
+        .clone()
+        .run(ctx(Duration::from_millis(300)), input(json!({})))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AgentError::Timeout { .. }), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_agent_stops_its_workers() {
+    let Some(agent) = agent(config(2)).await else {
+        return;
+    };
+    let pids = agent.stats().pids;
+    assert_eq!(pids.len(), 2);
+    drop(agent);
+    for pid in pids {
+        wait_gone(pid.into()).await;
+    }
+}
