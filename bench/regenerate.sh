@@ -49,7 +49,7 @@ for name in "${selected[@]}"; do
         # One script measures both, on one server.
         health-idle) bench/health-under-cpu.sh ;;
         health-cpu-load) ;;
-        monitoring-on) bench/monitoring-overhead.sh > /dev/null ;;
+        monitoring-on) ROUNDS=8 bench/monitoring-overhead.sh > /dev/null ;;
         monitoring-off) ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac

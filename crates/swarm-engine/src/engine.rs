@@ -478,7 +478,7 @@ impl Engine {
                 });
             }
         };
-        pool.admit(Duration::from_millis(timeout_ms), &sub.tenant)?;
+        let pending = pool.admit(Duration::from_millis(timeout_ms), &sub.tenant)?;
         let now = now_ms();
         let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
         let task = Task {
@@ -528,6 +528,7 @@ impl Engine {
                     slot,
                     request_id: sub.request_id,
                 });
+                drop(pending);
                 Ok(Submitted {
                     task,
                     created: true,

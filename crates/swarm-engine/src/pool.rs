@@ -69,6 +69,17 @@ pub(crate) struct Queued {
     pub(crate) request_id: Option<String>,
 }
 
+/// A task admitted but not yet queued; dropping it (queued, or failed to
+/// store) ends that.
+#[derive(Debug)]
+pub(crate) struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A running task's handle: firing `cancel` stops it as `cancelled`.
 #[derive(Debug, Clone)]
 pub(crate) struct Running {
@@ -108,6 +119,11 @@ pub(crate) struct Pool {
     pub(crate) drain: DrainRate,
     /// Admission rates per tenant (fair shedding).
     pub(crate) rates: TenantRates,
+    /// Tasks admitted and not yet queued (their rows are being committed).
+    /// Admission counts them as queued: at thousands of submissions a
+    /// second, a group commit's few milliseconds hold dozens of them, and
+    /// counting only the queue would admit all of them on the same view.
+    pending: AtomicUsize,
 }
 
 /// Lifetime counts, for status and benchmarks.
@@ -251,17 +267,24 @@ impl Pool {
             counters: Counters::default(),
             drain: DrainRate::default(),
             rates: TenantRates::default(),
+            pending: AtomicUsize::new(0),
             metrics,
         }
     }
 
     /// Decides, from memory, whether a task of `tenant` with deadline
     /// `timeout` may be queued here now.
-    pub(crate) fn admit(&self, timeout: Duration, tenant: &str) -> Result<(), EngineError> {
+    /// On success the returned guard counts the task as pending until it is
+    /// queued or given up.
+    pub(crate) fn admit(
+        &self,
+        timeout: Duration,
+        tenant: &str,
+    ) -> Result<PendingGuard<'_>, EngineError> {
         let now = Instant::now();
         self.rates.offered(tenant, now);
         let mut q = lock(&self.queues);
-        let queued = q.tasks.len();
+        let queued = q.tasks.len() + self.pending.load(Ordering::Relaxed);
         if queued >= self.capacity {
             drop(q);
             self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +346,8 @@ impl Pool {
             });
         }
         self.rates.admitted(tenant, now);
-        Ok(())
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(PendingGuard(&self.pending))
     }
 
     /// How long a task admitted now would wait, by Little's law: with
@@ -542,5 +566,37 @@ impl Pool {
         let mut q = lock(&self.queues);
         q.children.clear();
         q.tasks.drain().into_iter().map(|(q, _)| q).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Metrics;
+
+    #[tokio::test]
+    async fn tasks_being_stored_count_against_the_queue_bound() {
+        let mut cfg = PoolConfig::default();
+        cfg.queue.capacity = 2;
+        let pool = Pool::new(
+            "p",
+            &cfg,
+            &[],
+            Arc::new(swarm_agents::echo::EchoAgent),
+            Metrics::new(false, 1).pool("p"),
+        );
+        let t = Duration::from_secs(10);
+        let a = pool.admit(t, "x").expect("first");
+        let _b = pool.admit(t, "x").expect("second");
+        // Nothing is in the queue yet, but two are on their way into it.
+        match pool.admit(t, "x") {
+            Err(EngineError::Overloaded { code, .. }) => assert_eq!(code, "queue_full"),
+            other => panic!("expected queue_full, got {other:?}"),
+        }
+        drop(a);
+        assert!(
+            pool.admit(t, "x").is_ok(),
+            "a stored (or failed) task frees its place"
+        );
     }
 }

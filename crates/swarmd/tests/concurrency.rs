@@ -146,7 +146,8 @@ async fn a_task_that_cannot_start_before_its_deadline_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_over_threshold_lowers_the_global_cap_and_refuses_work() {
     // Any process holds more than 1 MiB: always over.
-    let cfg = "[admission]\nrss_high_mib = 1\nglobal_max_inflight = 64\n[monitor]\ninterval_ms = 20\n";
+    let cfg =
+        "[admission]\nrss_high_mib = 1\nglobal_max_inflight = 64\n[monitor]\ninterval_ms = 20\n";
     let s = server(cfg).await;
     let mut refused = None;
     for _ in 0..100 {
