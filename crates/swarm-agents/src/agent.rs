@@ -9,6 +9,15 @@ use swarm_core::{FieldError, TaskId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// `args` check for agents that pass them on untouched (to a worker
+/// process, an HTTP instance): only the shape, an object or nothing.
+pub fn args_object(args: &Value) -> Result<(), FieldError> {
+    match args {
+        Value::Object(_) | Value::Null => Ok(()),
+        _ => Err(FieldError::invalid("", "`args` must be an object")),
+    }
+}
+
 /// Something that does a task's work.
 ///
 /// `run` takes `Arc<Self>` so the future it returns owns what it needs and can

@@ -343,10 +343,7 @@ impl Agent for HttpAgent {
 
     /// Only the shape: what `args` mean is the instance's business.
     fn validate(&self, args: &Value) -> Result<(), FieldError> {
-        match args {
-            Value::Object(_) | Value::Null => Ok(()),
-            _ => Err(FieldError::invalid("", "`args` must be an object")),
-        }
+        crate::agent::args_object(args)
     }
 
     fn run(

@@ -328,10 +328,7 @@ impl Agent for ProcessAgent {
 
     /// Only the shape: what `args` mean is the worker's business.
     fn validate(&self, args: &Value) -> Result<(), FieldError> {
-        match args {
-            Value::Object(_) | Value::Null => Ok(()),
-            _ => Err(FieldError::invalid("", "`args` must be an object")),
-        }
+        crate::agent::args_object(args)
     }
 
     fn run(

@@ -9,21 +9,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Backend, TestServer};
+use support::{Backend, TestServer, pool};
 
 async fn server(extra: &str) -> TestServer {
     TestServer::start(Backend::Sqlite, extra)
         .await
         .expect("SQLite is always available")
-}
-
-fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["pools"]
-        .as_array()
-        .expect("pools")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
 }
 
 fn slow(latency_ms: u64) -> Value {

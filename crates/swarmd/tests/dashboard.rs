@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::{Backend, TestServer};
+use serde_json::json;
+use support::{Backend, TestServer, pool};
 
 /// One department, four tasks at a time, 100 ms each: 40 tasks/s. The load
 /// below offers more and shedding is off, so a queue builds and stays.
@@ -207,15 +207,6 @@ fn keep_busy(s: &TestServer) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     })
-}
-
-fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["pools"]
-        .as_array()
-        .expect("pools")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

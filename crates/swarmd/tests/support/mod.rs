@@ -166,6 +166,16 @@ impl Drop for TestDb {
     }
 }
 
+/// One pool's entry in an `/api/status` answer.
+pub fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pool {name} in {status}"))
+}
+
 /// A server running in this process on `127.0.0.1:<free port>`.
 pub struct TestServer {
     pub base: String,
