@@ -419,3 +419,60 @@ async fn metrics_can_be_turned_off() {
 fn swarmd_hash(key: &str) -> String {
     swarm_server::auth::hash_key(key)
 }
+
+/// Log lines of this test binary, captured by a global subscriber (only the
+/// test below reads them; others just add lines).
+fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        buf
+    })
+}
+
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_tasks_are_logged_with_their_timings() {
+    let logs = captured_logs();
+    let s = server("[monitor]\nslow_task_ms = 100\n").await;
+    let fast = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "args": {"latency_ms": 1}, "wait_ms": 5000}),
+        )
+        .await;
+    let slow = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "args": {"latency_ms": 250}, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(slow.status, 200, "{}", slow.text);
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("slow task") && l.contains(&slow.id()))
+        .unwrap_or_else(|| panic!("no slow-task line for {} in:\n{text}", slow.id()));
+    assert!(line.contains("run_ms"), "{line}");
+    assert!(line.contains("queue_ms"), "{line}");
+    assert!(!text.contains(&fast.id()), "the fast task is not logged");
+}
