@@ -21,6 +21,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod agent;
+pub mod balanced;
 pub mod communications;
 pub mod echo;
 pub mod email;
@@ -35,4 +36,4 @@ pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress}
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
-pub use registry::{BUILTIN_KINDS, builtin_agents};
+pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent};

@@ -228,6 +228,19 @@ pub struct PoolConfig {
     pub default_timeout_ms: Option<u64>,
     /// Largest `timeout_ms` accepted (422 beyond).
     pub max_timeout_ms: Option<u64>,
+    /// For `agent = "process"`: the worker processes (`command`, `workers`,
+    /// …; read and checked by `swarm_agents::process::ProcessConfig`).
+    pub process: Option<toml::Table>,
+    /// For `agent = "http"`: the instances (`urls` plus
+    /// `swarm_agents::http::HttpConfig`'s other settings, shared by all).
+    pub http: Option<toml::Table>,
+    /// How calls are spread over the instances (`policy`: `p2c`,
+    /// `least_outstanding`, `round_robin`, `weighted`, `hash`; outlier
+    /// ejection).
+    pub balance: Option<swarm_sched::balance::BalanceConfig>,
+    /// For `policy = "hash"`: the `args` field whose value keeps a task on
+    /// one instance (e.g. `conversation_id`).
+    pub hash_key: Option<String>,
 }
 
 impl PoolConfig {

@@ -273,10 +273,15 @@ impl Engine {
         let mut pools = BTreeMap::new();
         for (name, pc) in &cfg.pools {
             let kind = pc.agent_kind(name);
-            let agent = agents
-                .get(kind)
-                .cloned()
-                .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?;
+            // Pools with instances of their own (process workers, HTTP
+            // endpoints) get their own agent; the others share one.
+            let agent = match swarm_agents::pool_agent(name, pc).map_err(EngineError::Internal)? {
+                Some(a) => a,
+                None => agents
+                    .get(kind)
+                    .cloned()
+                    .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?,
+            };
             pools.insert(
                 name.clone(),
                 Arc::new(Pool::new(name, pc, &cfg.tenants, agent, metrics.pool(name))),

@@ -1,0 +1,156 @@
+//! Departments whose agents run elsewhere, through the whole server: a pool
+//! of Python worker processes (`examples/python-agent/agent.py`) and a pool
+//! of HTTP instances (real axum servers on real sockets) balanced by p2c,
+//! where a broken instance costs no task.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use support::{Backend, TestServer};
+
+fn python_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("python3 not found and SWARMD_TEST_REQUIRE_ALL=1");
+        }
+        eprintln!("SKIPPED: python3 not found");
+    }
+    ok
+}
+
+fn agent_py() -> String {
+    format!(
+        "{}/../../examples/python-agent/agent.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_pool_runs_tasks_on_python_workers() {
+    if !python_available() {
+        return;
+    }
+    let cfg = format!(
+        "[pools.py]\nagent = \"process\"\n[pools.py.process]\ncommand = [\"python3\", \"{}\"]\nworkers = 2\n",
+        agent_py()
+    );
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let ok = s
+        .post_with(
+            "/api/tasks",
+            &json!({"type": "py", "args": {"sleep_ms": 5, "n": 1}, "wait_ms": 10000}),
+            &[("x-request-id", "py-1")],
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body["status"], "succeeded", "{}", ok.text);
+    assert_eq!(ok.body["result"]["echo"]["n"], 1);
+    assert_eq!(ok.body["result"]["request_id"], "py-1");
+    // A worker that dies mid-task fails only its task, saying why; the
+    // worker is replaced and the next task runs.
+    let crash = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "py", "args": {"crash": true}, "wait_ms": 10000}),
+        )
+        .await;
+    assert_eq!(crash.body["status"], "failed", "{}", crash.text);
+    assert_eq!(crash.body["error"]["code"], "worker_died", "{}", crash.text);
+    let after = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "py", "args": {}, "wait_ms": 10000}),
+        )
+        .await;
+    assert_eq!(after.body["status"], "succeeded", "{}", after.text);
+    // A bad setting is named at start.
+    let bad = "[pools.py]\nagent = \"process\"\n[pools.py.process]\ncommand = []\n";
+    let cfg = swarm_core::config::Config::from_toml(bad).unwrap();
+    let db = support::TestDb::new(Backend::Sqlite).await.unwrap();
+    let mut cfg = cfg;
+    cfg.database.url = db.url.clone();
+    let store = swarm_store::Store::connect(&cfg.database).await.unwrap();
+    let err = swarm_engine::Engine::start(cfg, store).await.unwrap_err();
+    assert!(
+        err.to_string().contains("pools.py.process.command"),
+        "{err}"
+    );
+}
+
+/// An instance answering every task, counting them; `broken` ones answer 500.
+async fn instance(broken: bool, served: Arc<AtomicUsize>) -> String {
+    let app = axum::Router::new().route(
+        "/run",
+        post(move |Json(task): Json<Value>| {
+            let served = served.clone();
+            async move {
+                served.fetch_add(1, Ordering::Relaxed);
+                if broken {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Json(json!({"error": {"code": "boom", "message": "broken"}})),
+                    )
+                } else {
+                    (
+                        StatusCode::OK,
+                        Json(json!({"result": {"args": task["args"]}})),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_pool_retries_elsewhere_and_ejects_a_broken_instance() {
+    let good = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let bad = Arc::new(AtomicUsize::new(0));
+    let urls = [
+        instance(false, good[0].clone()).await,
+        instance(false, good[1].clone()).await,
+        instance(true, bad.clone()).await,
+    ];
+    let cfg = format!(
+        "[pools.remote]\nagent = \"http\"\n[pools.remote.http]\nurls = {urls:?}\n\
+         [pools.remote.balance]\npolicy = \"round_robin\"\n"
+    );
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    for i in 0..60 {
+        let r = s
+            .post(
+                "/api/tasks",
+                &json!({"type": "remote", "args": {"i": i}, "wait_ms": 10000}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "succeeded", "task {i}: {}", r.text);
+        assert_eq!(r.body["result"]["args"]["i"], i);
+    }
+    let (g0, g1, b) = (
+        good[0].load(Ordering::Relaxed),
+        good[1].load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+    );
+    // Round robin would give the broken one a third (20); ejection stops
+    // that after a few failures, and each failure was retried elsewhere.
+    assert!((1..10).contains(&b), "broken instance saw {b} calls");
+    assert_eq!(
+        g0 + g1,
+        60,
+        "every task succeeded on a healthy instance: {g0} + {g1}"
+    );
+    assert!(g0 >= 20 && g1 >= 20, "{g0} / {g1}");
+}
