@@ -171,6 +171,25 @@ pub enum AgentError {
     },
 }
 
+impl AgentInput {
+    /// The task as external agents receive it (`id`, `type`, `args`,
+    /// `title`, `description`, `request_id`, `task_id`, `tenant`; the
+    /// backend adds `deadline_ms` when it sends). Shared by the process and
+    /// HTTP backends, the counterpart of [`AgentError::from_wire`].
+    pub fn to_wire(&self, id: &str, ctx: &AgentContext) -> Value {
+        serde_json::json!({
+            "id": id,
+            "type": self.task_type,
+            "args": self.args,
+            "title": self.title,
+            "description": self.description,
+            "request_id": ctx.request_id,
+            "task_id": ctx.task_id.to_string(),
+            "tenant": ctx.tenant,
+        })
+    }
+}
+
 impl AgentError {
     /// A `Failed` error that trying again would not fix.
     pub fn failed(code: impl Into<String>, message: impl Into<String>) -> Self {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use swarm_core::FieldError;
-use swarm_sched::balance::{Backoff, BalanceConfig, Balancer, Outcome, RetryBudget, RetryConfig};
+use swarm_sched::balance::{
+    BalanceConfig, Balancer, CallError, Outcome, RetryBudget, RetryConfig, RetryPolicy,
+};
 use tokio::time::Instant;
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
@@ -27,7 +29,7 @@ pub struct BalancedAgent {
     balancer: Balancer,
     instances: HashMap<String, Arc<dyn Agent>>,
     hash_key: Option<String>,
-    retry: RetryConfig,
+    retry: RetryPolicy,
     budget: RetryBudget,
 }
 
@@ -47,7 +49,7 @@ impl BalancedAgent {
         Self {
             kind,
             budget: RetryBudget::new(&retry),
-            retry,
+            retry: RetryPolicy::new(retry),
             balancer,
             instances: instances.into_iter().collect(),
             hash_key,
@@ -65,6 +67,27 @@ impl BalancedAgent {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
+    }
+}
+
+/// An agent's error in the retry policy's terms. Tasks are delivered at
+/// least once anyway, so every call counts as idempotent; a failure the
+/// backend marked retryable reads as a 5xx, any other as a 4xx.
+fn call_error(e: &AgentError) -> CallError {
+    match e {
+        AgentError::Overloaded { retry_after, .. } => CallError::Status {
+            code: 503,
+            retry_after: *retry_after,
+        },
+        AgentError::Timeout { .. } => CallError::Timeout,
+        e if e.is_retryable() => CallError::Status {
+            code: 502,
+            retry_after: None,
+        },
+        _ => CallError::Status {
+            code: 400,
+            retry_after: None,
+        },
     }
 }
 
@@ -98,10 +121,6 @@ impl Agent for BalancedAgent {
         Box::pin(async move {
             let key = self.key(&input.args);
             self.budget.deposit();
-            let backoff = Backoff {
-                base: std::time::Duration::from_millis(self.retry.base_backoff_ms),
-                max: std::time::Duration::from_millis(self.retry.max_backoff_ms),
-            };
             let mut rng = fastrand::Rng::new();
             let mut retries = 0;
             loop {
@@ -118,18 +137,16 @@ impl Agent for BalancedAgent {
                 let r = agent.run(c, input.clone()).await;
                 pick.complete(started.elapsed(), outcome(&r));
                 let Err(e) = &r else { return r };
-                let retry_after = match e {
-                    AgentError::Overloaded { retry_after, .. } => *retry_after,
-                    _ => None,
+                if ctx.cancel.is_cancelled() {
+                    return r;
+                }
+                let Some(wait) =
+                    self.retry
+                        .decide(retries, &call_error(e), true, &self.budget, &mut rng)
+                else {
+                    return r;
                 };
-                let wait = backoff.delay(retries, retry_after, &mut rng);
-                let in_time = Instant::now() + wait < ctx.deadline;
-                if !e.is_retryable()
-                    || retries >= self.retry.max_retries
-                    || !in_time
-                    || ctx.cancel.is_cancelled()
-                    || !self.budget.withdraw()
-                {
+                if Instant::now() + wait >= ctx.deadline {
                     return r;
                 }
                 retries += 1;

@@ -363,17 +363,8 @@ impl Agent for HttpAgent {
                 });
             }
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let body = json!({
-                "id": format!("{}.{seq}", ctx.task_id),
-                "type": input.task_type,
-                "args": input.args,
-                "title": input.title,
-                "description": input.description,
-                "deadline_ms": u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-                "request_id": ctx.request_id,
-                "task_id": ctx.task_id.to_string(),
-                "tenant": ctx.tenant,
-            });
+            let mut body = input.to_wire(&format!("{}.{seq}", ctx.task_id), &ctx);
+            body["deadline_ms"] = json!(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
             // Losing either race drops the request future, which closes its
             // connection: the instance sees the client leave.
             tokio::select! {

@@ -340,16 +340,7 @@ impl Agent for ProcessAgent {
             self.start();
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}.{seq}", ctx.task_id);
-            let request = json!({
-                "id": id,
-                "type": input.task_type,
-                "args": input.args,
-                "title": input.title,
-                "description": input.description,
-                "request_id": ctx.request_id,
-                "task_id": ctx.task_id.to_string(),
-                "tenant": ctx.tenant,
-            });
+            let request = input.to_wire(&id, &ctx);
             let (reply, answer) = oneshot::channel();
             let job = Job {
                 id,

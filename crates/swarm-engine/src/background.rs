@@ -244,13 +244,7 @@ fn checks(inner: &Inner, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Chec
         what: "writer wait for a connection, mean ms",
     });
     for pool in inner.pools.values() {
-        let s = pool.status();
-        let now = PoolMark {
-            offered: s.accepted + s.rejected,
-            rejected: s.rejected,
-            ended: s.succeeded + s.failed + s.timed_out + s.cancelled,
-            timed_out: s.timed_out,
-        };
+        let (now, oldest_ms) = pool.mark();
         let prev = marks
             .pools
             .insert(pool.name.clone(), now)
@@ -259,7 +253,7 @@ fn checks(inner: &Inner, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Chec
         out.push(Check {
             name: "queue_age",
             scope: scope(),
-            value: Some(s.oldest_queued_ms as f64),
+            value: Some(oldest_ms as f64),
             threshold: a.queue_age_ms as f64,
             below: false,
             what: "oldest queued task, ms",

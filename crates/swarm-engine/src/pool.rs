@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{DrainRate, TenantRates, TenantSlot};
 use crate::child::ChildJob;
 use crate::error::EngineError;
+use crate::monitor::PoolMark;
 use crate::stats::{PoolMetrics, RecentLatency};
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
@@ -156,6 +157,17 @@ pub struct Rejections {
     pub tenant_quota: u64,
     /// Process over its memory threshold (503 `process_overloaded`).
     pub process_overloaded: u64,
+}
+
+impl Rejections {
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.queue_full
+            + self.queue_delay
+            + self.deadline_unmeetable
+            + self.tenant_quota
+            + self.process_overloaded
+    }
 }
 
 /// A pool as `/api/status` shows it.
@@ -484,6 +496,38 @@ impl Pool {
         lock(&self.running).len()
     }
 
+    fn rejections(&self) -> Rejections {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Rejections {
+            queue_full: get(&c.rejected_full),
+            queue_delay: get(&c.rejected_delay),
+            deadline_unmeetable: get(&c.rejected_deadline),
+            tenant_quota: get(&c.rejected_quota),
+            process_overloaded: get(&c.rejected_process),
+        }
+    }
+
+    /// What the monitor judges every interval: the counters and the oldest
+    /// queued task's age (ms), without building the whole status view.
+    pub(crate) fn mark(&self) -> (PoolMark, u64) {
+        let oldest = lock(&self.queues)
+            .tasks
+            .oldest_enqueued_at()
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rejected = self.rejections().total();
+        let timed_out = get(&c.timed_out);
+        let mark = PoolMark {
+            offered: get(&c.accepted) + rejected,
+            rejected,
+            ended: get(&c.succeeded) + get(&c.failed) + timed_out + get(&c.cancelled),
+            timed_out,
+        };
+        (mark, oldest)
+    }
+
     pub(crate) fn status(&self) -> PoolStatus {
         let now = Instant::now();
         let (queued, by_class, oldest, tenants, children, target, shedding) = {
@@ -512,13 +556,7 @@ impl Pool {
         };
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rejections = Rejections {
-            queue_full: get(&c.rejected_full),
-            queue_delay: get(&c.rejected_delay),
-            deadline_unmeetable: get(&c.rejected_deadline),
-            tenant_quota: get(&c.rejected_quota),
-            process_overloaded: get(&c.rejected_process),
-        };
+        let rejections = self.rejections();
         let limit = self.limiter.snapshot();
         PoolStatus {
             name: self.name.clone(),
@@ -545,11 +583,7 @@ impl Pool {
             latency_ms: self.metrics.recent(),
             instances: self.instances.clone(),
             accepted: get(&c.accepted),
-            rejected: rejections.queue_full
-                + rejections.queue_delay
-                + rejections.deadline_unmeetable
-                + rejections.tenant_quota
-                + rejections.process_overloaded,
+            rejected: rejections.total(),
             rejections,
             succeeded: get(&c.succeeded),
             failed: get(&c.failed),
