@@ -42,6 +42,17 @@ pub trait Agent: Send + Sync + 'static {
         ctx: AgentContext,
         input: AgentInput,
     ) -> BoxFuture<'static, Result<Value, AgentError>>;
+
+    /// The instances behind this agent when it balances several (for
+    /// status, metrics and `/api/pools/{pool}/instances`).
+    fn balanced(&self) -> Option<&crate::balanced::BalancedAgent> {
+        None
+    }
+
+    /// The worker processes behind this agent, if it runs any.
+    fn workers(&self) -> Option<crate::process::ProcessStats> {
+        None
+    }
 }
 
 /// What an agent knows about the run it is part of.

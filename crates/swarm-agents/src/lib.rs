@@ -16,6 +16,8 @@
 //! - [`process`]: runs tasks on long-lived worker processes speaking JSON
 //!   lines (how an agent written in Python plugs in).
 //! - [`http`]: POSTs tasks to one agent instance over HTTP.
+//! - [`balanced`]: several instances behind one agent: balancing, retries,
+//!   health, instances added and removed at runtime.
 //! - [`registry`]: builds the built-in agents from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -33,7 +35,8 @@ pub mod sim;
 pub(crate) mod test_support;
 
 pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
+pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
-pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent};
+pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent, replicated};

@@ -211,7 +211,7 @@ impl ProcessConfig {
 }
 
 /// A snapshot of a [`ProcessAgent`]'s workers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessStats {
     /// Configured worker slots.
     pub workers: usize,
@@ -324,6 +324,10 @@ impl Drop for ProcessAgent {
 impl Agent for ProcessAgent {
     fn kind(&self) -> &'static str {
         "process"
+    }
+
+    fn workers(&self) -> Option<ProcessStats> {
+        Some(self.stats())
     }
 
     /// Only the shape: what `args` mean is the worker's business.

@@ -238,6 +238,9 @@ pub struct PoolConfig {
     /// `least_outstanding`, `round_robin`, `weighted`, `hash`; outlier
     /// ejection).
     pub balance: Option<swarm_sched::balance::BalanceConfig>,
+    /// Retries of a failed call on another instance (`max_retries`, the
+    /// budget's `ratio`, backoff); pools with several instances only.
+    pub retry: Option<swarm_sched::balance::RetryConfig>,
     /// For `policy = "hash"`: the `args` field whose value keeps a task on
     /// one instance (e.g. `conversation_id`).
     pub hash_key: Option<String>,
@@ -645,6 +648,12 @@ impl Config {
             }
             if let Some(l) = &pool.limit {
                 l.validate().map_err(|m| cfg_err(key("limit"), m))?;
+            }
+            if let Some(b) = &pool.balance {
+                b.validate().map_err(|m| cfg_err(key("balance"), m))?;
+            }
+            if let Some(r) = &pool.retry {
+                r.validate().map_err(|m| cfg_err(key("retry"), m))?;
             }
             if pool.default_timeout_or_default() == 0
                 || pool.default_timeout_or_default() > pool.max_timeout_or_default()

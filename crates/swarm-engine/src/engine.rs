@@ -168,6 +168,44 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Per-instance series of a balanced pool. Instance ids come from the
+/// configuration or the admin API, so the label set stays bounded; a
+/// removed instance's series keep their last values until restart.
+fn render_instances(m: &Metrics, pool: &str, b: &swarm_sched::balance::BalancerSnapshot) {
+    use swarm_sched::balance::InstanceState;
+    for i in &b.instances {
+        let labels = [("pool", pool), ("instance", i.id.as_str())];
+        for (state, name) in [
+            (InstanceState::Healthy, "healthy"),
+            (InstanceState::Ejected, "ejected"),
+            (InstanceState::HalfOpen, "half_open"),
+            (InstanceState::Draining, "draining"),
+        ] {
+            m.gauge(
+                "swarmd_instance_state",
+                &[("pool", pool), ("instance", &i.id), ("state", name)],
+            )
+            .set(if i.state == state { 1.0 } else { 0.0 });
+        }
+        m.gauge("swarmd_instance_in_flight", &labels)
+            .set(f64::from(i.outstanding));
+        m.gauge("swarmd_instance_rtt_seconds", &labels)
+            .set(i.ewma_rtt_us as f64 / 1e6);
+        for (outcome, n) in [
+            ("success", i.successes),
+            ("failure", i.failures),
+            ("cancelled", i.cancelled),
+        ] {
+            m.counter_at(
+                "swarmd_instance_calls_total",
+                &[("pool", pool), ("instance", &i.id), ("outcome", outcome)],
+                n,
+            );
+        }
+        m.counter_at("swarmd_instance_ejections_total", &labels, i.ejections);
+    }
+}
+
 /// Backs the email agent's outbox with the store's `outbox` table.
 struct StoreOutbox(Store);
 
@@ -277,10 +315,12 @@ impl Engine {
             // endpoints) get their own agent; the others share one.
             let agent = match swarm_agents::pool_agent(name, pc).map_err(EngineError::Internal)? {
                 Some(a) => a,
-                None => agents
-                    .get(kind)
-                    .cloned()
-                    .ok_or_else(|| EngineError::Internal(format!("no agent of kind `{kind}`")))?,
+                None => {
+                    let shared = agents.get(kind).cloned().ok_or_else(|| {
+                        EngineError::Internal(format!("no agent of kind `{kind}`"))
+                    })?;
+                    swarm_agents::replicated(name, pc, shared).map_err(EngineError::Internal)?
+                }
             };
             pools.insert(
                 name.clone(),
@@ -841,6 +881,20 @@ impl Engine {
                 p.expired_in_queue,
             );
             m.counter_at("swarmd_pool_children_total", &pool, p.children);
+            if let Some(b) = &p.balancer {
+                render_instances(m, &p.name, b);
+            }
+            if let Some(w) = &p.workers {
+                for (state, n) in [("alive", w.alive), ("busy", w.busy)] {
+                    m.gauge(
+                        "swarmd_pool_workers",
+                        &[("pool", &p.name), ("state", state)],
+                    )
+                    .set(n as f64);
+                }
+                m.counter_at("swarmd_pool_worker_restarts_total", &pool, w.restarts);
+                m.counter_at("swarmd_pool_worker_kills_total", &pool, w.kills);
+            }
         }
         m.gauge("swarmd_global_cap", &[])
             .set(st.global.cap.unwrap_or(st.global.limit) as f64);

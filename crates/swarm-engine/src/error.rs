@@ -13,6 +13,14 @@ pub enum EngineError {
     /// "not found", so ids leak nothing.
     #[error("task not found")]
     NotFound,
+    /// No such pool or instance (404).
+    #[error("{message}")]
+    Missing {
+        /// Stable code: `pool_not_found`, `instance_not_found`.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
     /// The request conflicts with the task's state or an earlier request (409).
     #[error("{message}")]
     Conflict {

@@ -30,6 +30,7 @@ pub mod director;
 pub mod engine;
 pub mod error;
 mod hub;
+pub mod instances;
 pub mod monitor;
 mod pool;
 mod run;

@@ -205,6 +205,12 @@ pub struct PoolStatus {
     pub latency_ms: RecentLatency,
     /// Instance names.
     pub instances: Vec<String>,
+    /// The balancer over the instances, when there are several: policy and
+    /// per instance state (healthy, ejected, half-open, draining), calls in
+    /// flight, latency estimate, outcomes and share of picks.
+    pub balancer: Option<swarm_sched::balance::BalancerSnapshot>,
+    /// Worker processes (`agent = "process"`): alive, busy, restarts, kills.
+    pub workers: Option<swarm_agents::ProcessStats>,
     /// Tasks accepted since start.
     pub accepted: u64,
     /// Submissions refused since start, all reasons.
@@ -480,6 +486,17 @@ impl Pool {
         &self.instances[i % self.instances.len()]
     }
 
+    /// The instances' names: the balancer's ids when it has them.
+    pub(crate) fn instance_names(
+        &self,
+        balancer: Option<&swarm_sched::balance::BalancerSnapshot>,
+    ) -> Vec<String> {
+        match balancer {
+            Some(b) => b.instances.iter().map(|i| i.id.clone()).collect(),
+            None => self.instances.clone(),
+        }
+    }
+
     pub(crate) fn track_running(&self, id: TaskId, r: Running) {
         lock(&self.running).insert(id, r);
     }
@@ -558,6 +575,7 @@ impl Pool {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let rejections = self.rejections();
         let limit = self.limiter.snapshot();
+        let balancer = self.agent.balanced().map(|b| b.snapshot());
         PoolStatus {
             name: self.name.clone(),
             agent: self.agent_kind.clone(),
@@ -581,7 +599,9 @@ impl Pool {
             shedding: self.codel_on && shedding && queued > 0,
             drain_per_s: self.drain.per_second(),
             latency_ms: self.metrics.recent(),
-            instances: self.instances.clone(),
+            instances: self.instance_names(balancer.as_ref()),
+            balancer,
+            workers: self.agent.workers(),
             accepted: get(&c.accepted),
             rejected: rejections.total(),
             rejections,

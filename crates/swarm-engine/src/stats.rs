@@ -178,6 +178,38 @@ const HELP: &[(&str, &str)] = &[
     ("swarmd_alerts_active", "1 while an alert is firing."),
     ("swarmd_alerts_fired_total", "Times an alert fired."),
     ("swarmd_uptime_seconds", "Seconds since the engine started."),
+    (
+        "swarmd_instance_state",
+        "1 for an instance's current state (healthy, ejected, half_open, draining), else 0.",
+    ),
+    (
+        "swarmd_instance_in_flight",
+        "Calls in flight to an instance.",
+    ),
+    (
+        "swarmd_instance_rtt_seconds",
+        "Peak-EWMA round-trip estimate of an instance, as the balancer sees it.",
+    ),
+    (
+        "swarmd_instance_calls_total",
+        "Calls to an instance by outcome (success, failure, cancelled).",
+    ),
+    (
+        "swarmd_instance_ejections_total",
+        "Times an instance was ejected as an outlier.",
+    ),
+    (
+        "swarmd_pool_workers",
+        "Worker processes of a pool (agent = process), alive and busy.",
+    ),
+    (
+        "swarmd_pool_worker_restarts_total",
+        "Worker processes started to replace one that exited or was killed.",
+    ),
+    (
+        "swarmd_pool_worker_kills_total",
+        "Worker processes killed (deadline, cancel, bad output).",
+    ),
     ("swarmd_http_connections_open", "HTTP connections open now."),
     (
         "swarmd_http_connections_accepted_total",

@@ -72,6 +72,9 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Invalid(f) => f.into(),
             EngineError::NotFound => Self::task_not_found(),
+            EngineError::Missing { code, message } => {
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
             EngineError::Conflict { code, message } => {
                 Self::new(StatusCode::CONFLICT, code, message)
             }

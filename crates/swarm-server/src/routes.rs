@@ -1,6 +1,7 @@
 //! The route table.
 
 pub(crate) mod dashboard;
+pub(crate) mod instances;
 pub(crate) mod profile;
 pub(crate) mod system;
 pub(crate) mod tasks;
@@ -61,6 +62,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/events", get(tasks::events))
         .route("/api/outbox", get(system::outbox))
         .merge(profile::routes())
+        .route(
+            "/api/pools/{pool}/instances",
+            get(instances::list).post(instances::add),
+        )
+        .route(
+            "/api/pools/{pool}/instances/{id}",
+            axum::routing::delete(instances::remove),
+        )
+        .route(
+            "/api/pools/{pool}/instances/{id}/drain",
+            post(instances::drain),
+        )
         .route("/api/status", get(system::status))
         .route("/api/alerts", get(system::alerts))
         .route("/metrics", get(system::metrics))

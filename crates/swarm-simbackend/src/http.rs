@@ -122,14 +122,17 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
         Err(response) => return response,
     };
     let latency_ms = u64::try_from(ready.service.as_millis()).unwrap_or(u64::MAX);
-    Json(json!({
+    let mut body = json!({
         "ok": true,
         "echo": echo,
         "latency_ms": latency_ms,
         "inflight_at_arrival": ready.inflight_at_arrival,
         "stalled": ready.stalled,
-    }))
-    .into_response()
+    });
+    // Also as `result`, so swarmd's `http` agent backend (which expects
+    // `{"result": …}`) can use sim-backends as instances.
+    body["result"] = body.clone();
+    Json(body).into_response()
 }
 
 async fn stats(State(model): State<Arc<Model>>) -> Response {

@@ -82,12 +82,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     // are returned, not logged, so nothing is lost before logging starts.
     let cfg = load_config(&args)?;
     let telemetry = crate::telemetry::init(&args, &cfg.telemetry)?;
-    let result = serve(cfg).await;
+    let result = serve(cfg, args).await;
     telemetry.shutdown().await;
     result
 }
 
-async fn serve(cfg: Config) -> Result<(), String> {
+async fn serve(cfg: Config, args: ServeArgs) -> Result<(), String> {
     let listener = listen(&cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -95,7 +95,35 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let engine = Engine::start(cfg, store).await.map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(engine.clone(), args));
+    #[cfg(not(unix))]
+    let _ = args;
     swarm_server::serve(listener, engine, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
+}
+
+/// On SIGHUP, reads the configuration again (file, env, flags, as at
+/// start) and applies what can change while running: the instance lists of
+/// balanced departments. A bad file changes nothing and is logged.
+#[cfg(unix)]
+async fn reload_on_hangup(engine: Engine, args: ServeArgs) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let result =
+            load_config(&args).and_then(|cfg| engine.reload(&cfg).map_err(|e| e.to_string()));
+        match result {
+            Ok(r) => tracing::info!(
+                changed = r.changed.len(),
+                ignored = r.ignored.len(),
+                "configuration reloaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "configuration reload failed; nothing changed"),
+        }
+    }
 }

@@ -12,28 +12,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
-use support::{Backend, TestServer};
-
-fn python_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("python3 not found and SWARMD_TEST_REQUIRE_ALL=1");
-        }
-        eprintln!("SKIPPED: python3 not found");
-    }
-    ok
-}
-
-fn agent_py() -> String {
-    format!(
-        "{}/../../examples/python-agent/agent.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
+use support::{Backend, TestServer, agent_py, python_available};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_pool_runs_tasks_on_python_workers() {
@@ -130,14 +109,8 @@ async fn an_http_pool_retries_elsewhere_and_ejects_a_broken_instance() {
     );
     let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
     for i in 0..60 {
-        let r = s
-            .post(
-                "/api/tasks",
-                &json!({"type": "remote", "args": {"i": i}, "wait_ms": 10000}),
-            )
-            .await;
-        assert_eq!(r.body["status"], "succeeded", "task {i}: {}", r.text);
-        assert_eq!(r.body["result"]["args"]["i"], i);
+        let t = s.run_ok("remote", json!({"i": i})).await;
+        assert_eq!(t["result"]["args"]["i"], i);
     }
     let (g0, g1, b) = (
         good[0].load(Ordering::Relaxed),

@@ -98,6 +98,33 @@ struct Inst {
     cancelled: u64,
 }
 
+impl Inst {
+    fn snapshot(&mut self, now: Instant, total_picks: u64) -> InstanceSnapshot {
+        self.health.refresh(now);
+        InstanceSnapshot {
+            id: self.id.to_string(),
+            state: if self.draining {
+                InstanceState::Draining
+            } else {
+                self.health.state()
+            },
+            weight: self.weight,
+            outstanding: self.outstanding,
+            ewma_rtt_us: (self.ewma.get(now) / 1e3) as u64,
+            successes: self.successes,
+            failures: self.failures,
+            cancelled: self.cancelled,
+            ejections: self.health.ejections,
+            picks: self.picks,
+            pick_share: if total_picks == 0 {
+                0.0
+            } else {
+                self.picks as f64 / total_picks as f64
+            },
+        }
+    }
+}
+
 /// A point-in-time view of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSnapshot {
@@ -295,36 +322,22 @@ impl Balancer {
         let instances = st
             .instances
             .iter_mut()
-            .map(|inst| {
-                inst.health.refresh(now);
-                InstanceSnapshot {
-                    id: inst.id.to_string(),
-                    state: if inst.draining {
-                        InstanceState::Draining
-                    } else {
-                        inst.health.state()
-                    },
-                    weight: inst.weight,
-                    outstanding: inst.outstanding,
-                    ewma_rtt_us: (inst.ewma.get(now) / 1e3) as u64,
-                    successes: inst.successes,
-                    failures: inst.failures,
-                    cancelled: inst.cancelled,
-                    ejections: inst.health.ejections,
-                    picks: inst.picks,
-                    pick_share: if total == 0 {
-                        0.0
-                    } else {
-                        inst.picks as f64 / total as f64
-                    },
-                }
-            })
+            .map(|inst| inst.snapshot(now, total))
             .collect();
         BalancerSnapshot {
             policy: self.shared.cfg.policy,
             picks: total,
             instances,
         }
+    }
+
+    /// A point-in-time view of instance `id`, if it is there.
+    pub fn instance(&self, id: &str) -> Option<InstanceSnapshot> {
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        let total = st.picks;
+        let i = st.find(id)?;
+        Some(st.instances[i].snapshot(now, total))
     }
 
     /// The configuration it was built from.

@@ -50,7 +50,7 @@ macro_rules! on_both_backends {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -256,6 +256,19 @@ impl TestServer {
         Reply::from(req.send().await.expect("GET")).await
     }
 
+    /// Runs a task of `task_type` with `args`, waiting up to 10 s, and
+    /// checks it succeeded; returns it.
+    pub async fn run_ok(&self, task_type: &str, args: Value) -> Value {
+        let r = self
+            .post(
+                "/api/tasks",
+                &serde_json::json!({"type": task_type, "args": args, "wait_ms": 10_000}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+        r.body
+    }
+
     /// Starts a `sim` task of `latency_ms` in `pool` and waits until it runs
     /// (with a one-slot pool, what follows queues behind it). Returns its id.
     pub async fn occupy(&self, pool: &str, latency_ms: u64) -> String {
@@ -400,6 +413,30 @@ impl Reply {
             "content type of an error"
         );
     }
+}
+
+/// Whether `python3` runs here; without it, tests that need it skip, unless
+/// `SWARMD_TEST_REQUIRE_ALL=1` (CI), where that is a failure.
+pub fn python_available() -> bool {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("python3 not found and SWARMD_TEST_REQUIRE_ALL=1");
+        }
+        eprintln!("SKIPPED: python3 not found");
+    }
+    ok
+}
+
+/// The example Python worker (`examples/python-agent/agent.py`).
+pub fn agent_py() -> String {
+    format!(
+        "{}/../../examples/python-agent/agent.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// A free TCP port on loopback (bound and released; fine for tests).

@@ -1,0 +1,67 @@
+//! `/api/pools/{pool}/instances`: a department's instances, and adding,
+//! draining and removing them at runtime. Reading is open to any caller
+//! (like `/api/status`); changing is admin only.
+//!
+//! An instance is named in the path by its id (an HTTP instance's URL,
+//! percent-encoded) or by the `host:port` of exactly one instance's URL.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use swarm_engine::instances::InstanceSpec;
+
+use crate::AppState;
+use crate::auth::{Admin, Caller};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+
+/// `GET`: the balancer's view of each instance (state, calls in flight,
+/// latency estimate, outcomes, share of picks), or the worker processes.
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(pool): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = app.engine.pool_instances(&pool)?;
+    Ok(Json(json!(view)))
+}
+
+/// `POST {"url": …, "weight": …}` (HTTP pools) or `{"id": …}` (replicas):
+/// `201` with the new instance, `200` if it was there (its weight set,
+/// its draining ended).
+pub(crate) async fn add(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path(pool): Path<String>,
+    JsonBody(spec): JsonBody<InstanceSpec>,
+) -> Result<Response, ApiError> {
+    let (inst, created) = app.engine.add_instance(&pool, &spec)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(inst))).into_response())
+}
+
+/// `POST …/{id}/drain`: no new calls; calls in flight finish.
+pub(crate) async fn drain(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.engine.drain_instance(&pool, &id)?)))
+}
+
+/// `DELETE …/{id}`: `202`; drained now, gone once its calls in flight
+/// have finished (listed as `draining` until then).
+pub(crate) async fn remove(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let inst = app.engine.remove_instance(&pool, &id)?;
+    Ok((StatusCode::ACCEPTED, Json(json!(inst))).into_response())
+}
