@@ -16,6 +16,9 @@
 //! - [`process`]: runs tasks on long-lived worker processes speaking JSON
 //!   lines (how an agent written in Python plugs in).
 //! - [`http`]: POSTs tasks to one agent instance over HTTP.
+//! - [`openai`]: an OpenAI-compatible chat-completions client (streaming
+//!   tokens as progress), as a pool's agent and as the communications
+//!   workflow's LLM.
 //! - [`registry`]: builds the built-in agents from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -26,6 +29,7 @@ pub mod communications;
 pub mod echo;
 pub mod email;
 pub mod http;
+pub mod openai;
 pub mod process;
 pub mod registry;
 pub mod sim;
@@ -35,5 +39,6 @@ pub(crate) mod test_support;
 pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig};
+pub use openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
 pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent};
