@@ -49,6 +49,16 @@
 //! "delivery"}`. The cancellation token is checked between steps; the send
 //! itself races it.
 //!
+//! # With an LLM
+//! With `[llm]` configured ([`CommunicationsAgent::with_llm`],
+//! [`ReviewerAgent::with_llm`]) the drafter has the model rewrite the body
+//! and the reviewers ask it for edits in the same JSON format, its tokens
+//! streaming as `{"step": "token", "source", "text"}` progress; an
+//! unusable answer or a failed call falls back to the rules above, saying
+//! so in the review's `notes` (or the result's `drafter.note`). The merge
+//! and everything after it are the same. The result then also has
+//! `drafter: {"by": "llm"|"rules", "model"?, "note"?}`. See [`llm`].
+//!
 //! # Layout
 //! - [`args`](CommsArgs): parsing and checking `args`;
 //! - [`draft`](Draft): the drafter, splitting greeting and sign-off;
@@ -60,6 +70,7 @@
 mod args;
 mod draft;
 mod edit;
+pub mod llm;
 mod merge;
 mod reviewer;
 mod structure;
@@ -77,6 +88,7 @@ use swarm_core::FieldError;
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 use crate::email::{EmailAgent, EmailMessage};
+use crate::openai::OpenAiClient;
 
 pub use args::{CommsArgs, MAX_INPUT_BODY_BYTES, MAX_NAME_CHARS, Tone};
 pub use draft::{Draft, split_greeting, split_signoff};
@@ -95,12 +107,19 @@ use tone::tone_reviewer;
 /// The communications department's workflow.
 pub struct CommunicationsAgent {
     email: Arc<EmailAgent>,
+    llm: Option<Arc<OpenAiClient>>,
 }
 
 impl CommunicationsAgent {
     /// Builds the agent around the email agent it hands drafts to.
     pub fn new(email: Arc<EmailAgent>) -> Self {
-        Self { email }
+        Self { email, llm: None }
+    }
+
+    /// Has the drafter (and the inline reviewers, outside an engine) ask
+    /// `llm` when given; see the module docs.
+    pub fn with_llm(self, llm: Option<Arc<OpenAiClient>>) -> Self {
+        Self { llm, ..self }
     }
 
     async fn run_inner(&self, ctx: AgentContext, args: CommsArgs) -> Result<Value, AgentError> {
@@ -114,6 +133,13 @@ impl CommunicationsAgent {
         check(&ctx)?;
 
         let draft = Draft::from_args(&args);
+        let (draft, drafter) = match &self.llm {
+            Some(llm) => {
+                let (d, info) = llm::llm_draft(llm, &ctx, draft, args.tone).await?;
+                (d, Some(info))
+            }
+            None => (draft, None),
+        };
         ctx.progress
             .report(json!({"step": "draft", "draft": draft.to_json()}));
         check(&ctx)?;
@@ -123,10 +149,10 @@ impl CommunicationsAgent {
             recipient_name: args.recipient_name.clone(),
             sender_name: args.sender_name.clone(),
         };
-        let reviews = match &ctx.children {
+        let reviews = match (&ctx.children, &self.llm) {
             // Through the scheduler: each review is a child task in the
             // `reviewers` department, both in flight at once.
-            Some(children) => {
+            (Some(children), _) => {
                 let ask = |name: &str| {
                     children.run(
                         &ctx,
@@ -145,7 +171,14 @@ impl CommunicationsAgent {
                 [parse(tone)?, parse(structure)?]
             }
             // Outside an engine: the same two reviews, in parallel, inline.
-            None => {
+            (None, Some(llm)) => {
+                let (tone, structure) = tokio::join!(
+                    llm::llm_review(llm, &ctx, TONE, &draft, &opts),
+                    llm::llm_review(llm, &ctx, STRUCTURE, &draft, &opts)
+                );
+                [tone?, structure?]
+            }
+            (None, None) => {
                 let (tone, structure) = tokio::join!(
                     tone_reviewer(&draft, args.tone),
                     structure_reviewer(&draft, &opts)
@@ -196,14 +229,18 @@ impl CommunicationsAgent {
         ctx.progress
             .report(json!({"step": "delivered", "delivery": delivery}));
 
-        Ok(json!({
+        let mut result = json!({
             "draft": draft.to_json(),
             "reviews": reviews_json,
             "applied": applied,
             "rejected": rejected,
             "final": final_json,
             "delivery": delivery,
-        }))
+        });
+        if let Some(info) = drafter {
+            result["drafter"] = info;
+        }
+        Ok(result)
     }
 }
 

@@ -36,6 +36,10 @@
 //!   would hide which one answered. One URL per agent object; balancing over
 //!   instances is a layer above.
 //! - Only `http://` URLs: reqwest is built without TLS in this workspace.
+//! - The connection settings (`ClientSettings`), the mapping of statuses
+//!   and transport failures to [`AgentError`]s and the deadline/cancel race
+//!   are `pub(crate)` and shared with the `openai` backend, so both
+//!   backends mean the same by them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,6 +123,16 @@ impl HttpConfig {
         }
     }
 
+    fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            connect_timeout_ms: self.connect_timeout_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            pool_max_idle: self.pool_max_idle,
+            pool_idle_timeout_ms: self.pool_idle_timeout_ms,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
     /// Checks every field; errors name it (`url`, `headers.NAME`, …)
     /// relative to this table.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -126,27 +140,45 @@ impl HttpConfig {
     }
 
     fn parse(&self) -> Result<(Url, HeaderMap), FieldError> {
-        let url = Url::parse(&self.url)
-            .map_err(|e| FieldError::invalid("url", format!("`{}` is not a URL: {e}", self.url)))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
+        let url = parse_http_url("url", &self.url)?;
+        self.client_settings().validate()?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            let field = || format!("headers.{k}");
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| FieldError::invalid(field(), "not a valid header name"))?;
+            if matches!(
+                name.as_str(),
+                "content-type" | "content-length" | "host" | "x-request-id" | "transfer-encoding"
+            ) {
                 return Err(FieldError::invalid(
-                    "url",
-                    "https is not supported: this build's HTTP client has no TLS; \
-                     use http (e.g. to a local TLS-terminating proxy)",
+                    field(),
+                    "set by the agent itself; cannot be configured",
                 ));
             }
-            s => {
-                return Err(FieldError::invalid(
-                    "url",
-                    format!("scheme `{s}` is not supported; use http"),
-                ));
-            }
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                FieldError::invalid(field(), "not a valid header value (control characters?)")
+            })?;
+            headers.insert(name, value);
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(FieldError::invalid("url", "must name a host"));
-        }
+        Ok((url, headers))
+    }
+}
+
+/// Connection settings shared by the HTTP-calling backends (`http`,
+/// `openai`), checked and turned into a client in one place so both mean
+/// the same by them.
+pub(crate) struct ClientSettings {
+    pub(crate) connect_timeout_ms: u64,
+    pub(crate) request_timeout_ms: Option<u64>,
+    pub(crate) pool_max_idle: usize,
+    pub(crate) pool_idle_timeout_ms: u64,
+    pub(crate) max_response_bytes: usize,
+}
+
+impl ClientSettings {
+    /// Checks the ranges; errors name the field.
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if !(1..=600_000).contains(&self.connect_timeout_ms) {
             return Err(FieldError::invalid(
                 "connect_timeout_ms",
@@ -171,26 +203,137 @@ impl HttpConfig {
                 "must be at least 1024",
             ));
         }
-        let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
-            let field = || format!("headers.{k}");
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| FieldError::invalid(field(), "not a valid header name"))?;
-            if matches!(
-                name.as_str(),
-                "content-type" | "content-length" | "host" | "x-request-id" | "transfer-encoding"
-            ) {
-                return Err(FieldError::invalid(
-                    field(),
-                    "set by the agent itself; cannot be configured",
-                ));
-            }
-            let value = HeaderValue::from_str(v).map_err(|_| {
-                FieldError::invalid(field(), "not a valid header value (control characters?)")
-            })?;
-            headers.insert(name, value);
+        Ok(())
+    }
+
+    /// A pooled keep-alive client with `headers` on every request; no
+    /// redirects, no proxies (see the module docs). `field` names the
+    /// setting blamed if the client cannot be built.
+    pub(crate) fn client(
+        &self,
+        headers: HeaderMap,
+        field: &str,
+    ) -> Result<reqwest::Client, FieldError> {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
+            .pool_max_idle_per_host(self.pool_max_idle)
+            .pool_idle_timeout(Duration::from_millis(self.pool_idle_timeout_ms))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| FieldError::invalid(field, format!("cannot build the HTTP client: {e}")))
+    }
+
+    /// The time one request may take: what is left of the task's, capped
+    /// by `request_timeout_ms`; a deadline already passed is a timeout.
+    pub(crate) fn request_limit(
+        &self,
+        ctx: &AgentContext,
+        what: &str,
+    ) -> Result<Duration, AgentError> {
+        let remaining = ctx.remaining();
+        let limit = match self.request_timeout_ms {
+            Some(ms) => remaining.min(Duration::from_millis(ms)),
+            None => remaining,
+        };
+        if limit.is_zero() {
+            return Err(AgentError::Timeout {
+                message: format!("{what}: the deadline passed before the request"),
+            });
         }
-        Ok((url, headers))
+        Ok(limit)
+    }
+}
+
+/// An `http://` URL with a host, for the setting `field`; https is refused
+/// (this build's client has no TLS).
+pub(crate) fn parse_http_url(field: &str, text: &str) -> Result<Url, FieldError> {
+    let url = Url::parse(text)
+        .map_err(|e| FieldError::invalid(field, format!("`{text}` is not a URL: {e}")))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(FieldError::invalid(
+                field,
+                "https is not supported: this build's HTTP client has no TLS; \
+                 use http (e.g. to a local TLS-terminating proxy)",
+            ));
+        }
+        s => {
+            return Err(FieldError::invalid(
+                field,
+                format!("scheme `{s}` is not supported; use http"),
+            ));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::invalid(field, "must name a host"));
+    }
+    Ok(url)
+}
+
+/// Races `call` against the task's cancellation and deadline. Losing
+/// either race drops the request future, which closes its connection: the
+/// backend sees the client leave instead of working on for nobody.
+pub(crate) async fn bounded<T>(
+    ctx: &AgentContext,
+    what: &str,
+    call: impl Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Err(AgentError::cancelled()),
+        r = call => r,
+        _ = tokio::time::sleep_until(ctx.deadline) => Err(AgentError::Timeout {
+            message: format!("{what}: no answer before the deadline"),
+        }),
+    }
+}
+
+/// The error for a response whose status is not a success: `429`/`503`
+/// are [`AgentError::Overloaded`] (with `Retry-After`), other `5xx`
+/// retryable `backend_error`, `4xx` non-retryable `backend_rejected`.
+/// The message quotes the start of the body.
+pub(crate) async fn status_error(what: &str, mut resp: reqwest::Response) -> AgentError {
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers(), SystemTime::now());
+    // The body only feeds the message: read a little, and a failure to
+    // read it must not hide the status.
+    let bytes = read_body(&mut resp, ERROR_BODY_BYTES).await;
+    let text = match &bytes {
+        Ok(b) => excerpt(b),
+        Err(BodyError::TooLarge) => "(body too large to quote)".into(),
+        Err(BodyError::Transport(e)) => format!("(body unreadable: {e})"),
+    };
+    let message = format!("{what}: HTTP {status}: {text}");
+    match status {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => AgentError::Overloaded {
+            message,
+            retry_after,
+        },
+        s if s.is_server_error() => AgentError::failed_retryable("backend_error", message),
+        s if s.is_client_error() => AgentError::failed("backend_rejected", message),
+        _ => AgentError::failed("bad_backend_output", message),
+    }
+}
+
+/// A transport failure: reqwest's timeout (`limit`) is
+/// [`AgentError::Timeout`]; a refused connection a retryable
+/// `backend_unreachable`; anything else (a reset mid-body) a retryable
+/// `backend_error`.
+pub(crate) fn transport_error(what: &str, e: &reqwest::Error, limit: Duration) -> AgentError {
+    if e.is_timeout() {
+        return AgentError::Timeout {
+            message: format!("{what}: no answer within {} ms", limit.as_millis()),
+        };
+    }
+    let message = format!("{what}: {}", error_chain(e));
+    if e.is_connect() {
+        AgentError::failed_retryable("backend_unreachable", message)
+    } else {
+        AgentError::failed_retryable("backend_error", message)
     }
 }
 
@@ -198,6 +341,8 @@ impl HttpConfig {
 pub struct HttpAgent {
     cfg: HttpConfig,
     url: Url,
+    /// `POST <url>`, the start of every error message.
+    what: String,
     client: reqwest::Client,
     seq: AtomicU64,
 }
@@ -207,19 +352,9 @@ impl HttpAgent {
     /// client; opens no connection.
     pub fn new(cfg: HttpConfig) -> Result<Self, FieldError> {
         let (url, headers) = cfg.parse()?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .default_headers(headers)
-            .build()
-            .map_err(|e| {
-                FieldError::invalid("url", format!("cannot build the HTTP client: {e}"))
-            })?;
+        let client = cfg.client_settings().client(headers, "url")?;
         Ok(Self {
+            what: format!("POST {url}"),
             cfg,
             url,
             client,
@@ -250,41 +385,21 @@ impl HttpAgent {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| self.transport_error(&e, limit))?;
+            .map_err(|e| transport_error(&self.what, &e, limit))?;
         let status = resp.status();
-        if status.is_success() {
-            let bytes = read_body(&mut resp, self.cfg.max_response_bytes)
-                .await
-                .map_err(|e| match e {
-                    BodyError::Transport(e) => self.transport_error(&e, limit),
-                    BodyError::TooLarge => self.bad_output(format!(
-                        "the response is larger than {} bytes",
-                        self.cfg.max_response_bytes
-                    )),
-                })?;
-            return self.parse_success(status, &bytes);
+        if !status.is_success() {
+            return Err(status_error(&self.what, resp).await);
         }
-        let retry_after = retry_after(resp.headers(), SystemTime::now());
-        // The body only feeds the message: read a little, and a failure to
-        // read it must not hide the status.
-        let bytes = read_body(&mut resp, ERROR_BODY_BYTES).await;
-        let text = match &bytes {
-            Ok(b) => excerpt(b),
-            Err(BodyError::TooLarge) => "(body too large to quote)".into(),
-            Err(BodyError::Transport(e)) => format!("(body unreadable: {e})"),
-        };
-        let message = format!("POST {}: HTTP {status}: {text}", self.url);
-        Err(match status {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                AgentError::Overloaded {
-                    message,
-                    retry_after,
-                }
-            }
-            s if s.is_server_error() => AgentError::failed_retryable("backend_error", message),
-            s if s.is_client_error() => AgentError::failed("backend_rejected", message),
-            _ => AgentError::failed("bad_backend_output", message),
-        })
+        let bytes = read_body(&mut resp, self.cfg.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => transport_error(&self.what, &e, limit),
+                BodyError::TooLarge => self.bad_output(format!(
+                    "the response is larger than {} bytes",
+                    self.cfg.max_response_bytes
+                )),
+            })?;
+        self.parse_success(status, &bytes)
     }
 
     fn parse_success(&self, status: StatusCode, bytes: &[u8]) -> Result<Value, AgentError> {
@@ -314,25 +429,7 @@ impl HttpAgent {
     }
 
     fn bad_output(&self, why: String) -> AgentError {
-        AgentError::failed("bad_backend_output", format!("POST {}: {why}", self.url))
-    }
-
-    fn transport_error(&self, e: &reqwest::Error, limit: Duration) -> AgentError {
-        if e.is_timeout() {
-            return AgentError::Timeout {
-                message: format!(
-                    "POST {}: no answer within {} ms",
-                    self.url,
-                    limit.as_millis()
-                ),
-            };
-        }
-        let message = format!("POST {}: {}", self.url, error_chain(e));
-        if e.is_connect() {
-            AgentError::failed_retryable("backend_unreachable", message)
-        } else {
-            AgentError::failed_retryable("backend_error", message)
-        }
+        AgentError::failed("bad_backend_output", format!("{}: {why}", self.what))
     }
 }
 
@@ -353,40 +450,31 @@ impl Agent for HttpAgent {
     ) -> BoxFuture<'static, Result<Value, AgentError>> {
         Box::pin(async move {
             let remaining = ctx.remaining();
-            let limit = match self.cfg.request_timeout_ms {
-                Some(ms) => remaining.min(Duration::from_millis(ms)),
-                None => remaining,
-            };
-            if limit.is_zero() {
-                return Err(AgentError::Timeout {
-                    message: format!("POST {}: the deadline passed before the request", self.url),
-                });
-            }
+            let limit = self.cfg.client_settings().request_limit(&ctx, &self.what)?;
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             let mut body = input.to_wire(&format!("{}.{seq}", ctx.task_id), &ctx);
             body["deadline_ms"] = json!(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
-            // Losing either race drops the request future, which closes its
-            // connection: the instance sees the client leave.
-            tokio::select! {
-                biased;
-                _ = ctx.cancel.cancelled() => Err(AgentError::cancelled()),
-                r = self.call(body, ctx.request_id.clone(), limit) => r,
-                _ = tokio::time::sleep_until(ctx.deadline) => Err(AgentError::Timeout {
-                    message: format!("POST {}: no answer before the deadline", self.url),
-                }),
-            }
+            bounded(
+                &ctx,
+                &self.what,
+                self.call(body, ctx.request_id.clone(), limit),
+            )
+            .await
         })
     }
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     Transport(reqwest::Error),
     TooLarge,
 }
 
 /// Reads at most `max` bytes of the body, chunk by chunk, so a huge or
 /// endless body cannot exhaust memory.
-async fn read_body(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+pub(crate) async fn read_body(
+    resp: &mut reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(BodyError::TooLarge);
     }
@@ -411,7 +499,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn excerpt(bytes: &[u8]) -> String {
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
     if text.is_empty() {

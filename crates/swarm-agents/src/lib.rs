@@ -18,6 +18,9 @@
 //! - [`http`]: POSTs tasks to one agent instance over HTTP.
 //! - [`balanced`]: several instances behind one agent: balancing, retries,
 //!   health, instances added and removed at runtime.
+//! - [`openai`]: an OpenAI-compatible chat-completions client (streaming
+//!   tokens as progress), as a pool's agent and as the communications
+//!   workflow's LLM.
 //! - [`registry`]: builds the built-in agents from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -28,6 +31,7 @@ pub mod communications;
 pub mod echo;
 pub mod email;
 pub mod http;
+pub mod openai;
 pub mod process;
 pub mod registry;
 pub mod sim;
@@ -38,5 +42,6 @@ pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress}
 pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig};
+pub use openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
 pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent, replicated};

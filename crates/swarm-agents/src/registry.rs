@@ -12,6 +12,7 @@ use crate::communications::{CommunicationsAgent, ReviewerAgent};
 use crate::echo::EchoAgent;
 use crate::email::{EmailAgent, Outbox};
 use crate::http::{HttpAgent, HttpConfig};
+use crate::openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 use crate::process::{ProcessAgent, ProcessConfig};
 use crate::sim::SimAgent;
 use swarm_core::FieldError;
@@ -26,11 +27,13 @@ pub const BUILTIN_KINDS: &[&str] = &[
     "echo",
     "process",
     "http",
+    "openai",
 ];
 
-/// The agent of a pool whose instances are its own (`agent = "process"`
-/// or `"http"`), built from `[pools.NAME.process]` / `[pools.NAME.http]`;
-/// `None` for the shared built-in kinds. Errors name the setting.
+/// The agent of a pool whose instances are its own (`agent = "process"`,
+/// `"http"` or `"openai"`), built from `[pools.NAME.process]` /
+/// `[pools.NAME.http]` / `[pools.NAME.openai]`; `None` for the shared
+/// built-in kinds. Errors name the setting.
 pub fn pool_agent(name: &str, pc: &PoolConfig) -> Result<Option<Arc<dyn Agent>>, String> {
     let key = |k: &str, e: String| format!("pools.{name}.{k}: {e}");
     match pc.agent_kind(name) {
@@ -86,6 +89,19 @@ pub fn pool_agent(name: &str, pc: &PoolConfig) -> Result<Option<Arc<dyn Agent>>,
                 agent.start_health_checks(h);
             }
             Ok(Some(agent))
+        }
+        "openai" => {
+            let table = pc.openai.clone().ok_or_else(|| {
+                key(
+                    "openai",
+                    "`agent = \"openai\"` needs an [openai] table with `base_url` and `model`"
+                        .into(),
+                )
+            })?;
+            let agent = OpenAiConfig::from_table(table)
+                .and_then(OpenAiAgent::new)
+                .map_err(|e| key(&field_key("openai", e.field.as_deref()), e.message))?;
+            Ok(Some(Arc::new(agent)))
         }
         _ => Ok(None),
     }
@@ -240,6 +256,27 @@ pub fn replicated(
     Ok(Arc::new(b))
 }
 
+/// `table.field`, or `table` when the error names no field.
+fn field_key(table: &str, field: Option<&str>) -> String {
+    match field {
+        Some(f) if !f.is_empty() => format!("{table}.{f}"),
+        _ => table.to_string(),
+    }
+}
+
+/// The LLM of the communications drafter and reviewers, from the
+/// top-level `[llm]` table (an [`OpenAiConfig`]); `None` without one, and
+/// they use their built-in rules. Errors name the key (`llm.base_url`).
+pub fn llm_client(cfg: &Config) -> Result<Option<Arc<OpenAiClient>>, String> {
+    let Some(table) = cfg.llm.clone() else {
+        return Ok(None);
+    };
+    let client = OpenAiConfig::from_table(table)
+        .and_then(OpenAiClient::new)
+        .map_err(|e| format!("{}: {}", field_key("llm", e.field.as_deref()), e.message))?;
+    Ok(Some(Arc::new(client)))
+}
+
 /// One instance of each built-in agent, by kind. Pools share an agent object;
 /// agents keep per-run state in their futures, so sharing is safe.
 pub fn builtin_agents(
@@ -248,12 +285,13 @@ pub fn builtin_agents(
     cpu: CpuPool,
 ) -> Result<BTreeMap<&'static str, Arc<dyn Agent>>, String> {
     let email = Arc::new(EmailAgent::new(cfg.smtp.as_ref(), outbox)?);
+    let llm = llm_client(cfg)?;
     let mut agents: BTreeMap<&'static str, Arc<dyn Agent>> = BTreeMap::new();
     agents.insert(
         "communications",
-        Arc::new(CommunicationsAgent::new(email.clone())),
+        Arc::new(CommunicationsAgent::new(email.clone()).with_llm(llm.clone())),
     );
-    agents.insert("reviewers", Arc::new(ReviewerAgent));
+    agents.insert("reviewers", Arc::new(ReviewerAgent::with_llm(llm)));
     agents.insert("email", email);
     agents.insert("sim", Arc::new(SimAgent::with_cpu_pool(cpu)));
     agents.insert("echo", Arc::new(EchoAgent));

@@ -39,6 +39,11 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Trace export (OpenTelemetry); off unless `otlp_endpoint` is set.
     pub telemetry: TelemetryConfig,
+    /// An OpenAI-compatible LLM for the communications drafter and
+    /// reviewers (`base_url`, `model`, …; read and checked by
+    /// `swarm_agents::openai::OpenAiConfig`). Without it they use their
+    /// built-in rules.
+    pub llm: Option<toml::Table>,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             tenants: Vec::new(),
             monitor: MonitorConfig::default(),
             telemetry: TelemetryConfig::default(),
+            llm: None,
         }
     }
 }
@@ -234,6 +240,9 @@ pub struct PoolConfig {
     /// For `agent = "http"`: the instances (`urls` plus
     /// `swarm_agents::http::HttpConfig`'s other settings, shared by all).
     pub http: Option<toml::Table>,
+    /// For `agent = "openai"`: the provider (`base_url`, `model`, …; read
+    /// and checked by `swarm_agents::openai::OpenAiConfig`).
+    pub openai: Option<toml::Table>,
     /// How calls are spread over the instances (`policy`: `p2c`,
     /// `least_outstanding`, `round_robin`, `weighted`, `hash`; outlier
     /// ejection).

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible chat completion: request validation, the
-//! deterministic reply, and the JSON / server-sent-events responses.
+//! deterministic reply (filler words, or a scripted reply from
+//! `[[replies]]`), and the JSON / server-sent-events responses.
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 use tokio::time::sleep;
 
-use crate::config::MAX_REPLY_TOKENS;
+use crate::config::{MAX_REPLY_TOKENS, SimConfig};
 use crate::model::InflightGuard;
 
 /// Words that pad a reply up to its token count.
@@ -42,6 +43,51 @@ pub(crate) struct ChatRequest {
 pub(crate) struct Invalid {
     pub(crate) message: String,
     pub(crate) param: Option<&'static str>,
+}
+
+/// A reply as the tokens it is sent in.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reply {
+    pub(crate) tokens: Vec<String>,
+    /// What follows each token: filler words are bare (`" "` after each),
+    /// scripted pieces carry their own whitespace (`""`).
+    sep: &'static str,
+    /// `stop`, or `length` for a scripted reply cut by `max_tokens`.
+    pub(crate) finish_reason: &'static str,
+}
+
+impl Reply {
+    /// The text of token `i` as a stream chunk sends it.
+    fn delta(&self, token: &str) -> String {
+        format!("{token}{}", self.sep)
+    }
+
+    /// The whole reply as a non-streamed completion holds it.
+    pub(crate) fn content(&self) -> String {
+        self.tokens.join(self.sep)
+    }
+}
+
+/// Splits `text` into pieces of one word and the whitespace after it
+/// (leading whitespace stays with the first), so the pieces join to
+/// exactly `text`; none if `text` is only whitespace.
+pub(crate) fn pieces(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut in_space = false;
+    for c in text.chars() {
+        let space = c.is_whitespace();
+        // A word starting after whitespace closes the piece before it.
+        if !space && in_space && cur.chars().any(|c| !c.is_whitespace()) {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+        in_space = space;
+    }
+    if cur.chars().any(|c| !c.is_whitespace()) {
+        out.push(cur);
+    }
+    out
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> Invalid {
@@ -125,6 +171,36 @@ impl ChatRequest {
             .collect()
     }
 
+    /// The reply to this request: the first matching scripted reply of
+    /// `cfg.replies`, else filler of `cfg.reply_tokens` tokens.
+    pub(crate) fn reply(&self, cfg: &SimConfig) -> Reply {
+        let scripted = cfg.replies.iter().find(|r| {
+            self.messages
+                .iter()
+                .any(|(_, content)| content.contains(&r.contains))
+        });
+        let Some(scripted) = scripted else {
+            return Reply {
+                tokens: self.reply_tokens(self.reply_len(cfg.reply_tokens)),
+                sep: " ",
+                finish_reason: "stop",
+            };
+        };
+        let mut tokens = pieces(&scripted.reply);
+        let limit = self.reply_len(u64::MAX);
+        let finish_reason = if tokens.len() > limit {
+            tokens.truncate(limit);
+            "length"
+        } else {
+            "stop"
+        };
+        Reply {
+            tokens,
+            sep: "",
+            finish_reason,
+        }
+    }
+
     /// Whitespace-separated words in all messages (a rough token count).
     pub(crate) fn prompt_tokens(&self) -> usize {
         self.messages
@@ -166,8 +242,9 @@ fn unix_now() -> u64 {
 }
 
 /// The non-streaming `chat.completion` body.
-pub(crate) fn completion_body(req: &ChatRequest, id: u64, tokens: &[String]) -> Value {
+pub(crate) fn completion_body(req: &ChatRequest, id: u64, reply: &Reply) -> Value {
     let prompt = req.prompt_tokens();
+    let tokens = &reply.tokens;
     json!({
         "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",
@@ -175,8 +252,8 @@ pub(crate) fn completion_body(req: &ChatRequest, id: u64, tokens: &[String]) -> 
         "model": req.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": tokens.join(" ")},
-            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": reply.content()},
+            "finish_reason": reply.finish_reason,
         }],
         "usage": {
             "prompt_tokens": prompt,
@@ -216,11 +293,12 @@ enum Phase {
 
 struct StreamState {
     meta: ChunkMeta,
-    tokens: Vec<String>,
+    reply: Reply,
     gap: Duration,
     phase: Phase,
-    /// Keeps the request in flight until the stream ends or is dropped.
-    _guard: InflightGuard,
+    /// Keeps the request in flight until the stream ends or is dropped;
+    /// dropped before the end, it counts the client as gone.
+    guard: Option<InflightGuard>,
 }
 
 /// The event stream: the role chunk at once (the service time has already
@@ -233,19 +311,22 @@ fn events(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> +
                 s.phase = Phase::Token(0);
                 s.meta.chunk(json!({"role": "assistant"}), None)
             }
-            Phase::Token(i) => match s.tokens.get(i) {
+            Phase::Token(i) => match s.reply.tokens.get(i) {
                 Some(token) => {
                     sleep(s.gap).await;
                     s.phase = Phase::Token(i + 1);
-                    s.meta.chunk(json!({"content": format!("{token} ")}), None)
+                    s.meta.chunk(json!({"content": s.reply.delta(token)}), None)
                 }
                 None => {
                     s.phase = Phase::Done;
-                    s.meta.chunk(json!({}), Some("stop"))
+                    s.meta.chunk(json!({}), Some(s.reply.finish_reason))
                 }
             },
             Phase::Done => {
                 s.phase = Phase::End;
+                if let Some(guard) = s.guard.take() {
+                    guard.complete();
+                }
                 Event::default().data("[DONE]")
             }
             Phase::End => return None,
@@ -258,7 +339,7 @@ fn events(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> +
 pub(crate) fn stream_response(
     req: &ChatRequest,
     id: u64,
-    tokens: Vec<String>,
+    reply: Reply,
     gap: Duration,
     guard: InflightGuard,
 ) -> Response {
@@ -268,10 +349,10 @@ pub(crate) fn stream_response(
             created: unix_now(),
             model: req.model.clone(),
         },
-        tokens,
+        reply,
         gap,
         phase: Phase::Role,
-        _guard: guard,
+        guard: Some(guard),
     };
     Sse::new(events(state)).into_response()
 }
@@ -309,6 +390,63 @@ mod tests {
             ["Simulated", "reply", "to:", "hello", "there"]
         );
         assert_eq!(r.reply_tokens(8)[6..], ["lorem", "ipsum"]);
+    }
+
+    #[test]
+    fn pieces_join_to_the_text() {
+        for text in [
+            "a",
+            "  {\"x\": 1,\n \"y\": [2]}\n",
+            "one  two\tthree ",
+            "é ü",
+        ] {
+            let p = pieces(text);
+            assert_eq!(p.concat(), text);
+            assert!(p.iter().all(|w| w.chars().any(|c| !c.is_whitespace())));
+        }
+        assert_eq!(pieces("one  two\n"), ["one  ", "two\n"]);
+        assert!(pieces(" \n ").is_empty());
+    }
+
+    #[test]
+    fn scripted_replies_match_any_message_and_respect_max_tokens() {
+        let cfg = SimConfig {
+            replies: vec![
+                crate::config::ScriptedReply {
+                    contains: "tone reviewer".into(),
+                    reply: "{\"edits\": []}".into(),
+                },
+                crate::config::ScriptedReply {
+                    contains: "REPLY".into(),
+                    reply: "a b c d".into(),
+                },
+            ],
+            ..SimConfig::default()
+        };
+        let req = |system: &str, max: Option<u64>| ChatRequest {
+            model: "m".into(),
+            stream: true,
+            messages: vec![
+                ("system".into(), system.into()),
+                ("user".into(), "hi".into()),
+            ],
+            max_tokens: max,
+        };
+        let r = req("You are the tone reviewer.", None).reply(&cfg);
+        assert_eq!(
+            (r.content().as_str(), r.finish_reason),
+            ("{\"edits\": []}", "stop")
+        );
+        let r = req("REPLY please", Some(2)).reply(&cfg);
+        assert_eq!((r.content().as_str(), r.finish_reason), ("a b ", "length"));
+        assert_eq!(r.tokens.len(), 2);
+        // No match: the filler reply, as without scripts.
+        let r = req("other", None).reply(&cfg);
+        assert_eq!(
+            r.content(),
+            req("other", None).reply(&SimConfig::default()).content()
+        );
+        assert!(r.content().starts_with("Simulated reply to: hi lorem"));
     }
 
     #[test]

@@ -50,6 +50,23 @@ pub struct SimConfig {
     /// When set, the schedule restarts every `repeat_s` seconds; each period
     /// starts from the base values above.
     pub repeat_s: Option<f64>,
+    /// Scripted chat replies (`[[replies]]`): the first entry whose
+    /// `contains` occurs in a message of the request answers with its
+    /// `reply`, verbatim; requests no entry matches get the filler reply.
+    /// For tests of clients that need a known answer (e.g. JSON).
+    pub replies: Vec<ScriptedReply>,
+}
+
+/// One scripted chat reply; see [`SimConfig::replies`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedReply {
+    /// Text that, found in any message's `content`, selects this reply.
+    pub contains: String,
+    /// The reply, sent as it is: streamed in pieces of one word with the
+    /// whitespace after it, so the pieces join to exactly this text. A
+    /// request's `max_tokens` may cut it (`finish_reason` `length`).
+    pub reply: String,
 }
 
 impl Default for SimConfig {
@@ -70,6 +87,7 @@ impl Default for SimConfig {
             sample_ms: 100,
             schedule: Vec::new(),
             repeat_s: None,
+            replies: Vec::new(),
         }
     }
 }
@@ -147,6 +165,17 @@ impl SimConfig {
         }
         for (i, step) in self.schedule.iter().enumerate() {
             self.check_step(i, step)?;
+        }
+        for (i, r) in self.replies.iter().enumerate() {
+            if r.contains.is_empty() {
+                return Err(format!("replies[{i}].contains must not be empty"));
+            }
+            let pieces = crate::chat::pieces(&r.reply).len() as u64;
+            if !(1..=MAX_REPLY_TOKENS).contains(&pieces) {
+                return Err(format!(
+                    "replies[{i}].reply must have between 1 and {MAX_REPLY_TOKENS} words, got {pieces}"
+                ));
+            }
         }
         Ok(())
     }
@@ -235,6 +264,15 @@ mod tests {
                 "schedule[0].error_rate",
             ),
             ("repeat_s = 5.0\n[[schedule]]\nat_s = 6", "schedule[0].at_s"),
+            (
+                "[[replies]]\ncontains = \"\"\nreply = \"x\"",
+                "replies[0].contains",
+            ),
+            (
+                "[[replies]]\ncontains = \"a\"\nreply = \"  \"",
+                "replies[0].reply",
+            ),
+            ("[[replies]]\ncontains = \"a\"\nanswer = \"x\"", "answer"),
         ];
         for (doc, key) in cases {
             let err = SimConfig::from_toml(doc).unwrap_err();

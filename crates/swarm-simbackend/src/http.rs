@@ -96,13 +96,14 @@ async fn chat_completions(State(model): State<Arc<Model>>, body: Bytes) -> Respo
         Err(response) => return response,
     };
     let cfg = model.config();
-    let tokens = req.reply_tokens(req.reply_len(cfg.reply_tokens));
+    let reply = req.reply(cfg);
     let id = model.next_id();
     if req.stream {
         let gap = Duration::from_millis(cfg.token_ms);
-        chat::stream_response(&req, id, tokens, gap, ready.guard)
+        chat::stream_response(&req, id, reply, gap, ready.guard)
     } else {
-        Json(chat::completion_body(&req, id, &tokens)).into_response()
+        ready.guard.complete();
+        Json(chat::completion_body(&req, id, &reply)).into_response()
     }
 }
 
@@ -122,6 +123,7 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
         Err(response) => return response,
     };
     let latency_ms = u64::try_from(ready.service.as_millis()).unwrap_or(u64::MAX);
+    ready.guard.complete();
     let mut body = json!({
         "ok": true,
         "echo": echo,

@@ -22,7 +22,9 @@
 //! (4) service time `(latency_ms + jitter) × max(1, inflight / capacity)`,
 //! with `inflight` taken at arrival including the request itself. A request
 //! counts as in flight from arrival until its response is complete (a
-//! stream until its last event) or the client goes away.
+//! stream until its last event) or the client goes away; a client that
+//! goes away first is counted (`disconnected`), so a test can see that a
+//! caller really dropped its request.
 //!
 //! All timing uses [`tokio::time`], so the model runs under paused time.
 //!
@@ -30,7 +32,10 @@
 //!
 //! - `POST /v1/chat/completions`: OpenAI chat completions, plain or
 //!   streamed (`"stream": true`, server-sent events, one chunk per token
-//!   every `token_ms` after the service time, then `data: [DONE]`).
+//!   every `token_ms` after the service time, then `data: [DONE]`). The
+//!   reply is filler words after an echo of the last user message, or, when
+//!   a `[[replies]]` entry's `contains` occurs in a message, that entry's
+//!   scripted `reply` verbatim (a known answer for clients' tests).
 //! - `POST /work`: any JSON body, echoed with the service time and the
 //!   requests in flight at arrival.
 //! - `GET /stats`: a [`StatsSnapshot`]. `GET /health`: `{"status":"ok"}`.
@@ -63,7 +68,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use config::{MAX_DURATION_MS, MAX_REPLY_TOKENS, SimConfig, Step};
+pub use config::{MAX_DURATION_MS, MAX_REPLY_TOKENS, ScriptedReply, SimConfig, Step};
 pub use stats::{MAX_SAMPLES, Sample, StatsSnapshot};
 
 /// How long [`serve`] waits, after the shutdown signal, for requests still

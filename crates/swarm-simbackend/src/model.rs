@@ -79,16 +79,33 @@ pub(crate) struct Model {
 }
 
 /// Keeps one request counted in flight; decrements on drop, on every path
-/// including a dropped (cancelled) request future.
+/// including a dropped (cancelled) request future. Dropped without
+/// [`InflightGuard::complete`], the request was abandoned: the client went
+/// away (hyper drops a handler, or a response stream, whose connection
+/// closed), which `disconnected` counts.
 #[derive(Debug)]
 pub(crate) struct InflightGuard {
     model: Arc<Model>,
+    completed: bool,
+}
+
+impl InflightGuard {
+    /// The response is complete: the request leaves the in-flight count
+    /// without counting as a disconnect.
+    pub(crate) fn complete(mut self) {
+        self.completed = true;
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.model
-            .update(|c| c.inflight = c.inflight.saturating_sub(1));
+        let gone = !self.completed;
+        self.model.update(|c| {
+            c.inflight = c.inflight.saturating_sub(1);
+            if gone {
+                c.disconnected += 1;
+            }
+        });
     }
 }
 
@@ -203,6 +220,7 @@ impl Model {
         };
         let guard = InflightGuard {
             model: Arc::clone(self),
+            completed: false,
         };
         let (fail, stall, jitter) = {
             let mut rng = lock(&self.rng);
@@ -217,7 +235,7 @@ impl Model {
         if fail {
             sleep(Duration::from_millis(params.latency_ms)).await;
             self.update(|c| c.errors += 1);
-            drop(guard);
+            guard.complete();
             return Outcome::Failed {
                 status: self.cfg.error_status,
             };
@@ -252,6 +270,7 @@ impl Model {
             errors: c.errors,
             stalled: c.stalled,
             bad_requests: c.bad_requests,
+            disconnected: c.disconnected,
             inflight: c.inflight,
             inflight_max: c.inflight_max,
             uptime_s: elapsed.as_secs_f64(),

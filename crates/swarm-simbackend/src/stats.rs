@@ -27,6 +27,11 @@ pub struct StatsSnapshot {
     pub stalled: u64,
     /// Requests rejected with `400` (malformed or invalid bodies).
     pub bad_requests: u64,
+    /// Admitted requests whose client went away before the response was
+    /// complete (during the service time, or mid-stream). Absent from
+    /// older servers' snapshots: 0.
+    #[serde(default)]
+    pub disconnected: u64,
     /// Requests admitted and not yet finished (streams count until their
     /// last event or the client's disconnect).
     pub inflight: u64,
@@ -68,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) errors: u64,
     pub(crate) stalled: u64,
     pub(crate) bad_requests: u64,
+    pub(crate) disconnected: u64,
     pub(crate) inflight: u64,
     pub(crate) inflight_max: u64,
 }

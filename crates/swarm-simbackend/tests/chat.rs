@@ -228,3 +228,81 @@ async fn injected_failure_in_stream_mode_is_plain_json() {
     let stats = server.finish().await;
     assert_eq!((stats.errors, stats.served, stats.inflight), (1, 0, 0));
 }
+
+#[tokio::test]
+async fn scripted_reply_streams_verbatim_and_plain() {
+    let reply = "{\"edits\": [\n  {\"op\": \"replace\"}\n]}";
+    let server = Server::start(SimConfig {
+        token_ms: 1,
+        replies: vec![swarm_simbackend::ScriptedReply {
+            contains: "quarterly".into(),
+            reply: reply.into(),
+        }],
+        ..fast(5)
+    })
+    .await;
+    let resp = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .json(&request(true))
+        .send()
+        .await
+        .unwrap();
+    let events = read_events(resp, Instant::now()).await;
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(d, _)| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, reply);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    let body: Value = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .json(&request(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], reply);
+    let stats = server.finish().await;
+    assert_eq!((stats.served, stats.disconnected), (2, 0));
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_is_counted_as_disconnected() {
+    let server = Server::start(SimConfig {
+        token_ms: 200,
+        reply_tokens: 50,
+        ..fast(5)
+    })
+    .await;
+    let mut resp = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .json(&request(true))
+        .send()
+        .await
+        .unwrap();
+    // The role chunk arrives; then the client hangs up mid-stream.
+    assert!(resp.chunk().await.unwrap().is_some());
+    assert_eq!(server.stats().await.inflight, 1);
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = server.stats().await;
+        if s.inflight == 0 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((stats.inflight, stats.disconnected), (0, 1), "{stats:?}");
+}

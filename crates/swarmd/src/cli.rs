@@ -44,7 +44,8 @@ pub(crate) struct SimBackendArgs {
     pub(crate) listen: String,
     /// Model file (TOML: latency_ms, jitter_ms, capacity, hard_limit,
     /// retry_after_s, error_rate, error_status, stall_rate, stall_ms,
-    /// token_ms, reply_tokens, seed, sample_ms, [[schedule]], repeat_s);
+    /// token_ms, reply_tokens, seed, sample_ms, [[schedule]], repeat_s,
+    /// [[replies]] with contains and reply);
     /// the flags below override it.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,

@@ -84,6 +84,8 @@ pub enum Rule {
     /// An over-long body cut at a sentence boundary; the merge recomputes it
     /// on the merged body and needs `allow_truncate`.
     Truncate,
+    /// Suggested by the LLM (`[llm]` configured); merged as it is.
+    Llm,
 }
 
 impl Rule {
@@ -94,6 +96,7 @@ impl Rule {
             Rule::Signoff => "signoff",
             Rule::SubjectSummary { .. } => "subject_summary",
             Rule::Truncate => "length",
+            Rule::Llm => "llm",
         }
     }
 
@@ -104,6 +107,7 @@ impl Rule {
             "signoff" => Rule::Signoff,
             "subject_summary" => Rule::SubjectSummary { prefix },
             "length" => Rule::Truncate,
+            "llm" => Rule::Llm,
             _ => return None,
         })
     }

@@ -1,6 +1,7 @@
 //! `reviewers`: one reviewer (tone or structure) as an agent of its own, so
 //! the communications workflow's two reviews run as child tasks through the
 //! scheduler (their own department, queue and limit) instead of inline.
+//! With an LLM it asks the model first (see [`super::llm`]).
 
 use std::sync::Arc;
 
@@ -10,14 +11,28 @@ use swarm_core::FieldError;
 
 use super::args::Tone;
 use super::draft::Draft;
+use super::llm::llm_review;
+use super::structure::STRUCTURE;
 use super::structure::{StructureOptions, review_structure};
-use super::tone::review_tone;
+use super::tone::{TONE, review_tone};
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
+use crate::openai::OpenAiClient;
 
 /// Reviews a draft: `args {reviewer: "tone"|"structure", draft, tone?,
-/// recipient_name?, sender_name?}`; answers the review as JSON.
+/// recipient_name?, sender_name?}`; answers the review as JSON. By the
+/// built-in rules, or (built [`with_llm`](Self::with_llm)) by an LLM with
+/// the rules as fallback.
 #[derive(Debug, Default)]
-pub struct ReviewerAgent;
+pub struct ReviewerAgent {
+    llm: Option<Arc<OpenAiClient>>,
+}
+
+impl ReviewerAgent {
+    /// A reviewer asking `llm` when given, else using the rules.
+    pub fn with_llm(llm: Option<Arc<OpenAiClient>>) -> Self {
+        Self { llm }
+    }
+}
 
 /// What a reviewer is asked.
 struct ReviewArgs {
@@ -98,14 +113,16 @@ impl Agent for ReviewerAgent {
 
     fn run(
         self: Arc<Self>,
-        _ctx: AgentContext,
+        ctx: AgentContext,
         input: AgentInput,
     ) -> BoxFuture<'static, Result<Value, AgentError>> {
         Box::pin(async move {
             let a = parse(&input.args).map_err(AgentError::invalid_args)?;
-            let review = match a.reviewer.as_str() {
-                "tone" => review_tone(&a.draft, a.opts.tone),
-                _ => review_structure(&a.draft, &a.opts),
+            let name = if a.reviewer == TONE { TONE } else { STRUCTURE };
+            let review = match (&self.llm, name) {
+                (Some(llm), _) => llm_review(llm, &ctx, name, &a.draft, &a.opts).await?,
+                (None, TONE) => review_tone(&a.draft, a.opts.tone),
+                (None, _) => review_structure(&a.draft, &a.opts),
             };
             Ok(review.to_json())
         })
@@ -127,7 +144,7 @@ mod tests {
             ("tone", review_tone(&d, o.tone)),
             ("structure", review_structure(&d, &o)),
         ] {
-            let out = Arc::new(ReviewerAgent)
+            let out = Arc::new(ReviewerAgent::default())
                 .run(ctx(), input(review_request(name, &d, &o)))
                 .await
                 .unwrap();

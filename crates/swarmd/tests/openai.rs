@@ -1,0 +1,307 @@
+//! The `openai` backend through the whole server: a simulated provider
+//! (`swarm_simbackend::serve`, what `swarmd sim-backend` runs) streaming on
+//! a real socket, a pool `agent = "openai"` in front of it, and a task's
+//! tokens arriving as server-sent `progress` events before its result;
+//! then the communications workflow with `[llm]` configured.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Backend, TestServer};
+use swarm_agents::communications::llm::{DRAFTER_ROLE, STRUCTURE_ROLE, TONE_ROLE};
+use swarm_simbackend::{ScriptedReply, SimConfig};
+use tokio::sync::oneshot;
+
+/// Starts a simulated provider; returns its base URL and a guard that
+/// stops it when dropped.
+async fn sim(cfg: SimConfig) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(swarm_simbackend::serve(listener, cfg, async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
+/// Follows a task's events until the stream ends: `(event, data)` pairs.
+async fn read_sse(s: &TestServer, id: &str) -> Vec<(String, Value)> {
+    let mut resp = s
+        .client
+        .get(s.url(&format!("/api/tasks/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+        .await
+        .expect("events keep coming")
+        .unwrap()
+    {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    buf.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    ev = Some(e.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            Some((ev?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+        })
+        .collect()
+}
+
+/// The `text` of `token` progress events, by `source` (`""` for none).
+fn token_text(events: &[(String, Value)], source: &str) -> String {
+    events
+        .iter()
+        .filter(|(e, v)| {
+            e == "progress" && v["step"] == "token" && v["source"].as_str().unwrap_or("") == source
+        })
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_pool_streams_tokens_to_the_task_events() {
+    // The service time (time to first token) leaves room to subscribe
+    // before the first token; then 12 tokens 20 ms apart.
+    let (base, _stop) = sim(SimConfig {
+        latency_ms: 500,
+        token_ms: 20,
+        reply_tokens: 12,
+        seed: Some(3),
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = format!(
+        "[pools.llm]\nagent = \"openai\"\n[pools.llm.openai]\nbase_url = \"{base}/v1\"\n\
+         model = \"sim-large\"\nmax_tokens = 64\n"
+    );
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let r = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "llm", "args": {"prompt": "how is the database"}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.id();
+    let events = read_sse(&s, &id).await;
+    let (last, task) = events.last().unwrap();
+    assert_eq!(last, "result", "{events:?}");
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let content = task["result"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("Simulated reply to: how is the database lorem"),
+        "{content}"
+    );
+    assert_eq!(task["result"]["model"], "sim-large");
+    assert_eq!(task["result"]["finish_reason"], "stop");
+    // Every token reached the task's event stream, in order, before the
+    // result.
+    let n = events
+        .iter()
+        .filter(|(e, v)| e == "progress" && v["step"] == "token")
+        .count();
+    assert!(n >= 4, "tokens come as they arrive: {events:?}");
+    assert_eq!(token_text(&events, ""), content);
+
+    // Bad args are refused at admission, naming the field.
+    s.post(
+        "/api/tasks",
+        &json!({"type": "llm", "args": {"messages": [{"role": "robot", "content": "x"}]}}),
+    )
+    .await
+    .assert_error(422, "invalid_field", Some("args.messages[0].role"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_settings_are_checked_at_start_naming_the_key() {
+    for (table, key) in [
+        ("model = \"m\"\n", "pools.llm.openai"),
+        (
+            "base_url = \"https://api.example.com/v1\"\nmodel = \"m\"\n",
+            "pools.llm.openai.base_url",
+        ),
+        (
+            "base_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\ntemperature = 5.0\n",
+            "pools.llm.openai.temperature",
+        ),
+    ] {
+        let toml = format!("[pools.llm]\nagent = \"openai\"\n[pools.llm.openai]\n{table}");
+        let err = start_error(&toml).await;
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+    let err = start_error("[pools.llm]\nagent = \"openai\"\n").await;
+    assert!(err.contains("pools.llm.openai"), "{err}");
+    let err = start_error("[llm]\nbase_url = \"http://h/v1\"\nmodel = \"\"\n").await;
+    assert!(err.contains("llm.model"), "{err}");
+}
+
+async fn start_error(toml: &str) -> String {
+    let mut cfg = swarm_core::config::Config::from_toml(toml).unwrap();
+    let db = support::TestDb::new(Backend::Sqlite).await.unwrap();
+    cfg.database.url = db.url.clone();
+    let store = swarm_store::Store::connect(&cfg.database).await.unwrap();
+    match swarm_engine::Engine::start(cfg, store).await {
+        Ok(_) => panic!("{toml} started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn communications_asks_the_llm_and_falls_back_to_the_rules() {
+    let reply = |contains: &str, reply: &str| ScriptedReply {
+        contains: contains.into(),
+        reply: reply.into(),
+    };
+    let (base, _stop) = sim(SimConfig {
+        latency_ms: 300,
+        token_ms: 5,
+        seed: Some(3),
+        replies: vec![
+            reply(
+                DRAFTER_ROLE,
+                "The database is down. We expect it back within the hour.",
+            ),
+            reply(
+                TONE_ROLE,
+                "```json\n{\"edits\": [{\"op\": \"replace\", \"path\": \"/subject\", \
+                 \"value\": \"Database outage\", \"reason\": \"says what it is about\"}], \
+                 \"notes\": [\"reads well\"]}\n```",
+            ),
+            // Not the edit format: the structure reviewer falls back.
+            reply(STRUCTURE_ROLE, "Sure! It looks great to me."),
+        ],
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = format!("[llm]\nbase_url = \"{base}/v1\"\nmodel = \"sim-writer\"\n");
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let r = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "email", "args": {"to": "ops@example.com", "subject": "Outage",
+                    "body": "db down, eta 1h"}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let events = read_sse(&s, &r.id()).await;
+    let (last, task) = events.last().unwrap();
+    assert_eq!(last, "result", "{events:?}");
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let result = &task["result"];
+
+    // The drafter wrote the body, streaming.
+    let body = "The database is down. We expect it back within the hour.";
+    assert_eq!(
+        result["drafter"],
+        json!({"by": "llm", "model": "sim-writer"})
+    );
+    assert_eq!(result["draft"]["body"], body);
+    assert_eq!(token_text(&events, "draft"), body);
+    // The tone reviewer's edit came from the LLM, in the edit format.
+    let tone = &result["reviews"][0];
+    assert_eq!(tone["reviewer"], "tone");
+    assert_eq!(tone["edits"][0]["rule"], "llm", "{tone}");
+    assert_eq!(tone["edits"][0]["value"], "Database outage");
+    assert!(
+        tone["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "edits suggested by the LLM (sim-writer)"),
+        "{tone}"
+    );
+    assert!(token_text(&events, "tone").contains("Database outage"));
+    // The structure reviewer's answer was unusable: the rules, saying so.
+    let structure = &result["reviews"][1];
+    let note = structure["notes"][0].as_str().unwrap();
+    assert!(
+        note.starts_with("LLM answer unusable (no JSON object); used the built-in rules"),
+        "{structure}"
+    );
+    assert_eq!(
+        token_text(&events, "structure"),
+        "Sure! It looks great to me."
+    );
+    let rules: Vec<&str> = structure["edits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"greeting") && rules.contains(&"signoff"),
+        "{structure}"
+    );
+    // The merge is the usual one: tone's subject first, structure's
+    // summary of the same subject rejected as conflicting.
+    assert_eq!(result["final"]["subject"], "Database outage", "{result}");
+    assert!(
+        result["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["rule"] == "subject_summary"
+                && d["rejected_because"] == "conflicts with tone's edit"),
+        "{result}"
+    );
+    let final_body = result["final"]["body"].as_str().unwrap();
+    assert!(
+        final_body
+            .starts_with("Hello,\n\nThe database is down. We expect it back within the hour."),
+        "{final_body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn communications_without_a_reachable_llm_uses_the_rules() {
+    // `[llm]` pointing at a closed port: every call fails fast, and the
+    // workflow gives the same message as without an LLM.
+    let port = support::free_port();
+    let cfg = format!("[llm]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"m\"\n");
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let r = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "email", "args": {"to": "ops@example.com", "subject": "Outage",
+                    "body": "db down, eta 1h"}, "wait_ms": 10000}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let result = &r.body["result"];
+    assert_eq!(
+        result["final"]["subject"],
+        "Outage: Database down, ETA 1 hour"
+    );
+    assert_eq!(
+        result["final"]["body"],
+        "Hello,\n\nDatabase down, ETA 1 hour.\n\nBest regards,\nSwarmDirector"
+    );
+    assert_eq!(result["drafter"]["by"], "rules");
+    assert!(
+        result["drafter"]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("LLM failed (backend_unreachable"),
+        "{result}"
+    );
+    for review in result["reviews"].as_array().unwrap() {
+        let note = review["notes"][0].as_str().unwrap();
+        assert!(
+            note.starts_with("LLM failed (backend_unreachable")
+                && note.ends_with("used the built-in rules"),
+            "{review}"
+        );
+    }
+}
