@@ -122,12 +122,19 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
         Err(response) => return response,
     };
     let latency_ms = u64::try_from(ready.service.as_millis()).unwrap_or(u64::MAX);
+    // `result` repeats the figures so that `/work` is also a valid instance
+    // URL for swarmd's `agent = "http"` pools, which read `result`.
     Json(json!({
         "ok": true,
         "echo": echo,
         "latency_ms": latency_ms,
         "inflight_at_arrival": ready.inflight_at_arrival,
         "stalled": ready.stalled,
+        "result": {
+            "latency_ms": latency_ms,
+            "inflight_at_arrival": ready.inflight_at_arrival,
+            "stalled": ready.stalled,
+        },
     }))
     .into_response()
 }

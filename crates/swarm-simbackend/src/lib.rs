@@ -32,7 +32,8 @@
 //!   streamed (`"stream": true`, server-sent events, one chunk per token
 //!   every `token_ms` after the service time, then `data: [DONE]`).
 //! - `POST /work`: any JSON body, echoed with the service time and the
-//!   requests in flight at arrival.
+//!   requests in flight at arrival; the same figures again under `result`,
+//!   so a `/work` URL is an instance for swarmd's `agent = "http"` pools.
 //! - `GET /stats`: a [`StatsSnapshot`]. `GET /health`: `{"status":"ok"}`.
 //!
 //! ```no_run
