@@ -39,6 +39,7 @@ order=(
     health-cpu-load
     monitoring-on
     monitoring-off
+    balancing
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
@@ -51,11 +52,14 @@ for name in "${selected[@]}"; do
         health-cpu-load) ;;
         monitoring-on) ROUNDS=8 bench/monitoring-overhead.sh > /dev/null ;;
         monitoring-off) ;;
+        # Four sim-backends and a swarmd per policy: a side-by-side table, not a scenario result.
+        balancing) bench/balancing.sh > /dev/null ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac
 done
 results=()
 for name in "${order[@]}"; do
+    [ "$name" = balancing ] && continue # its JSON is a summary, shown below
     [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
 done
 {
@@ -67,6 +71,12 @@ done
         echo "### Monitoring overhead, side by side (\`bench/monitoring-overhead.sh\`)"
         echo
         cat bench/results/monitoring-overhead.md
+    fi
+    if [ -f bench/results/balancing.md ]; then
+        echo
+        echo "### Balancing over instances, side by side (\`bench/balancing.sh\`)"
+        echo
+        cat bench/results/balancing.md
     fi
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

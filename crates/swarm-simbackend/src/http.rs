@@ -124,17 +124,21 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
     };
     let latency_ms = u64::try_from(ready.service.as_millis()).unwrap_or(u64::MAX);
     ready.guard.complete();
-    let mut body = json!({
+    // `result` repeats the figures so that `/work` is also a valid instance
+    // URL for swarmd's `agent = "http"` pools, which read `result`.
+    Json(json!({
         "ok": true,
         "echo": echo,
         "latency_ms": latency_ms,
         "inflight_at_arrival": ready.inflight_at_arrival,
         "stalled": ready.stalled,
-    });
-    // Also as `result`, so swarmd's `http` agent backend (which expects
-    // `{"result": …}`) can use sim-backends as instances.
-    body["result"] = body.clone();
-    Json(body).into_response()
+        "result": {
+            "latency_ms": latency_ms,
+            "inflight_at_arrival": ready.inflight_at_arrival,
+            "stalled": ready.stalled,
+        },
+    }))
+    .into_response()
 }
 
 async fn stats(State(model): State<Arc<Model>>) -> Response {

@@ -37,7 +37,8 @@
 //!   a `[[replies]]` entry's `contains` occurs in a message, that entry's
 //!   scripted `reply` verbatim (a known answer for clients' tests).
 //! - `POST /work`: any JSON body, echoed with the service time and the
-//!   requests in flight at arrival.
+//!   requests in flight at arrival; the same figures again under `result`,
+//!   so a `/work` URL is an instance for swarmd's `agent = "http"` pools.
 //! - `GET /stats`: a [`StatsSnapshot`]. `GET /health`: `{"status":"ok"}`.
 //!
 //! ```no_run

@@ -199,6 +199,7 @@ impl Model {
     pub(crate) async fn process(self: &Arc<Self>) -> Outcome {
         let params = self.params_now();
         let admitted = self.update(|c| {
+            c.received += 1;
             let n = c.inflight + 1;
             if params.hard_limit > 0 && n > params.hard_limit {
                 c.refused += 1;
@@ -265,6 +266,7 @@ impl Model {
         rec.catch_up(now_ms);
         let c = &rec.counters;
         StatsSnapshot {
+            received: c.received,
             served: c.served,
             refused: c.refused,
             errors: c.errors,

@@ -16,6 +16,11 @@ pub const MAX_SAMPLES: usize = 36_000;
 /// What the simulated provider has done so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
+    /// Requests that reached the model: everything below except
+    /// `bad_requests`, counted on arrival (so one whose client went away
+    /// before its answer counts here and nowhere else).
+    #[serde(default)]
+    pub received: u64,
     /// Requests answered with a success status.
     pub served: u64,
     /// Requests refused with `429` by the hard limit.
@@ -68,6 +73,7 @@ pub struct Sample {
 /// The mutable counters, kept under one lock by the model.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    pub(crate) received: u64,
     pub(crate) served: u64,
     pub(crate) refused: u64,
     pub(crate) errors: u64,

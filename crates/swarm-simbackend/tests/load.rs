@@ -59,6 +59,7 @@ async fn hard_limit_answers_429_with_retry_after() {
     assert!(again.iter().all(|r| r.0 == 200), "{again:?}");
     let stats = server.finish().await;
     assert_eq!((stats.served, stats.refused, stats.inflight_max), (4, 3, 2));
+    assert_eq!(stats.received, 7, "served and refused both arrived");
 }
 
 #[tokio::test]
@@ -83,6 +84,11 @@ async fn work_echoes_body_with_latency_and_inflight() {
     assert_eq!(body["echo"], json!({"task": "x", "n": [1, 2]}));
     assert_eq!(body["latency_ms"], 50);
     assert_eq!(body["inflight_at_arrival"], 1);
+    assert_eq!(
+        body["result"],
+        json!({"latency_ms": 50, "inflight_at_arrival": 1, "stalled": false}),
+        "the figures again, as swarmd's http agent reads them"
+    );
 
     // Past the knee (capacity 1), the second of two concurrent requests
     // takes twice as long.
