@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Balancing over instances, side by side (issue 6): four `swarmd
 # sim-backend` instances, one five times slower, behind one `agent = "http"`
-# pool; p2c against round robin against least-outstanding.
+# pool; p2c (classic cost, and with `slots = 8`, the instances' knee)
+# against round robin against least-outstanding.
 #
 # The four instances run for the whole script (ports 31001-31004, as in
 # bench/scenarios/configs/balancing-<policy>.toml; 31004 is the slow one).
@@ -20,7 +21,8 @@
 #   POLICIES="p2c p2c-slowdecay" OUT=/tmp/lb bench/balancing.sh   # other configs
 #
 # POLICIES names configs bench/scenarios/configs/balancing-<name>.toml.
-# Writes $OUT/balancing.json (every run, and the medians) and
+# Writes $OUT/balancing/runs.json (every run, and the medians; in a
+# directory of its own, as it is not a `swarmd bench` result) and
 # $OUT/balancing.md (the table for BENCHMARKS.md); OUT is bench/results
 # by default.
 set -euo pipefail
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 bin=target/release/swarmd
 rounds=${ROUNDS:-3}
 read -r -a rates <<< "${RATES:-90 300}"
-read -r -a policies <<< "${POLICIES:-p2c round_robin least_outstanding}"
+read -r -a policies <<< "${POLICIES:-p2c p2c_slots round_robin least_outstanding}"
 out=${OUT:-bench/results}
 ports=(31001 31002 31003 31004)
 slow=3
@@ -123,7 +125,7 @@ done
 mkdir -p "$out"
 python3 - "$dir" "$rounds" "${ports[*]}" "$slow" "${rates[*]}" "${policies[*]}" "$out" \
     > "$out/balancing.md" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 
 d, rounds = sys.argv[1], int(sys.argv[2])
 ports = sys.argv[3].split()
@@ -131,7 +133,7 @@ slow = int(sys.argv[4])
 rates = [int(float(r)) if float(r).is_integer() else float(r) for r in sys.argv[5].split()]
 policies = sys.argv[6].split()
 out_dir = sys.argv[7]
-label = {"p2c": "p2c", "round_robin": "round robin", "least_outstanding": "least outstanding"}
+label = {"p2c": "p2c", "p2c_slots": "p2c, slots = 8", "round_robin": "round robin", "least_outstanding": "least outstanding"}
 
 def load(p):
     with open(p) as f:
@@ -188,14 +190,15 @@ for rate in rates:
 by = {(x["rate"], x["policy"]): x for x in summary}
 out = {
     "name": "balancing",
-    "description": "4 sim-backends (one 5x slower) behind an http pool: p2c vs round robin vs least outstanding",
+    "description": "4 sim-backends (one 5x slower) behind an http pool: p2c (and p2c with slots = 8) vs round robin vs least outstanding",
     "command": f"ROUNDS={rounds} RATES=\"{' '.join(map(str, rates))}\" "
                f"POLICIES=\"{' '.join(policies)}\" bench/balancing.sh",
     "commit": commit, "machine": machine,
     "capacity_per_s": 3 * 8 / 0.055 + 8 / 0.275,
     "summary": summary, "runs": runs,
 }
-with open(f"{out_dir}/balancing.json", "w") as f:
+os.makedirs(f"{out_dir}/balancing", exist_ok=True)
+with open(f"{out_dir}/balancing/runs.json", "w") as f:
     json.dump(out, f, indent=2)
 
 cap = out["capacity_per_s"]
@@ -214,12 +217,13 @@ for x in summary:
           f"| {x['goodput']:.0f} | {x['error_pct']:.1f}% |")
 print()
 for rate in rates:
-    p, rr = by.get((rate, "p2c")), by.get((rate, "round_robin"))
-    if not (p and rr and p["p99_ms"]):
-        continue
-    met = p["slow_share"] < 0.10 and rr["p99_ms"] >= 2 * p["p99_ms"]
-    print(f"- {rate}/s: p2c sends the slow instance {100 * p['slow_share']:.1f}% of the work "
-          f"(target < 10%) and its p99 is {rr['p99_ms'] / p['p99_ms']:.1f}× lower than round "
-          f"robin's (target ≥ 2×): **{'met' if met else 'missed'}**.")
+    for name in ("p2c", "p2c_slots"):
+        p, rr = by.get((rate, name)), by.get((rate, "round_robin"))
+        if not (p and rr and p["p99_ms"]):
+            continue
+        met = p["slow_share"] < 0.10 and rr["p99_ms"] >= 2 * p["p99_ms"]
+        print(f"- {rate}/s: {label[name]} sends the slow instance {100 * p['slow_share']:.1f}% of the work "
+              f"(target < 10%) and its p99 is {rr['p99_ms'] / p['p99_ms']:.1f}× lower than round "
+              f"robin's (target ≥ 2×): **{'met' if met else 'missed'}**.")
 PY
 cat "$out/balancing.md"

@@ -59,7 +59,7 @@ for name in "${selected[@]}"; do
 done
 results=()
 for name in "${order[@]}"; do
-    [ "$name" = balancing ] && continue # its JSON is a summary, shown below
+    [ "$name" = balancing ] && continue # not a bench result; its table is shown below
     [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
 done
 {

@@ -295,7 +295,7 @@ impl Balancer {
             (Some(i), _) => Some(i),
             (None, 0) => None,
             (None, 1) => Some(cands[0]),
-            _ => Some(st.choose(cfg.policy, &cands, key, now)),
+            _ => Some(st.choose(cfg, &cands, key, now)),
         };
         st.scratch = cands;
         let i = chosen?;
@@ -360,12 +360,13 @@ impl State {
     /// One of `cands` (at least two) by `policy`.
     fn choose(
         &mut self,
-        policy: Policy,
+        cfg: &BalanceConfig,
         cands: &[usize],
         key: Option<&str>,
         now: Instant,
     ) -> usize {
-        match (policy, key) {
+        let slots = f64::from(cfg.slots.max(1));
+        match (cfg.policy, key) {
             (Policy::P2c, _) | (Policy::Hash, None) => {
                 let a = self.rng.usize(..cands.len());
                 // A second, distinct one: draw from the others.
@@ -374,7 +375,7 @@ impl State {
                     b += 1;
                 }
                 let (a, b) = (cands[a], cands[b]);
-                if self.cost(b, now) < self.cost(a, now) {
+                if self.cost(b, now, slots) < self.cost(a, now, slots) {
                     b
                 } else {
                     a
@@ -432,9 +433,11 @@ impl State {
     }
 
     /// Peak-EWMA load: the RTT estimate × (calls in flight + 1).
-    fn cost(&self, i: usize, now: Instant) -> f64 {
+    /// Expected wait of one more call: the latency estimate, scaled by
+    /// how many calls are ahead of it per slot (see [`BalanceConfig::slots`]).
+    fn cost(&self, i: usize, now: Instant, slots: f64) -> f64 {
         let inst = &self.instances[i];
-        inst.ewma.get(now) * f64::from(inst.outstanding + 1)
+        inst.ewma.get(now) * (1.0 + f64::from(inst.outstanding) / slots)
     }
 
     fn finish(&mut self, cfg: &BalanceConfig, pick: &Pick, done: Option<(Duration, Outcome)>) {
@@ -655,6 +658,32 @@ mod tests {
         assert_eq!(complete_a(Outcome::Failure), 10_000);
         assert_eq!(complete_a(Outcome::Timeout), 10_000);
         assert_eq!(complete_a(Outcome::Overloaded), 20_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_with_slots_counts_calls_in_flight_per_slot() {
+        let b = Balancer::new(BalanceConfig {
+            policy: Policy::P2c,
+            seed: Some(42),
+            default_rtt_ms: 1,
+            slots: 4,
+            ..BalanceConfig::default()
+        });
+        b.add("a", 1);
+        b.add("b", 1);
+        for (id, rtt) in [("a", 10), ("b", 103)] {
+            loop {
+                let p = b.pick(None).unwrap();
+                if p.id() == id {
+                    p.complete(MS * rtt, Outcome::Success);
+                    break;
+                }
+            }
+        }
+        // a's cost 10 × (1 + outstanding / 4) passes 103 only at 38 in
+        // flight (with one slot it would at 10: see the test above).
+        let held: Vec<_> = (0..39).map(|_| b.pick(None).unwrap()).collect();
+        assert_eq!(ids(&held), format!("{}b", "a".repeat(38)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,6 +46,13 @@ pub struct BalanceConfig {
     /// Seed of the random choices; `None` seeds from the OS. Tests and
     /// simulations set it so runs repeat.
     pub seed: Option<u64>,
+    /// Calls one instance serves at once without slowing down (its
+    /// worker slots, its batch size). p2c's cost is the peak-EWMA latency
+    /// × (1 + in flight / `slots`): with 1, the classic Finagle/linkerd
+    /// cost, each call in flight counts as a whole extra wait; an instance
+    /// known to serve 8 at once is not made to look 5× dearer by 4 calls
+    /// in flight, so p2c keeps preferring it to an idle but 5× slower one.
+    pub slots: u32,
     /// Passive health: when an instance is ejected and how it returns.
     pub outlier: OutlierConfig,
 }
@@ -57,6 +64,7 @@ impl Default for BalanceConfig {
             decay_ms: 10_000,
             default_rtt_ms: 100,
             seed: None,
+            slots: 1,
             outlier: OutlierConfig::default(),
         }
     }
@@ -119,6 +127,9 @@ impl BalanceConfig {
         let o = &self.outlier;
         if self.decay_ms == 0 {
             return Err("`decay_ms` must be at least 1".into());
+        }
+        if self.slots == 0 {
+            return Err("`slots` must be at least 1".into());
         }
         if self.default_rtt_ms == 0 {
             return Err("`default_rtt_ms` must be at least 1".into());
