@@ -449,15 +449,18 @@ impl Agent for BalancedAgent {
                 if ctx.cancel.is_cancelled() {
                     return r;
                 }
-                let Some(wait) =
-                    self.retry
-                        .decide(retries, &call_error(e), true, &self.budget, &mut rng)
-                else {
+                // A retry that could not start before the deadline spends
+                // no budget.
+                let Some(wait) = self.retry.decide_within(
+                    retries,
+                    &call_error(e),
+                    true,
+                    &self.budget,
+                    &mut rng,
+                    ctx.remaining(),
+                ) else {
                     return r;
                 };
-                if Instant::now() + wait >= ctx.deadline {
-                    return r;
-                }
                 retries += 1;
                 tracing::debug!(task = %ctx.task_id, error = %e, retries, "retrying on another pick");
                 tokio::select! {

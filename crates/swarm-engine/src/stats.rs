@@ -240,6 +240,16 @@ pub struct Metrics {
     handle: PrometheusHandle,
     max_tenants: usize,
     tenants: Mutex<HashMap<String, Arc<TenantCounters>>>,
+    /// HTTP handles by route template (a bounded set).
+    http: Mutex<HashMap<String, Vec<HttpHandles>>>,
+}
+
+/// The handles of one (route, method, status).
+struct HttpHandles {
+    method: String,
+    status: u16,
+    count: Counter,
+    time: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -283,6 +293,7 @@ impl Metrics {
             handle,
             max_tenants,
             tenants: Mutex::new(HashMap::new()),
+            http: Mutex::new(HashMap::new()),
         }
     }
 
@@ -400,24 +411,45 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let code = status.to_string();
-        self.counter(
-            "swarmd_http_requests_total",
-            vec![
-                Label::new("method", method.to_string()),
-                Label::new("route", route.to_string()),
-                Label::new("status", code),
-            ],
-        )
-        .increment(1);
-        self.histogram(
-            "swarmd_http_request_duration_seconds",
-            vec![
-                Label::new("method", method.to_string()),
-                Label::new("route", route.to_string()),
-            ],
-        )
-        .record(elapsed.as_secs_f64());
+        // Handles are cached by route, then (method, status): after the
+        // first request of a kind, recording allocates nothing.
+        let (count, time) = {
+            let mut map = self.http.lock().unwrap_or_else(|p| p.into_inner());
+            let found = map.get(route).and_then(|v| {
+                v.iter()
+                    .find(|h| h.method == method && h.status == status)
+                    .map(|h| (h.count.clone(), h.time.clone()))
+            });
+            match found {
+                Some(h) => h,
+                None => {
+                    let h = HttpHandles {
+                        method: method.to_string(),
+                        status,
+                        count: self.counter(
+                            "swarmd_http_requests_total",
+                            vec![
+                                Label::new("method", method.to_string()),
+                                Label::new("route", route.to_string()),
+                                Label::new("status", status.to_string()),
+                            ],
+                        ),
+                        time: self.histogram(
+                            "swarmd_http_request_duration_seconds",
+                            vec![
+                                Label::new("method", method.to_string()),
+                                Label::new("route", route.to_string()),
+                            ],
+                        ),
+                    };
+                    let pair = (h.count.clone(), h.time.clone());
+                    map.entry(route.to_string()).or_default().push(h);
+                    pair
+                }
+            }
+        };
+        count.increment(1);
+        time.record(elapsed.as_secs_f64());
     }
 
     /// Folds recorded histogram samples into their buckets.
@@ -625,6 +657,26 @@ mod tests {
         let r = p.recent();
         assert_eq!(r.count, 1);
         assert!((r.p99 - 44.0).abs() < 0.1, "{r:?}");
+    }
+
+    #[test]
+    fn http_requests_count_by_route_method_and_status() {
+        let m = Metrics::new(true, 10);
+        for (method, status) in [("GET", 200), ("GET", 200), ("POST", 200), ("GET", 404)] {
+            m.http(method, "/api/tasks", status, Duration::from_millis(3));
+        }
+        let text = m.render();
+        for (line, n) in [
+            (r#"method="GET",route="/api/tasks",status="200"} "#, 2),
+            (r#"method="POST",route="/api/tasks",status="200"} "#, 1),
+            (r#"method="GET",route="/api/tasks",status="404"} "#, 1),
+        ] {
+            let want = format!("swarmd_http_requests_total{{{line}{n}");
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+        let count =
+            r#"swarmd_http_request_duration_seconds_count{method="GET",route="/api/tasks"} 3"#;
+        assert!(text.contains(count), "{text}");
     }
 
     #[test]

@@ -277,6 +277,21 @@ impl RetryPolicy {
         budget: &RetryBudget,
         rng: &mut fastrand::Rng,
     ) -> Option<Duration> {
+        self.decide_within(attempt, err, idempotent, budget, rng, Duration::MAX)
+    }
+
+    /// [`decide`](Self::decide) for a call with `time_left` before its
+    /// deadline: a retry whose wait would not end before then is refused
+    /// without spending a budget token.
+    pub fn decide_within(
+        &self,
+        attempt: u32,
+        err: &CallError,
+        idempotent: bool,
+        budget: &RetryBudget,
+        rng: &mut fastrand::Rng,
+        time_left: Duration,
+    ) -> Option<Duration> {
         if attempt >= self.cfg.max_retries || !err.retryable(idempotent) {
             return None;
         }
@@ -284,9 +299,8 @@ impl RetryPolicy {
         if retry_after.is_some_and(|r| r > Duration::from_millis(self.cfg.max_retry_after_ms)) {
             return None;
         }
-        budget
-            .withdraw()
-            .then(|| self.backoff.delay(attempt, retry_after, rng))
+        let wait = self.backoff.delay(attempt, retry_after, rng);
+        (wait < time_left && budget.withdraw()).then_some(wait)
     }
 
     /// The configuration it was built from.
@@ -389,6 +403,12 @@ mod tests {
             None
         );
         assert_eq!(p.decide(0, &busy(60), true, &budget, &mut rng), None);
+        // A wait that would outlast the deadline spends nothing either.
+        let left = Duration::from_secs(2);
+        assert_eq!(
+            p.decide_within(1, &busy(3), false, &budget, &mut rng, left),
+            None
+        );
         let d = p.decide(1, &busy(3), false, &budget, &mut rng).unwrap();
         assert_eq!(d, Duration::from_secs(3));
         let d = p
