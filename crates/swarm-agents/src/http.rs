@@ -35,15 +35,32 @@
 //!   instance URL names one instance, and a redirect or a proxy in between
 //!   would hide which one answered. One URL per agent object; balancing over
 //!   instances is a layer above.
-//! - Only `http://` URLs: reqwest is built without TLS in this workspace.
+//! - `https://` URLs go over rustls with the *ring* provider (the one
+//!   lettre already builds; reqwest's own default, aws-lc-rs, is a heavy C
+//!   build). Server certificates are checked against the system's roots
+//!   (rustls-platform-verifier) plus those in `ca_file`, for a private CA.
+//!   reqwest's `rustls-no-provider` build panics when a client is built
+//!   before a process-wide provider is installed, and Cargo turns that
+//!   build on for every crate linked with this one:
+//!   [`install_crypto_provider`] must run first in any process that builds a
+//!   reqwest client (this module does it before its own).
+//! - A client for an `http://` URL trusts no roots at all (it never speaks
+//!   TLS: no redirects, no proxies), so it does not read the system's
+//!   roots, and works on a host that has none.
+//! - A failed TLS handshake (an unknown or expired certificate, a name
+//!   that does not match) is a retryable `backend_unreachable`, like a
+//!   refused connection: the fault is that instance's, and retrying on
+//!   another one (and ejecting this one as an outlier) is what a pool
+//!   should do; with one instance the retry budget bounds the waste.
 //! - The connection settings (`ClientSettings`), the mapping of statuses
 //!   and transport failures to [`AgentError`]s and the deadline/cancel race
 //!   are `pub(crate)` and shared with the `openai` backend, so both
 //!   backends mean the same by them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
@@ -94,6 +111,10 @@ pub struct HttpConfig {
     /// Largest accepted response body, in bytes.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// PEM file of CA certificates trusted for `https://` besides the
+    /// system's (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -120,6 +141,7 @@ impl HttpConfig {
             pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
             headers: BTreeMap::new(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            ca_file: None,
         }
     }
 
@@ -130,6 +152,7 @@ impl HttpConfig {
             pool_max_idle: self.pool_max_idle,
             pool_idle_timeout_ms: self.pool_idle_timeout_ms,
             max_response_bytes: self.max_response_bytes,
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -174,10 +197,11 @@ pub(crate) struct ClientSettings {
     pub(crate) pool_max_idle: usize,
     pub(crate) pool_idle_timeout_ms: u64,
     pub(crate) max_response_bytes: usize,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl ClientSettings {
-    /// Checks the ranges; errors name the field.
+    /// Checks the ranges and reads `ca_file`; errors name the field.
     pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if !(1..=600_000).contains(&self.connect_timeout_ms) {
             return Err(FieldError::invalid(
@@ -203,27 +227,34 @@ impl ClientSettings {
                 "must be at least 1024",
             ));
         }
+        read_ca_file(self.ca_file.as_deref())?;
         Ok(())
     }
 
-    /// A pooled keep-alive client with `headers` on every request; no
-    /// redirects, no proxies (see the module docs). `field` names the
-    /// setting blamed if the client cannot be built.
+    /// A pooled keep-alive client for `url` with `headers` on every
+    /// request; no redirects, no proxies (see the module docs). `field`
+    /// names the setting blamed if the client cannot be built.
     pub(crate) fn client(
         &self,
+        url: &Url,
         headers: HeaderMap,
         field: &str,
     ) -> Result<reqwest::Client, FieldError> {
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
             .pool_max_idle_per_host(self.pool_max_idle)
             .pool_idle_timeout(Duration::from_millis(self.pool_idle_timeout_ms))
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .default_headers(headers)
-            .build()
-            .map_err(|e| FieldError::invalid(field, format!("cannot build the HTTP client: {e}")))
+            .default_headers(headers);
+        let builder = with_roots(builder, url, self.ca_file.as_deref())?;
+        builder.build().map_err(|e| {
+            FieldError::invalid(
+                field,
+                format!("cannot build the HTTP client: {}", error_chain(&e)),
+            )
+        })
     }
 
     /// The time one request may take: what is left of the task's, capped
@@ -247,26 +278,124 @@ impl ClientSettings {
     }
 }
 
-/// An `http://` URL with a host, for the setting `field`; https is refused
-/// (this build's client has no TLS).
+/// Installs rustls' *ring* provider as the process-wide default, once; a
+/// provider installed before (by the embedding program) is left in place.
+///
+/// reqwest is built with `rustls-no-provider` (see the module docs) and
+/// panics when a client is built before a provider is installed, http-only
+/// clients included: every process that links this crate and builds a
+/// reqwest client of its own (a binary's `main`, a test) calls this first.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // `Err` means another provider is already the default: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Sets the roots `builder` trusts for `url`: for `https`, the system's
+/// plus those in `ca_file`; for anything else none (the client never
+/// speaks TLS, so it needs no roots, not even a system that has some).
+/// Installs the crypto provider first. Errors name `ca_file`.
+pub(crate) fn with_roots(
+    builder: reqwest::ClientBuilder,
+    url: &Url,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, FieldError> {
+    install_crypto_provider();
+    if url.scheme() != "https" {
+        return Ok(builder.tls_certs_only([]));
+    }
+    Ok(builder.tls_certs_merge(read_ca_file(ca_file)?))
+}
+
+/// The clients a pool's active health checks probe its instances with:
+/// one for `http://` built at once, one for `https://` built on first use,
+/// so a pool of plain-http instances never needs the system's roots.
+pub(crate) struct ProbeClients {
+    timeout: Duration,
+    ca_file: Option<PathBuf>,
+    plain: reqwest::Client,
+    tls: std::sync::OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl ProbeClients {
+    /// Errors name the key (`ca_file`, else `health_path`).
+    pub(crate) fn new(timeout: Duration, ca_file: Option<PathBuf>) -> Result<Self, FieldError> {
+        read_ca_file(ca_file.as_deref())?;
+        let plain = Self::build(timeout, "http", ca_file.as_deref())?;
+        Ok(Self {
+            timeout,
+            ca_file,
+            plain,
+            tls: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn build(
+        timeout: Duration,
+        scheme: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<reqwest::Client, FieldError> {
+        let url = Url::parse(&format!("{scheme}://probe.invalid/")).expect("a valid URL");
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        with_roots(builder, &url, ca_file)?.build().map_err(|e| {
+            FieldError::invalid(
+                "health_path",
+                format!("cannot build the HTTP client: {}", error_chain(&e)),
+            )
+        })
+    }
+
+    /// The client for `url`'s scheme.
+    pub(crate) fn for_url(&self, url: &Url) -> Result<reqwest::Client, String> {
+        if url.scheme() != "https" {
+            return Ok(self.plain.clone());
+        }
+        self.tls
+            .get_or_init(|| {
+                Self::build(self.timeout, "https", self.ca_file.as_deref()).map_err(|e| e.message)
+            })
+            .clone()
+    }
+}
+
+/// The certificates in `ca_file` (none without one); errors name the key.
+pub(crate) fn read_ca_file(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<reqwest::Certificate>, FieldError> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| FieldError::invalid("ca_file", format!("cannot read `{shown}`: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| FieldError::invalid("ca_file", format!("`{shown}` is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(FieldError::invalid(
+            "ca_file",
+            format!("`{shown}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"),
+        ));
+    }
+    Ok(certs)
+}
+
+/// An `http://` or `https://` URL with a host, for the setting `field`.
 pub(crate) fn parse_http_url(field: &str, text: &str) -> Result<Url, FieldError> {
     let url = Url::parse(text)
         .map_err(|e| FieldError::invalid(field, format!("`{text}` is not a URL: {e}")))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(FieldError::invalid(
-                field,
-                "https is not supported: this build's HTTP client has no TLS; \
-                 use http (e.g. to a local TLS-terminating proxy)",
-            ));
-        }
-        s => {
-            return Err(FieldError::invalid(
-                field,
-                format!("scheme `{s}` is not supported; use http"),
-            ));
-        }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FieldError::invalid(
+            field,
+            format!(
+                "scheme `{}` is not supported; use http or https",
+                url.scheme()
+            ),
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(FieldError::invalid(field, "must name a host"));
@@ -320,16 +449,23 @@ pub(crate) async fn status_error(what: &str, mut resp: reqwest::Response) -> Age
 }
 
 /// A transport failure: reqwest's timeout (`limit`) is
-/// [`AgentError::Timeout`]; a refused connection a retryable
-/// `backend_unreachable`; anything else (a reset mid-body) a retryable
-/// `backend_error`.
+/// [`AgentError::Timeout`]; a refused connection or a failed TLS handshake
+/// a retryable `backend_unreachable` (see the module docs); anything else
+/// (a reset mid-body) a retryable `backend_error`.
 pub(crate) fn transport_error(what: &str, e: &reqwest::Error, limit: Duration) -> AgentError {
     if e.is_timeout() {
         return AgentError::Timeout {
             message: format!("{what}: no answer within {} ms", limit.as_millis()),
         };
     }
-    let message = format!("{what}: {}", error_chain(e));
+    let mut message = format!("{what}: {}", error_chain(e));
+    if message.contains("invalid peer certificate") {
+        // rustls says what is wrong (`UnknownIssuer`, `Expired`, …) but
+        // not what to do about the common case.
+        message.push_str(
+            " (a private CA's certificates go in `ca_file`; the system's roots are trusted too)",
+        );
+    }
     if e.is_connect() {
         AgentError::failed_retryable("backend_unreachable", message)
     } else {
@@ -352,7 +488,7 @@ impl HttpAgent {
     /// client; opens no connection.
     pub fn new(cfg: HttpConfig) -> Result<Self, FieldError> {
         let (url, headers) = cfg.parse()?;
-        let client = cfg.client_settings().client(headers, "url")?;
+        let client = cfg.client_settings().client(&url, headers, "url")?;
         Ok(Self {
             what: format!("POST {url}"),
             cfg,
@@ -551,7 +687,7 @@ mod tests {
     fn config_errors_name_the_field() {
         let base = || HttpConfig::new("http://127.0.0.1:8000/run");
         assert_eq!(field(HttpConfig::new("not a url")), "url");
-        assert_eq!(field(HttpConfig::new("https://example.com/")), "url");
+        HttpConfig::new("https://example.com/").validate().unwrap();
         assert_eq!(field(HttpConfig::new("ftp://example.com/")), "url");
         assert_eq!(
             field(HttpConfig {
@@ -585,6 +721,24 @@ mod tests {
             "headers.X-Request-Id"
         );
         with_header("authorization", "Bearer t").validate().unwrap();
+        let with_ca = |path: &str| HttpConfig {
+            ca_file: Some(path.into()),
+            ..HttpConfig::new("https://localhost:8443/run")
+        };
+        let err = with_ca("/nonexistent/ca.pem").validate().unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("ca_file"));
+        assert!(
+            err.message.contains("cannot read `/nonexistent/ca.pem`"),
+            "{err:?}"
+        );
+        // A file that is not PEM (this source) is refused too.
+        let err = with_ca(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http.rs"))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("ca_file"), "{err:?}");
+        assert!(err.message.contains("no PEM certificate"), "{err:?}");
+        let test_ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ca.pem");
+        with_ca(test_ca).validate().unwrap();
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(crate) mod test_support;
 pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
 pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};
-pub use http::{HttpAgent, HttpConfig};
+pub use http::{HttpAgent, HttpConfig, install_crypto_provider};
 pub use openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
 pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent, replicated};

@@ -31,8 +31,8 @@
 //!   across reads is put back together; comments and fields other than
 //!   `data` are ignored; a line longer than the whole response may be is an
 //!   error, not unbounded memory.
-//! - Transport is the `http` backend's: one pooled keep-alive client, the
-//!   request bounded by the task's deadline (and `request_timeout_ms`) and
+//! - Transport is the `http` backend's: one pooled keep-alive client
+//!   (`https://` with the system's roots plus `ca_file`), the request bounded by the task's deadline (and `request_timeout_ms`) and
 //!   raced against its cancellation, so a cancelled or timed-out task
 //!   closes the connection mid-stream and the provider stops generating.
 //!   Status mapping is shared too: `429`/`503` (with `Retry-After`) are
@@ -105,6 +105,10 @@ pub struct OpenAiConfig {
     /// Largest accepted response (the whole stream), in bytes.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// PEM file of CA certificates trusted for an `https://` `base_url`
+    /// besides the system's (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_api_key_env() -> String {
@@ -141,6 +145,7 @@ impl OpenAiConfig {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            ca_file: None,
         }
     }
 
@@ -164,6 +169,7 @@ impl OpenAiConfig {
             pool_max_idle: self.pool_max_idle,
             pool_idle_timeout_ms: self.pool_idle_timeout_ms,
             max_response_bytes: self.max_response_bytes,
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -321,7 +327,7 @@ impl OpenAiClient {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let client = cfg.settings().client(headers, "base_url")?;
+        let client = cfg.settings().client(&url, headers, "base_url")?;
         Ok(Self {
             what: format!("POST {url}"),
             cfg,
@@ -959,9 +965,16 @@ mod tests {
         assert!(err.message.contains("unknown field `key`"), "{err:?}");
         let field = |c: OpenAiConfig| c.validate().unwrap_err().field.unwrap();
         let base = || OpenAiConfig::new("http://127.0.0.1:9/v1", "m");
+        OpenAiConfig::new("https://api.openai.com/v1", "m")
+            .validate()
+            .unwrap();
+        assert_eq!(field(OpenAiConfig::new("ftp://h/v1", "m")), "base_url");
         assert_eq!(
-            field(OpenAiConfig::new("https://api.openai.com/v1", "m")),
-            "base_url"
+            field(OpenAiConfig {
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                ..base()
+            }),
+            "ca_file"
         );
         assert_eq!(field(OpenAiConfig::new("http://h/v1?x=1", "m")), "base_url");
         assert_eq!(field(OpenAiConfig::new("http://h/v1", " ")), "model");

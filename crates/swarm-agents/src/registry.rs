@@ -11,7 +11,7 @@ use crate::balanced::{BalancedAgent, Factory, HealthCheck, InstanceSpec, Member,
 use crate::communications::{CommunicationsAgent, ReviewerAgent};
 use crate::echo::EchoAgent;
 use crate::email::{EmailAgent, Outbox};
-use crate::http::{HttpAgent, HttpConfig};
+use crate::http::{HttpAgent, HttpConfig, ProbeClients};
 use crate::openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 use crate::process::{ProcessAgent, ProcessConfig};
 use crate::sim::SimAgent;
@@ -158,17 +158,28 @@ fn health_check(table: &mut toml::Table) -> Result<Option<HealthCheck>, (&'stati
         Some(toml::Value::String(p)) if p.starts_with('/') => p,
         Some(_) => return Err(("health_path", "must be a path starting with `/`".into())),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(timeout))
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ("health_path", format!("cannot build the HTTP client: {e}")))?;
+    // Probes trust what the instances' clients trust; `ca_file` stays in
+    // the table for them (a bad one is reported here first).
+    let ca_file = match table.get("ca_file") {
+        None => None,
+        Some(toml::Value::String(p)) => Some(p.into()),
+        Some(_) => return Err(("ca_file", "must be a path (a string)".into())),
+    };
+    let clients = ProbeClients::new(Duration::from_millis(timeout), ca_file).map_err(|e| {
+        let key = if e.field.as_deref() == Some("ca_file") {
+            "ca_file"
+        } else {
+            "health_path"
+        };
+        (key, e.message)
+    })?;
+    let clients = Arc::new(clients);
     let probe: Probe = Arc::new(move |id: &str| {
         let target = reqwest::Url::parse(id).and_then(|u| u.join(&path));
-        let client = client.clone();
+        let clients = clients.clone();
         Box::pin(async move {
             let url = target.map_err(|e| e.to_string())?;
+            let client = clients.for_url(&url)?;
             let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
             if resp.status().is_success() {
                 Ok(())

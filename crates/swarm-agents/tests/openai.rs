@@ -43,6 +43,7 @@ impl Sim {
     }
 
     async fn stats(&self) -> StatsSnapshot {
+        swarm_agents::install_crypto_provider();
         reqwest::get(format!("{}/stats", self.base))
             .await
             .unwrap()

@@ -28,6 +28,15 @@ pub struct HttpExchange {
     phase_args: Vec<Option<serde_json::Map<String, Value>>>,
 }
 
+/// Installs rustls' *ring* provider as the process-wide default unless
+/// one is. Built together with swarm-agents, reqwest has TLS through
+/// `rustls-no-provider` and panics building any client before a provider
+/// is installed; this crate's clients call this first.
+pub fn install_crypto_provider() {
+    // `Err`: a provider is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client that opens as many connections as the load needs and keeps
 /// them.
 pub fn client(api_key: Option<&str>, timeout: Duration) -> Result<Client, BenchError> {
@@ -37,6 +46,7 @@ pub fn client(api_key: Option<&str>, timeout: Duration) -> Result<Client, BenchE
             .map_err(|_| BenchError::Input("the API key cannot be sent in a header".into()))?;
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
+    install_crypto_provider();
     Client::builder()
         .default_headers(headers)
         .timeout(timeout)
@@ -422,6 +432,11 @@ pub fn shared(ex: HttpExchange) -> Arc<dyn Exchange> {
 mod tests {
     use super::*;
 
+    fn new_client() -> Client {
+        install_crypto_provider();
+        Client::new()
+    }
+
     fn spec(weights: &[u32]) -> RequestSpec {
         RequestSpec {
             mix: weights
@@ -443,7 +458,7 @@ mod tests {
 
     #[test]
     fn the_mix_follows_its_weights_and_repeats_for_a_seed() {
-        let ex = HttpExchange::new(Client::new(), "http://x", spec(&[1, 3]), 7);
+        let ex = HttpExchange::new(new_client(), "http://x", spec(&[1, 3]), 7);
         let picks: Vec<String> = (0..4000)
             .map(|s| ex.pick(s).unwrap().task_type.clone())
             .collect();
@@ -476,7 +491,7 @@ mod tests {
         r.mix[1].tenant = Some("globex".into());
         r.labels = vec![None, Some("vip".into())];
         r.mix[2].args = Some(json!({"capacity": 50, "latency_ms": 5}));
-        let ex = HttpExchange::new(Client::new(), "http://x", r, 1)
+        let ex = HttpExchange::new(new_client(), "http://x", r, 1)
             .with_phase_args(vec![None, Some(json!({"capacity": 10, "extra": true}))]);
         assert_eq!(ex.labels[0].as_deref(), Some("acme"));
         assert_eq!(ex.labels[1].as_deref(), Some("vip"));
@@ -543,7 +558,7 @@ mod tests {
         let mut r = spec(&[1]);
         r.mix[0].args = Some(json!({"capacity": 50}));
         r.mix[0].tenant = Some("acme".into());
-        let ex = HttpExchange::new(Client::new(), &base, r, 1)
+        let ex = HttpExchange::new(new_client(), &base, r, 1)
             .with_phase_args(vec![None, Some(json!({"capacity": 10}))]);
         let obs = ex.exchange_in_phase(0, 1).await;
         assert_eq!(obs.outcome, Outcome::Accepted(202));
@@ -570,7 +585,7 @@ mod tests {
             .unwrap()
             .port();
         let base = format!("http://127.0.0.1:{port}");
-        let err = check_reachable(&Client::new(), &base, "/health")
+        let err = check_reachable(&new_client(), &base, "/health")
             .await
             .unwrap_err()
             .to_string();

@@ -207,6 +207,7 @@ fn spawn(
 }
 
 async fn wait_ready(l: &Launched, path: &str) -> Result<(), BenchError> {
+    crate::http::install_crypto_provider();
     let client = reqwest::Client::new();
     let url = format!("{}{path}", l.base);
     for _ in 0..300 {

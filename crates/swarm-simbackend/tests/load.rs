@@ -164,6 +164,7 @@ async fn stats_count_what_was_sent() {
 #[tokio::test]
 async fn client_disconnect_releases_inflight() {
     let server = Server::start(fast(5_000)).await;
+    common::install_crypto_provider();
     let impatient = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(100))

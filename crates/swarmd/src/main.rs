@@ -13,6 +13,9 @@ mod top;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Before any HTTP client (the CLI's, the OTLP exporter's, the agents'):
+    // reqwest is built with `rustls-no-provider` and panics without one.
+    swarm_agents::install_crypto_provider();
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,6 +4,8 @@
 //! where a broken instance costs no task.
 
 mod support;
+#[path = "../../swarm-agents/tests/support/tls_server.rs"]
+mod tls_server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,4 +128,36 @@ async fn an_http_pool_retries_elsewhere_and_ejects_a_broken_instance() {
         "every task succeeded on a healthy instance: {g0} + {g1}"
     );
     assert!(g0 >= 20 && g1 >= 20, "{g0} / {g1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_pool_trusts_its_ca_file() {
+    let app = axum::Router::new().route(
+        "/run",
+        post(|Json(task): Json<Value>| async move {
+            Json(json!({"result": {"args": task["args"], "tls": true}}))
+        }),
+    );
+    let port = tls_server::serve_tls(app).await;
+    let url = format!("https://localhost:{port}/run");
+    let cfg = format!(
+        "[pools.secure]\nagent = \"http\"\n[pools.secure.http]\nurls = [\"{url}\"]\n\
+         ca_file = \"{}\"\n\
+         [pools.untrusting]\nagent = \"http\"\n[pools.untrusting.http]\nurls = [\"{url}\"]\n",
+        tls_server::ca_file().display()
+    );
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let t = s.run_ok("secure", json!({"i": 1})).await;
+    assert_eq!(t["result"], json!({"args": {"i": 1}, "tls": true}));
+    // Without the CA the certificate is unknown: the task fails, saying so.
+    let r = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "untrusting", "args": {}, "wait_ms": 10000}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "backend_unreachable", "{}", r.text);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("UnknownIssuer"), "{message}");
 }

@@ -58,6 +58,7 @@ impl Sim {
             .spawn()
             .expect("sim-backend starts");
         let sim = Sim { child, port, args };
+        swarm_agents::install_crypto_provider();
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if client.get(sim.url("/health")).send().await.is_ok() {
@@ -419,6 +420,7 @@ async fn sighup_reloads_the_instance_lists() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    swarm_agents::install_crypto_provider();
     let client = reqwest::Client::new();
     let list = || async {
         let r = client

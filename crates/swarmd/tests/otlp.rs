@@ -34,6 +34,7 @@ async fn start(db: &TestDb, endpoint: &str, dir: &std::path::Path) -> (Child, St
         .spawn()
         .expect("spawn swarmd");
     let base = format!("http://127.0.0.1:{port}");
+    swarm_agents::install_crypto_provider();
     let client = reqwest::Client::new();
     for _ in 0..600 {
         if let Ok(r) = client.get(format!("{base}/ready")).send().await

@@ -88,6 +88,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(backend: Backend, name: &str) -> Option<Fixture> {
+        swarm_agents::install_crypto_provider();
         let db = TestDb::new(backend).await?;
         let dir = std::env::temp_dir().join(format!(
             "swarmd-recovery-{}-{name}-{backend:?}",

@@ -26,7 +26,15 @@ pub fn fast(latency_ms: u64) -> SimConfig {
     }
 }
 
+/// Installs rustls' ring provider unless one is: built together with
+/// swarm-agents, reqwest has TLS via `rustls-no-provider` and panics
+/// building a client without one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))

@@ -206,6 +206,7 @@ impl TestServer {
         let handle = tokio::spawn(swarm_server::serve(listener, engine.clone(), async move {
             let _ = rx.await;
         }));
+        swarm_agents::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
