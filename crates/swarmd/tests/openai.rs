@@ -129,8 +129,12 @@ async fn openai_settings_are_checked_at_start_naming_the_key() {
     for (table, key) in [
         ("model = \"m\"\n", "pools.llm.openai"),
         (
-            "base_url = \"https://api.example.com/v1\"\nmodel = \"m\"\n",
+            "base_url = \"ftp://api.example.com/v1\"\nmodel = \"m\"\n",
             "pools.llm.openai.base_url",
+        ),
+        (
+            "base_url = \"https://api.example.com/v1\"\nmodel = \"m\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "pools.llm.openai.ca_file",
         ),
         (
             "base_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\ntemperature = 5.0\n",
