@@ -78,6 +78,26 @@ pub struct AgentContext {
     /// for tasks recovered after a restart); agents calling other services
     /// pass it on.
     pub request_id: Option<String>,
+    /// Where an agent that picks among instances says which one ran the
+    /// task (the last attempt's), for the task's `instance`.
+    pub placed: Placement,
+}
+
+/// Which instance ran a task, set by the agent that chose it; cheap to
+/// clone (clones share the slot).
+#[derive(Clone, Default, Debug)]
+pub struct Placement(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Placement {
+    /// Records the instance now running the task.
+    pub fn set(&self, instance: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance.to_string());
+    }
+
+    /// The instance last recorded, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Nested calls: a task asking another department for work.

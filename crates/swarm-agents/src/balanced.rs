@@ -436,6 +436,7 @@ impl Agent for BalancedAgent {
                 };
                 let mut c = ctx.clone();
                 c.instance = pick.id().to_string();
+                ctx.placed.set(pick.id());
                 // Which instance runs each attempt, for the task's event stream.
                 ctx.progress.report(serde_json::json!({
                     "step": "instance",

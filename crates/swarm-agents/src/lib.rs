@@ -38,7 +38,7 @@ pub mod sim;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Progress};
+pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Placement, Progress};
 pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig, install_crypto_provider};

@@ -43,6 +43,7 @@ pub(crate) fn ctx() -> AgentContext {
         children: None,
         progress: Progress::default(),
         request_id: None,
+        placed: Default::default(),
     }
 }
 

@@ -52,6 +52,7 @@ fn ctx() -> AgentContext {
         children: None,
         progress: Progress::default(),
         request_id: None,
+        placed: Default::default(),
     }
 }
 

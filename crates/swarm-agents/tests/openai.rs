@@ -98,6 +98,7 @@ fn ctx_for(timeout: Duration) -> (AgentContext, Reports) {
         progress: Progress::new(move |v| sink.lock().unwrap().push(v)),
         children: None,
         request_id: Some("req-42".into()),
+        placed: Default::default(),
     };
     (ctx, reports)
 }

@@ -62,6 +62,7 @@ fn ctx(deadline: Duration) -> AgentContext {
         children: None,
         progress: Progress::default(),
         request_id: None,
+        placed: Default::default(),
     }
 }
 

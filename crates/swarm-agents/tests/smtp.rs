@@ -37,6 +37,7 @@ fn ctx() -> AgentContext {
         children: None,
         progress: Progress::default(),
         request_id: None,
+        placed: Default::default(),
     }
 }
 

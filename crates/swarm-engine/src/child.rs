@@ -167,6 +167,7 @@ async fn run_call(
         progress: call.progress,
         children: Some(ChildRunner::for_pool(inner, &call.ancestors, &pool.name)),
         request_id: call.request_id,
+        placed: Default::default(),
     };
     let input = AgentInput {
         task_type: call.department.clone(),

@@ -416,6 +416,7 @@ impl Engine {
                     )),
                     finished_at: now_ms(),
                     timings: task.timings.clone(),
+                    instance: None,
                 };
                 if let Err(e) = inner.store.finish(finish).await {
                     warn!(task = %task.id, error = %e, "could not fail a task of a removed department");
@@ -750,6 +751,7 @@ impl Engine {
                 error: Some(error.clone()),
                 finished_at: now,
                 timings: timings.clone(),
+                instance: None,
             })
             .await?;
         if finished {

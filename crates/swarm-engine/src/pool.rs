@@ -247,6 +247,7 @@ impl Pool {
     ) -> Self {
         let limiter = Limiter::new(cfg.limit_or_default(name));
         let replicas = cfg.replicas_or_default();
+        let balanced = agent.balanced().is_some();
         let interval = Duration::from_millis(cfg.queue.interval_ms.max(1));
         let (codel_fixed, codel_on) = match cfg.queue.target_delay_ms {
             Some(0) => (None, false),
@@ -268,7 +269,13 @@ impl Pool {
             capacity: cfg.queue.capacity,
             default_timeout_ms: cfg.default_timeout_or_default(),
             max_timeout_ms: cfg.max_timeout_or_default(),
-            instances: (0..replicas).map(|i| format!("{name}-{i}")).collect(),
+            // A balancing agent picks the instance inside the run and names
+            // it at the end; until then the task shows the department.
+            instances: if balanced {
+                vec![name.to_string()]
+            } else {
+                (0..replicas).map(|i| format!("{name}-{i}")).collect()
+            },
             next_instance: AtomicUsize::new(0),
             queues: Mutex::new(Queues {
                 tasks,

@@ -275,7 +275,9 @@ async fn run_task(
         progress: progress_for(&inner, id),
         children: Some(ChildRunner::for_pool(&inner, &[], &pool.name)),
         request_id: request_id.clone(),
+        placed: Default::default(),
     };
+    let placed = ctx.placed.clone();
     let input = AgentInput {
         task_type: task.task_type.clone(),
         title: task.title.clone(),
@@ -328,6 +330,11 @@ async fn run_task(
     };
     // The agent's future is gone; stop whatever it started elsewhere.
     ctx_cancel.cancel();
+    // A balancing agent names the instance it chose; it is stored with the
+    // outcome.
+    if let Some(instance) = placed.get() {
+        running.instance = Some(instance);
+    }
     timings.run_ms = Some(ms(rtt));
     timings.total_ms = Some(total_ms(&task, accepted_at));
 
@@ -431,6 +438,7 @@ async fn record(
         error: error.clone(),
         finished_at,
         timings: timings.clone(),
+        instance: task.instance.clone(),
     };
     let complete_from = Instant::now();
     let mut backoff = Duration::from_millis(100);

@@ -190,14 +190,14 @@ pub(crate) const SQL_START: &str = "UPDATE tasks SET status = 'running', instanc
      attempts = attempts + 1 WHERE id = $1 AND status = 'queued' AND owner = $4 RETURNING attempts";
 
 pub(crate) const SQL_FINISH_QUEUED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
-     WHERE id = $1 AND status = 'queued'";
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     cancel_requested = FALSE WHERE id = $1 AND status = 'queued'";
 pub(crate) const SQL_FINISH_RUNNING: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
-     WHERE id = $1 AND status = 'running'";
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     cancel_requested = FALSE WHERE id = $1 AND status = 'running'";
 pub(crate) const SQL_FINISH_UNFINISHED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, owner = NULL, cancel_requested = FALSE \
-     WHERE id = $1 AND status IN ('queued', 'running')";
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     cancel_requested = FALSE WHERE id = $1 AND status IN ('queued', 'running')";
 
 pub(crate) const SQL_REQUEUE: &str =
     "UPDATE tasks SET status = 'queued' WHERE id = $1 AND status = 'running' AND owner = $2";

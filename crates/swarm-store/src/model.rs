@@ -60,6 +60,10 @@ pub struct Finish {
     pub finished_at: i64,
     /// Stage latencies.
     pub timings: Timings,
+    /// The instance that ran it, when known only at the end (a balanced
+    /// department picks inside the run); `None` keeps the one recorded at
+    /// start.
+    pub instance: Option<String>,
 }
 
 /// A filter for listing tasks, newest first.

@@ -296,7 +296,9 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
         for chunk in finishes.chunks(INSERT_CHUNK) {
             let mut qb = QueryBuilder::new(
                 "UPDATE tasks SET status = v.column2, result = v.column3, error = v.column4, \
-                 finished_at = v.column5, timings = v.column6, owner = NULL, cancel_requested = FALSE FROM (",
+                 finished_at = v.column5, timings = v.column6, \
+                 instance = COALESCE(v.column7, tasks.instance), \
+                 owner = NULL, cancel_requested = FALSE FROM (",
             );
             qb.push_values(chunk, |mut b, i| {
                 if let Op::Finish(f, _) = &ops[*i] {
@@ -305,7 +307,8 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
                         .push_bind(f.result.as_ref().map(to_json))
                         .push_bind(f.error.as_ref().map(to_json))
                         .push_bind(f.finished_at)
-                        .push_bind(to_json(&f.timings));
+                        .push_bind(to_json(&f.timings))
+                        .push_bind(f.instance.clone());
                 }
             });
             qb.push(") AS v WHERE tasks.id = v.column1 AND tasks.status = 'running' RETURNING tasks.id");
@@ -352,6 +355,7 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
                         .bind(f.error.as_ref().map(to_json))
                         .bind(f.finished_at)
                         .bind(to_json(&f.timings))
+                        .bind(f.instance.clone())
                         .execute(&mut *tx)
                         .await?;
                     Answer::Bool(done.rows_affected() > 0)

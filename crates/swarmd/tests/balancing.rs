@@ -168,10 +168,16 @@ async fn killing_an_instance_mid_run_fails_no_task() {
     // Let calls reach every instance, then kill one with calls in flight.
     tokio::time::sleep(Duration::from_millis(100)).await;
     sims[0].kill();
+    let mut on_live = 0;
     for id in &ids {
         let t = s.wait_done(id).await;
         assert_eq!(t["status"], "succeeded", "{t}");
+        // The task names the instance that ran it (its last attempt).
+        let at = t["instance"].as_str().unwrap_or_default().to_string();
+        assert!(urls.contains(&at), "{t}");
+        on_live += usize::from(at != urls[0]);
     }
+    assert!(on_live >= 40, "{on_live} of 60 ended on a live instance");
     let view = instances(&s, "remote").await;
     let dead = instance(&view, &urls[0]).expect("listed");
     assert!(
@@ -202,7 +208,8 @@ async fn a_failing_instance_is_ejected_then_restored_when_healthy() {
     );
     let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
     for i in 0..10 {
-        s.run_ok("remote", json!({"i": i})).await;
+        let t = s.run_ok("remote", json!({"i": i})).await;
+        assert_eq!(t["instance"], urls[0], "only the good one succeeds: {t}");
     }
     let view = instances(&s, "remote").await;
     let f = instance(&view, &urls[1]).unwrap();

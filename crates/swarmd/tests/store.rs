@@ -170,6 +170,7 @@ async fn state_changes_are_guarded(backend: Backend) {
             run_ms: Some(1.0),
             ..Default::default()
         },
+        instance: None,
     };
     assert!(
         !store
@@ -218,9 +219,13 @@ async fn restart_claims_unfinished_tasks(backend: Backend) {
             error: None,
             finished_at: now_ms(),
             timings: Timings::default(),
+            // Known only at the end (a balanced department): replaces "i0".
+            instance: Some("http://10.0.0.7/run".into()),
         })
         .await
         .unwrap();
+    let done = store.get(idc).await.unwrap().unwrap();
+    assert_eq!(done.instance.as_deref(), Some("http://10.0.0.7/run"));
     let mut claimed: Vec<TaskId> = store
         .claim_at_start("n1")
         .await
