@@ -482,40 +482,6 @@ async fn priorities_order_the_queue(backend: Backend) {
     assert_eq!(order, ["critical", "high", "normal", "low"]);
 }
 
-/// Reads server-sent events until the stream ends.
-async fn read_sse(s: &TestServer, id: &str) -> Vec<(String, Value)> {
-    let mut resp = s
-        .client
-        .get(s.url(&format!("/api/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut buf = String::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
-        .await
-        .expect("events keep coming")
-        .unwrap()
-    {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    buf.split("\n\n")
-        .filter_map(|block| {
-            let mut ev = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    ev = Some(e.to_string());
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            Some((ev?, serde_json::from_str(&data).unwrap_or(Value::Null)))
-        })
-        .collect()
-}
-
 async fn events_stream_state_changes_then_the_result(backend: Backend) {
     let Some(s) = server(backend, ONE_SLOT).await else {
         return;
@@ -528,7 +494,7 @@ async fn events_stream_state_changes_then_the_result(backend: Backend) {
         )
         .await;
     let id = r.id();
-    let events = read_sse(&s, &id).await;
+    let events = s.read_sse(&id).await;
     let states: Vec<&str> = events
         .iter()
         .filter(|(e, _)| e == "state")
@@ -540,7 +506,7 @@ async fn events_stream_state_changes_then_the_result(backend: Backend) {
     assert_eq!(result["id"], id.as_str());
     assert_eq!(result["status"], "succeeded");
     // An ended task's stream gives its state and result at once.
-    let events = read_sse(&s, &id).await;
+    let events = s.read_sse(&id).await;
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[1].1["result"], result["result"]);
 }

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Backend, TestServer};
@@ -24,39 +23,6 @@ async fn sim(cfg: SimConfig) -> (String, oneshot::Sender<()>) {
         let _ = rx.await;
     }));
     (base, tx)
-}
-
-/// Follows a task's events until the stream ends: `(event, data)` pairs.
-async fn read_sse(s: &TestServer, id: &str) -> Vec<(String, Value)> {
-    let mut resp = s
-        .client
-        .get(s.url(&format!("/api/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut buf = String::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
-        .await
-        .expect("events keep coming")
-        .unwrap()
-    {
-        buf.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    buf.split("\n\n")
-        .filter_map(|block| {
-            let mut ev = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    ev = Some(e.to_string());
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            Some((ev?, serde_json::from_str(&data).unwrap_or(Value::Null)))
-        })
-        .collect()
 }
 
 /// The `text` of `token` progress events, by `source` (`""` for none).
@@ -95,7 +61,7 @@ async fn an_openai_pool_streams_tokens_to_the_task_events() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let id = r.id();
-    let events = read_sse(&s, &id).await;
+    let events = s.read_sse(&id).await;
     let (last, task) = events.last().unwrap();
     assert_eq!(last, "result", "{events:?}");
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -199,7 +165,7 @@ async fn communications_asks_the_llm_and_falls_back_to_the_rules() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    let events = read_sse(&s, &r.id()).await;
+    let events = s.read_sse(&r.id()).await;
     let (last, task) = events.last().unwrap();
     assert_eq!(last, "result", "{events:?}");
     assert_eq!(task["status"], "succeeded", "{task}");

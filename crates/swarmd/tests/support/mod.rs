@@ -257,6 +257,41 @@ impl TestServer {
         Reply::from(req.send().await.expect("GET")).await
     }
 
+    /// Follows a task's server-sent events until the stream ends:
+    /// `(event, data)` pairs.
+    pub async fn read_sse(&self, id: &str) -> Vec<(String, Value)> {
+        let mut resp = self
+            .client
+            .get(self.url(&format!("/api/tasks/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut buf = String::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+        {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        buf.split("\n\n")
+            .filter_map(|block| {
+                let mut ev = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event: ") {
+                        ev = Some(e.to_string());
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push_str(d);
+                    }
+                }
+                Some((ev?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+            })
+            .collect()
+    }
+
     /// Runs a task of `task_type` with `args`, waiting up to 10 s, and
     /// checks it succeeded; returns it.
     pub async fn run_ok(&self, task_type: &str, args: Value) -> Value {
