@@ -526,15 +526,7 @@ impl HttpAgent {
         if !status.is_success() {
             return Err(status_error(&self.what, resp).await);
         }
-        let bytes = read_body(&mut resp, self.cfg.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                BodyError::Transport(e) => transport_error(&self.what, &e, limit),
-                BodyError::TooLarge => self.bad_output(format!(
-                    "the response is larger than {} bytes",
-                    self.cfg.max_response_bytes
-                )),
-            })?;
+        let bytes = read_reply(&mut resp, self.cfg.max_response_bytes, &self.what, limit).await?;
         self.parse_success(status, &bytes)
     }
 
@@ -622,6 +614,23 @@ pub(crate) async fn read_body(
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// A success reply's body, at most `max` bytes: a transport failure or a
+/// larger body is the agent's error, naming the backend (`what`).
+pub(crate) async fn read_reply(
+    resp: &mut reqwest::Response,
+    max: usize,
+    what: &str,
+    limit: Duration,
+) -> Result<Vec<u8>, AgentError> {
+    read_body(resp, max).await.map_err(|e| match e {
+        BodyError::Transport(e) => transport_error(what, &e, limit),
+        BodyError::TooLarge => AgentError::failed(
+            "bad_backend_output",
+            format!("{what}: the response is larger than {max} bytes"),
+        ),
+    })
 }
 
 /// `Retry-After` as a delay: delta-seconds or an HTTP date (RFC 9110

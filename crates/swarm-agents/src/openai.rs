@@ -54,9 +54,9 @@ use swarm_core::FieldError;
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 use crate::http::{
-    BodyError, ClientSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_RESPONSE_BYTES,
+    ClientSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_POOL_IDLE_TIMEOUT_MS, DEFAULT_POOL_MAX_IDLE, bounded, excerpt, parse_http_url,
-    read_body, status_error, transport_error,
+    read_reply, status_error, transport_error,
 };
 
 /// Default `api_key_env`.
@@ -456,15 +456,7 @@ impl OpenAiClient {
         resp: &mut reqwest::Response,
         limit: Duration,
     ) -> Result<ChatReply, AgentError> {
-        let bytes = read_body(resp, self.cfg.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                BodyError::Transport(e) => transport_error(&self.what, &e, limit),
-                BodyError::TooLarge => self.bad_output(format!(
-                    "the response is larger than {} bytes",
-                    self.cfg.max_response_bytes
-                )),
-            })?;
+        let bytes = read_reply(resp, self.cfg.max_response_bytes, &self.what, limit).await?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             self.bad_output(format!(
                 "a body that is not JSON ({e}): {}",
