@@ -84,19 +84,29 @@ pub struct AgentContext {
 }
 
 /// Which instance ran a task, set by the agent that chose it; cheap to
-/// clone (clones share the slot).
+/// clone (clones share the slot). The default tracks nothing and costs
+/// nothing: the engine asks for [`Placement::tracked`] only for agents that
+/// choose among instances.
 #[derive(Clone, Default, Debug)]
-pub struct Placement(Arc<std::sync::Mutex<Option<String>>>);
+pub struct Placement(Option<Arc<std::sync::Mutex<Option<String>>>>);
 
 impl Placement {
-    /// Records the instance now running the task.
+    /// A slot that records what [`set`](Self::set) is given.
+    pub fn tracked() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    /// Records the instance now running the task (a no-op when untracked).
     pub fn set(&self, instance: &str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance.to_string());
+        if let Some(slot) = &self.0 {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance.to_string());
+        }
     }
 
     /// The instance last recorded, if any.
     pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let slot = self.0.as_ref()?;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

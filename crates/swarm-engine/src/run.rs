@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::Value;
-use swarm_agents::{AgentContext, AgentError, AgentInput};
+use swarm_agents::{AgentContext, AgentError, AgentInput, Placement};
 use swarm_core::clock::now_ms;
 use swarm_core::{Task, TaskError, TaskStatus};
 use swarm_sched::limit::{Classify, Outcome as LimitOutcome, Permit, Sample};
@@ -275,7 +275,11 @@ async fn run_task(
         progress: progress_for(&inner, id),
         children: Some(ChildRunner::for_pool(&inner, &[], &pool.name)),
         request_id: request_id.clone(),
-        placed: Default::default(),
+        placed: if pool.agent.balanced().is_some() {
+            Placement::tracked()
+        } else {
+            Placement::default()
+        },
     };
     let placed = ctx.placed.clone();
     let input = AgentInput {
