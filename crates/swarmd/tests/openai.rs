@@ -6,7 +6,6 @@
 
 mod support;
 
-
 use serde_json::{Value, json};
 use support::{Backend, TestServer};
 use swarm_agents::communications::llm::{DRAFTER_ROLE, STRUCTURE_ROLE, TONE_ROLE};
