@@ -136,6 +136,77 @@ pub struct DatabaseConfig {
     /// How long a node's claim on its tasks lasts without a heartbeat; after
     /// it, another node (sharing PostgreSQL) takes the tasks over.
     pub lease_ms: u64,
+    /// Finished tasks and outbox messages older than this are deleted in
+    /// the background, in small batches (`"7d"`, `"12h"`, `"30m"`; `"0"`
+    /// keeps everything).
+    pub retention: Retention,
+    /// PostgreSQL `statement_timeout` of swarmd's sessions, ms (0: none): a
+    /// statement that runs longer fails instead of holding a connection.
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout` of swarmd's sessions, ms (0: none): a write
+    /// blocked by another session's lock fails (and is retried) instead of
+    /// stalling the writer behind it.
+    pub lock_timeout_ms: u64,
+    /// PostgreSQL `idle_in_transaction_session_timeout` of swarmd's
+    /// sessions, ms (0: none).
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+/// How long finished work is kept (`[database] retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(Option<std::time::Duration>);
+
+impl Retention {
+    /// Seven days, the default.
+    pub const DEFAULT: Retention = Retention(Some(std::time::Duration::from_secs(7 * 86_400)));
+
+    /// Keep everything.
+    pub const FOREVER: Retention = Retention(None);
+
+    /// Keep finished work for `d` (zero keeps everything).
+    pub fn new(d: std::time::Duration) -> Self {
+        Retention((!d.is_zero()).then_some(d))
+    }
+
+    /// How long finished work is kept; `None` keeps it for ever.
+    pub fn get(self) -> Option<std::time::Duration> {
+        self.0
+    }
+
+    /// Parses `"7d"`, `"90m"`, `"0"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t == "0" {
+            return Ok(Self::FOREVER);
+        }
+        humantime::parse_duration(t).map(Self::new).map_err(|e| {
+            format!("`{t}` is not a duration ({e}); write it like \"7d\", \"12h\" or \"0\"")
+        })
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Zero(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => Retention::parse(&t).map_err(serde::de::Error::custom),
+            Raw::Zero(0) => Ok(Retention::FOREVER),
+            Raw::Zero(n) => Err(serde::de::Error::custom(format!(
+                "a number here can only be 0 (keep everything); write `{n}` with a unit, like \"{n}d\""
+            ))),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -150,6 +221,10 @@ impl Default for DatabaseConfig {
             sqlite_synchronous: SqliteSync::Normal,
             batch_max: 512,
             lease_ms: 30_000,
+            retention: Retention::DEFAULT,
+            statement_timeout_ms: 30_000,
+            lock_timeout_ms: 5_000,
+            idle_in_transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -849,6 +924,27 @@ mod tests {
             (adaptive.algorithm, adaptive.max),
             (Algorithm::default(), 1024)
         );
+    }
+
+    #[test]
+    fn retention_reads_durations_and_zero() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(Config::default().database.retention.get(), Some(day * 7));
+        let get = |v: &str| {
+            Config::from_toml(&format!("[database]\nretention = {v}\n"))
+                .map(|c| c.database.retention.get())
+        };
+        assert_eq!(get("\"2d\""), Ok(Some(day * 2)));
+        assert_eq!(
+            get("\"90m\""),
+            Ok(Some(std::time::Duration::from_secs(5400)))
+        );
+        assert_eq!(get("\"0\""), Ok(None));
+        assert_eq!(get("0"), Ok(None));
+        let err = get("\"soon\"").unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = get("30").unwrap_err();
+        assert!(err.contains("with a unit"), "{err}");
     }
 
     #[test]

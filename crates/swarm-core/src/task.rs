@@ -315,6 +315,20 @@ impl TaskSpec {
                 "`idempotency_key` must be 1-255 printable characters",
             ));
         }
+        // PostgreSQL's text cannot hold NUL; refusing it here, on both
+        // backends, keeps such a request from ever reaching a write batch.
+        for (field, text) in [
+            ("title", self.title.as_deref()),
+            ("description", self.description.as_deref()),
+            ("agent", self.agent.as_deref()),
+        ] {
+            if text.is_some_and(|t| t.contains('\0')) {
+                return Err(nul_error(field.to_string()));
+            }
+        }
+        if let Some(path) = self.args.as_ref().and_then(|a| find_nul(a, "args")) {
+            return Err(nul_error(path));
+        }
         Ok(())
     }
 
@@ -324,6 +338,32 @@ impl TaskSpec {
         self.args
             .as_ref()
             .unwrap_or_else(|| EMPTY.get_or_init(|| Value::Object(Default::default())))
+    }
+}
+
+fn nul_error(field: String) -> FieldError {
+    let message = format!("`{field}` contains a NUL character (\\u0000), which text cannot hold");
+    FieldError::invalid(field, message)
+}
+
+/// The path of the first string (or object key) in `v` holding a NUL
+/// character: `args.to[2]`, `args.meta.note`.
+fn find_nul(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let here = format!("{path}.{}", k.replace('\0', "\\u0000"));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(item, &here)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -562,6 +602,32 @@ mod tests {
             s.validate(LIMITS).unwrap_err().field.as_deref(),
             Some("idempotency_key")
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_field() {
+        let field = |body: &str| {
+            let mut s = spec(body).unwrap();
+            s.validate(LIMITS).unwrap_err().field
+        };
+        assert_eq!(
+            field(r#"{"type":"echo","title":"a\u0000b"}"#).as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            field(r#"{"type":"echo","description":"\u0000"}"#).as_deref(),
+            Some("description")
+        );
+        assert_eq!(
+            field(r#"{"type":"echo","args":{"to":["x","y\u0000"]}}"#).as_deref(),
+            Some("args.to[1]")
+        );
+        assert_eq!(
+            field(r#"{"type":"echo","args":{"m":{"n\u0000":1}}}"#).as_deref(),
+            Some("args.m.n\\u0000")
+        );
+        let mut fine = spec(r#"{"type":"echo","args":{"text":"tab\tok"}}"#).unwrap();
+        fine.validate(LIMITS).unwrap();
     }
 
     #[test]
