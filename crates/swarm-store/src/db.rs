@@ -21,7 +21,7 @@ use sqlx::{ColumnIndex, Decode, Row, SqlSafeStr, Type};
 use swarm_core::config::{DatabaseConfig, SqliteSync};
 use swarm_core::{Task, TaskError, TaskStatus, Timings};
 
-use crate::StoreError;
+use crate::error::{StoreError, describe};
 use crate::model::{Backend, priority_from_db};
 
 /// A pool on one of the two backends.
@@ -57,17 +57,63 @@ pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, departme
      created_at, started_at, finished_at, attempts, timings";
 
 fn migrations(backend: Backend) -> Migrator {
-    let init = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    let files: [(i64, &str, &str); 2] = match backend {
+        Backend::Sqlite => [
+            (
+                1,
+                "init",
+                include_str!("../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "retention",
+                include_str!("../migrations/sqlite/0002_retention.sql"),
+            ),
+        ],
+        Backend::Postgres => [
+            (
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "retention",
+                include_str!("../migrations/postgres/0002_retention.sql"),
+            ),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        init.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(
+        files
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Session settings for PostgreSQL connections: a statement, a lock wait or
+/// an idle transaction of ours that runs long fails (and is retried)
+/// instead of holding a connection or stalling the writer.
+fn pg_session_options(cfg: &DatabaseConfig) -> Vec<(&'static str, String)> {
+    [
+        ("statement_timeout", cfg.statement_timeout_ms),
+        ("lock_timeout", cfg.lock_timeout_ms),
+        (
+            "idle_in_transaction_session_timeout",
+            cfg.idle_in_transaction_timeout_ms,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, ms)| (k, format!("{ms}ms")))
+    .collect()
 }
 
 /// Opens the pool the configuration names and brings its schema up to date.
@@ -97,13 +143,48 @@ pub(crate) async fn connect(cfg: &DatabaseConfig) -> Result<Db, StoreError> {
             .connect_with(opts)
             .await
             .map_err(|e| {
-                StoreError::Connect(format!("cannot open SQLite database `{url}`: {e}"))
+                StoreError::Connect(format!(
+                    "cannot open SQLite database `{url}`: {}",
+                    describe(&e)
+                ))
             })?;
         Db::Sqlite(pool)
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?
-            .application_name("swarmd");
+            .application_name("swarmd")
+            .options(pg_session_options(cfg));
+        let server = format!(
+            "PostgreSQL at {}:{} (database `{}`)",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("")
+        );
+        // One direct connection first: the pool would retry a refused
+        // connection until its acquire timeout and then report only that it
+        // timed out, hiding the reason.
+        match tokio::time::timeout(
+            acquire,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Connect(format!(
+                    "cannot connect to {server}: {}",
+                    describe(&e)
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Connect(format!(
+                    "cannot connect to {server}: no answer within {} ms (database.acquire_timeout_ms)",
+                    acquire.as_millis()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .min_connections(cfg.min_connections)
@@ -112,7 +193,9 @@ pub(crate) async fn connect(cfg: &DatabaseConfig) -> Result<Db, StoreError> {
             .max_lifetime(life)
             .connect_with(opts)
             .await
-            .map_err(|e| StoreError::Connect(format!("cannot connect to PostgreSQL: {e}")))?;
+            .map_err(|e| {
+                StoreError::Connect(format!("cannot connect to {server}: {}", describe(&e)))
+            })?;
         Db::Pg(pool)
     } else {
         return Err(StoreError::Config(format!(
@@ -186,18 +269,38 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
 }
 
+/// Marks a queued task of `owner` running. Idempotent: a run of the same
+/// start again (same `started_at`, after a commit whose answer was lost)
+/// finds its own row and does not count a second attempt.
 pub(crate) const SQL_START: &str = "UPDATE tasks SET status = 'running', instance = $2, started_at = $3, \
-     attempts = attempts + 1 WHERE id = $1 AND status = 'queued' AND owner = $4 RETURNING attempts";
+     attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END \
+     WHERE id = $1 AND owner = $4 AND (status = 'queued' OR (status = 'running' AND started_at = $3)) \
+     RETURNING attempts";
+/// [`SQL_START`] for many tasks: `(id, instance, started_at, owner)` rows.
+pub(crate) const SQL_START_MANY_HEAD: &str = "UPDATE tasks SET status = 'running', instance = v.column2, \
+     started_at = v.column3, attempts = tasks.attempts + CASE WHEN tasks.status = 'queued' THEN 1 ELSE 0 END FROM (";
+pub(crate) const SQL_START_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 AND tasks.owner = v.column4 \
+     AND (tasks.status = 'queued' OR (tasks.status = 'running' AND tasks.started_at = v.column3)) \
+     RETURNING tasks.id, tasks.attempts";
 
+/// Finishing is guarded by the state the caller saw *and* by ownership: a
+/// node whose tasks were taken over (its lease lapsed) can never overwrite
+/// what the new owner stores, and a stored outcome is never replaced.
 pub(crate) const SQL_FINISH_QUEUED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
      finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
-     cancel_requested = FALSE WHERE id = $1 AND status = 'queued'";
+     cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status = 'queued'";
 pub(crate) const SQL_FINISH_RUNNING: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
      finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
-     cancel_requested = FALSE WHERE id = $1 AND status = 'running'";
+     cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status = 'running'";
 pub(crate) const SQL_FINISH_UNFINISHED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
      finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
-     cancel_requested = FALSE WHERE id = $1 AND status IN ('queued', 'running')";
+     cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status IN ('queued', 'running')";
+/// [`SQL_FINISH_RUNNING`] for many tasks.
+pub(crate) const SQL_FINISH_MANY_HEAD: &str = "UPDATE tasks SET status = v.column2, result = v.column3, \
+     error = v.column4, finished_at = v.column5, timings = v.column6, \
+     instance = COALESCE(v.column7, tasks.instance), owner = NULL, cancel_requested = FALSE FROM (";
+pub(crate) const SQL_FINISH_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 AND tasks.owner = v.column8 \
+     AND tasks.status = 'running' RETURNING tasks.id";
 
 pub(crate) const SQL_REQUEUE: &str =
     "UPDATE tasks SET status = 'queued' WHERE id = $1 AND status = 'running' AND owner = $2";
@@ -213,15 +316,26 @@ pub(crate) const SQL_HEARTBEAT: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE
 
 pub(crate) const SQL_NODE_LEAVE: &str = "UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1";
 
+/// A write that changes nothing, for the writer's probe of a database it
+/// found down: it needs a writable database and a committed transaction.
+pub(crate) const SQL_PROBE: &str =
+    "UPDATE nodes SET heartbeat_at = heartbeat_at WHERE node_id = ''";
+
+/// Idempotent by id: a message stored by a run whose answer was lost is not
+/// stored twice.
 pub(crate) const SQL_OUTBOX_INSERT: &str = "INSERT INTO outbox \
      (id, task_id, tenant, sender, recipients, cc, subject, body, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING";
 
 pub(crate) const SQL_INSERT_HEAD: &str = "INSERT INTO tasks (id, tenant, type, status, priority, \
      department, agent, title, description, args, idempotency_key, request_hash, timeout_ms, \
      deadline_at, created_at, owner, timings) ";
-pub(crate) const SQL_INSERT_TAIL: &str =
-    " ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id";
+/// Any unique conflict (the idempotency key, or the id of a row an earlier
+/// run of the same batch stored) inserts nothing; the writer then tells
+/// which one it was.
+pub(crate) const SQL_INSERT_TAIL: &str = " ON CONFLICT DO NOTHING RETURNING id";
+
+pub(crate) const SQL_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 
 pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
@@ -231,6 +345,11 @@ pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority
 pub(crate) const SQL_GET: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
      created_at, started_at, finished_at, attempts, timings FROM tasks WHERE id = $1";
+
+/// [`SQL_GET`] and the owning node (column 21).
+pub(crate) const SQL_GET_OWNED: &str = "SELECT id, tenant, type, status, priority, department, agent, \
+     instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
+     created_at, started_at, finished_at, attempts, timings, owner FROM tasks WHERE id = $1";
 
 /// Startup claim on SQLite: one process owns the file (see the lock file),
 /// so everything unfinished is ours.
@@ -242,6 +361,19 @@ pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owne
 /// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
 pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
      WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
+     priority, department, agent, instance, title, description, args, result, error, \
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+
+/// The ids of this node's unfinished tasks (the sweep compares them with
+/// what the node holds in memory).
+pub(crate) const SQL_OWN_UNFINISHED: &str =
+    "SELECT id FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')";
+
+/// Takes back some of this node's own unfinished tasks by id (the list is
+/// appended with `QueryBuilder`), as queued.
+pub(crate) const SQL_RECLAIM_HEAD: &str = "UPDATE tasks SET status = 'queued' WHERE owner = ";
+pub(crate) const SQL_RECLAIM_MID: &str = " AND status IN ('queued', 'running') AND id IN (";
+pub(crate) const SQL_RECLAIM_TAIL: &str = " RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
      idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
 
@@ -257,5 +389,14 @@ pub(crate) const SQL_RESCUE_PG: &str = "UPDATE tasks SET status = 'queued', owne
      description, args, result, error, idempotency_key, timeout_ms, deadline_at, created_at, \
      started_at, finished_at, attempts, timings";
 
+/// Uses the partial index of flagged rows only (migration 0002), so the
+/// heartbeat's poll stays small however many tasks there are.
 pub(crate) const SQL_CANCEL_POLL: &str = "SELECT id FROM tasks WHERE owner = $1 \
      AND cancel_requested = TRUE AND status IN ('queued', 'running')";
+
+/// Retention: the oldest finished tasks first, a bounded batch per
+/// statement so no lock is held for long.
+pub(crate) const SQL_PRUNE_TASKS: &str = "DELETE FROM tasks WHERE id IN \
+     (SELECT id FROM tasks WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)";
+pub(crate) const SQL_PRUNE_OUTBOX: &str = "DELETE FROM outbox WHERE id IN \
+     (SELECT id FROM outbox WHERE created_at < $1 ORDER BY created_at LIMIT $2)";

@@ -15,18 +15,28 @@
 //! tasks of nodes whose heartbeat is older than the lease
 //! ([`Store::rescue`]). Delivery is therefore at-least-once.
 //!
+//! Database failures are classified once ([`error`]): the database's
+//! weather (a refused or broken connection, a restart, a pool timeout, a
+//! busy or read-only file) is [`StoreError::Unavailable`], which callers
+//! answer with `503` and retry; the writer tracks it as [`Health`].
+//!
 //! # Layout
 //! - [`model`]: the types that cross this crate's boundary.
+//! - [`error`]: [`StoreError`] and which failures are transient.
+//! - [`health`]: whether writes commit now; the outage logged once.
 //! - `db`: connections, migrations (`migrations/<backend>/`), all SQL.
-//! - `writer`: the group-commit writer.
+//! - `writer`: the group-commit writer and its lanes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod db;
+pub mod error;
+pub mod health;
 pub mod model;
 mod writer;
 
 use std::fs::File;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,45 +46,12 @@ use swarm_core::{Task, TaskId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{Db, TASK_COLS, task_from_row, with_db};
+pub use crate::error::StoreError;
+pub use crate::health::{Health, HealthSnapshot};
 pub use crate::model::{
-    Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, PoolStats,
+    Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, PoolStats, Pruned,
 };
-use crate::writer::Op;
-
-/// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The configuration cannot work (bad URL).
-    #[error("{0}")]
-    Config(String),
-    /// Connecting or migrating failed at start.
-    #[error("{0}")]
-    Connect(String),
-    /// The database is busy or unreachable now (pool timeout, network);
-    /// callers answer 503 and clients retry.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// A query failed.
-    #[error("database error: {0}")]
-    Database(String),
-    /// A stored row cannot be read back.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// The store is shut down.
-    #[error("the store is closed")]
-    Closed,
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            other => StoreError::Database(other.to_string()),
-        }
-    }
-}
+use crate::writer::{Lane, Lanes, Op, Writer};
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
@@ -85,16 +62,21 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     db: Db,
-    writes: mpsc::Sender<Op>,
+    /// The writer's lanes (see `writer`): transitions of accepted work,
+    /// new tasks, background deletes.
+    urgent: mpsc::Sender<Op>,
+    admit: mpsc::Sender<Op>,
+    background: mpsc::Sender<Op>,
     writer: Arc<writer::WriterStats>,
+    health: Health,
     max_connections: u32,
     // Held for the life of the store: while it is locked, no other swarmd
     // process opens the same SQLite file.
     _lock: Option<File>,
 }
 
-/// Outbound write queue depth; beyond it, writers wait (back-pressure on
-/// submitters rather than unbounded memory).
+/// Depth of each of the writer's busy lanes; beyond it, writers wait
+/// (back-pressure on submitters rather than unbounded memory).
 const WRITE_QUEUE: usize = 16_384;
 
 impl Store {
@@ -102,18 +84,42 @@ impl Store {
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
         let lock = lock_sqlite_file(&cfg.url)?;
         let db = db::connect(cfg).await?;
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (urgent, urgent_rx) = mpsc::channel(WRITE_QUEUE);
+        let (admit, admit_rx) = mpsc::channel(WRITE_QUEUE);
+        let (background, background_rx) = mpsc::channel(16);
         let stats = Arc::new(writer::WriterStats::default());
-        tokio::spawn(writer::run(db.clone(), rx, cfg.batch_max, stats.clone()));
+        let health = Health::new();
+        tokio::spawn(
+            Writer {
+                db: db.clone(),
+                lanes: Lanes {
+                    urgent: urgent_rx,
+                    admit: admit_rx,
+                    background: background_rx,
+                },
+                batch_max: cfg.batch_max,
+                stats: stats.clone(),
+                health: health.clone(),
+            }
+            .run(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                writes: tx,
+                urgent,
+                admit,
+                background,
                 writer: stats,
+                health,
                 max_connections: cfg.max_connections,
                 _lock: lock,
             }),
         })
+    }
+
+    /// Whether writes commit now, as the writer last found.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
     }
 
     /// Which database this is.
@@ -126,23 +132,42 @@ impl Store {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .writes
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let op = make(tx);
+        let lane = match op.lane() {
+            Lane::Urgent => &self.inner.urgent,
+            Lane::Admit => &self.inner.admit,
+            Lane::Background => &self.inner.background,
+        };
+        lane.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Stores a new task; returns only after it is committed. With an
     /// idempotency key already used by the tenant, returns the stored task.
+    ///
+    /// While the database is down this fails at once with
+    /// [`StoreError::Unavailable`] instead of waiting for a connection.
+    /// [`StoreError::InDoubt`] means the row may have been stored.
     pub async fn insert(&self, new: NewTask) -> Result<InsertOutcome, StoreError> {
+        if !self.inner.health.is_up() {
+            return Err(StoreError::Unavailable(
+                self.inner
+                    .health
+                    .snapshot()
+                    .reason
+                    .unwrap_or_else(|| "the database is down".into()),
+            ));
+        }
         self.write(|r| Op::Insert(Box::new(new), r)).await
     }
 
     /// Marks a queued task owned by `owner` as running on `instance`. Returns
     /// the attempt number, or `None` if the task is no longer queued or no
     /// longer ours (cancelled, or taken over by another node).
+    ///
+    /// `at` is the start's token: calling again with the same `at` after an
+    /// error finds the start already stored and answers as the first call
+    /// would have.
     pub async fn start(
         &self,
         id: TaskId,
@@ -177,6 +202,17 @@ impl Store {
     pub async fn request_cancel(&self, id: TaskId) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(|reply| Op::CancelRequest { id, reply }).await
+    }
+
+    /// Deletes up to `limit` finished tasks, and up to `limit` outbox
+    /// messages, from before `before` (epoch ms), oldest first.
+    pub async fn prune(&self, before: i64, limit: i64) -> Result<Pruned, StoreError> {
+        self.write(|reply| Op::Prune {
+            before,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Stores an outbox message.
@@ -258,6 +294,40 @@ impl Store {
         }
     }
 
+    /// Ids of every unfinished task `node` owns.
+    pub async fn own_unfinished(&self, node: &str) -> Result<Vec<TaskId>, StoreError> {
+        let ids: Vec<String> = once_more(|| async move {
+            Ok(with_db!(&self.inner.db, p => {
+                let rows = sqlx::query(db::SQL_OWN_UNFINISHED).bind(node.to_string()).fetch_all(p).await?;
+                rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<Vec<_>, _>>()?
+            }))
+        })
+        .await?;
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
+    /// Takes back, as queued, those of `ids` that `node` still owns
+    /// unfinished; returns them.
+    pub async fn reclaim(&self, node: &str, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let tasks = with_db!(&self.inner.db, p => {
+                let mut qb = QueryBuilder::new(db::SQL_RECLAIM_HEAD);
+                qb.push_bind(node.to_string());
+                qb.push(db::SQL_RECLAIM_MID);
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.to_string());
+                }
+                qb.push(")").push(db::SQL_RECLAIM_TAIL);
+                let rows = qb.build().fetch_all(p).await?;
+                rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?
+            });
+            out.extend(tasks);
+        }
+        Ok(out)
+    }
+
     /// Ids of this node's unfinished tasks that another node asked to cancel.
     pub async fn cancel_requests(&self, node: &str) -> Result<Vec<TaskId>, StoreError> {
         let ids: Vec<String> = with_db!(&self.inner.db, p => {
@@ -269,17 +339,39 @@ impl Store {
 
     /// One task by id.
     pub async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row = with_db!(&self.inner.db, p => {
-            match sqlx::query(db::SQL_GET).bind(id.to_string()).fetch_optional(p).await? {
-                Some(r) => Some(task_from_row(&r)?),
-                None => None,
-            }
-        });
-        Ok(row)
+        once_more(|| async move {
+            Ok(with_db!(&self.inner.db, p => {
+                match sqlx::query(db::SQL_GET).bind(id.to_string()).fetch_optional(p).await? {
+                    Some(r) => Some(task_from_row(&r)?),
+                    None => None,
+                }
+            }))
+        })
+        .await
+    }
+
+    /// One task by id, and the node that owns it while it is unfinished.
+    pub async fn get_owned(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<(Task, Option<String>)>, StoreError> {
+        once_more(|| async move {
+            Ok(with_db!(&self.inner.db, p => {
+                match sqlx::query(db::SQL_GET_OWNED).bind(id.to_string()).fetch_optional(p).await? {
+                    Some(r) => Some((task_from_row(&r)?, r.try_get::<Option<String>, _>(21)?)),
+                    None => None,
+                }
+            }))
+        })
+        .await
     }
 
     /// Tasks matching `q`, newest first.
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<Task>, StoreError> {
+        once_more(|| self.list_once(q)).await
+    }
+
+    async fn list_once(&self, q: &ListQuery) -> Result<Vec<Task>, StoreError> {
         let tasks = with_db!(&self.inner.db, p => {
             let mut qb = QueryBuilder::new(format!("SELECT {TASK_COLS} FROM tasks WHERE 1 = 1"));
             if let Some(t) = &q.tenant {
@@ -343,6 +435,11 @@ impl Store {
         Ok(())
     }
 
+    /// New tasks waiting for the writer (its admit lane).
+    pub fn admissions_waiting(&self) -> usize {
+        WRITE_QUEUE - self.inner.admit.capacity()
+    }
+
     /// Connection-pool figures.
     pub fn pool_stats(&self) -> PoolStats {
         let (size, idle) = with_db!(&self.inner.db, p => (p.size(), p.num_idle() as u32));
@@ -352,11 +449,15 @@ impl Store {
             size,
             idle,
             max: self.inner.max_connections,
-            write_queue: WRITE_QUEUE - self.inner.writes.capacity(),
+            write_queue: [&self.inner.urgent, &self.inner.admit]
+                .iter()
+                .map(|lane| WRITE_QUEUE - lane.capacity())
+                .sum(),
             acquires: load(&w.acquires),
             acquire_us: load(&w.acquire_us),
             batches: load(&w.batches),
             ops: load(&w.ops),
+            retries: load(&w.retries),
         }
     }
 
@@ -364,6 +465,26 @@ impl Store {
     /// as long as the writer can reach the database.
     pub async fn close(&self) {
         with_db!(&self.inner.db, p => p.close().await)
+    }
+}
+
+/// Runs a read once more if it failed quickly for a transient reason: a
+/// connection broken under a pooled handle (a failover, a DBA's
+/// `pg_terminate_backend`) is replaced by then. A read that already waited
+/// out the pool's acquire timeout is not repeated.
+async fn once_more<T, F, Fut>(read: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let started = tokio::time::Instant::now();
+    match read().await {
+        Err(StoreError::Unavailable(_))
+            if started.elapsed() < std::time::Duration::from_millis(500) =>
+        {
+            read().await
+        }
+        other => other,
     }
 }
 

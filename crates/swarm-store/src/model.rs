@@ -64,6 +64,18 @@ pub struct Finish {
     /// department picks inside the run); `None` keeps the one recorded at
     /// start.
     pub instance: Option<String>,
+    /// The node ending it: only the task's owner can (a node whose tasks
+    /// were taken over can no longer end them).
+    pub owner: String,
+}
+
+/// What one retention batch deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished tasks.
+    pub tasks: u64,
+    /// Outbox messages.
+    pub outbox: u64,
 }
 
 /// A filter for listing tasks, newest first.
@@ -123,6 +135,8 @@ pub struct PoolStats {
     pub batches: u64,
     /// Ops applied.
     pub ops: u64,
+    /// Batches run again after a transient failure.
+    pub retries: u64,
 }
 
 /// Which database a store talks to.

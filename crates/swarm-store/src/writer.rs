@@ -4,31 +4,56 @@
 //! Callers send an [`Op`] with a reply channel and wait. The writer takes the
 //! first op, then everything else already queued (up to `batch_max`), runs
 //! them in one transaction and answers each caller only after the commit.
-//! Under light load a batch is one op and costs one commit, as before; under
-//! heavy load hundreds of acknowledgements share one commit, so durability
-//! stops costing a transaction per request (the technique databases use for
-//! their own logs: "group commit", Gawlick & Kinkade 1985; PostgreSQL's
-//! `commit_delay`). On SQLite a single writer is also what the database wants:
-//! it admits one writer at a time.
+//! Under light load a batch is one op and costs one commit; under heavy load
+//! hundreds of acknowledgements share one commit, so durability stops
+//! costing a transaction per request (the technique databases use for their
+//! own logs: "group commit", Gawlick & Kinkade 1985; PostgreSQL's
+//! `commit_delay`). On SQLite a single writer is also what the database
+//! wants: it admits one writer at a time.
 //!
-//! If a batch's transaction fails, each op is retried alone so one bad write
-//! cannot fail its neighbours.
+//! # Lanes: completions before admissions
+//! Ops arrive in three lanes and a batch is filled in their order:
+//! - **urgent**: the transitions of work already accepted (start, finish,
+//!   hand back, cancel requests, heartbeats, an agent's outbox message). They
+//!   free capacity, so they never wait behind new work;
+//! - **admit**: new tasks. A flood of submissions fills this lane, not the
+//!   first one, so tasks already accepted keep starting and finishing;
+//! - **background**: retention deletes, at most one per batch.
+//!
+//! # Failures
+//! Every op is idempotent (an insert finds its own row, a start carries its
+//! start time as a token, a finish is guarded by state and owner), so a
+//! batch whose connection broke, even during the commit, is simply run
+//! again on a fresh connection. A batch that still fails for a transient
+//! reason marks the database down ([`Health`]) and fails its ops with
+//! [`StoreError::Unavailable`] (or [`StoreError::InDoubt`] when a commit
+//! was in flight); new submissions waiting in the admit lane are failed at
+//! once rather than each waiting out the pool's acquire timeout. While the
+//! database is down the writer probes it with a tiny write transaction and
+//! marks it up on the first that commits. A batch that fails for any other
+//! reason is retried op by op, so one bad write cannot fail its neighbours.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::{QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::StoreError;
 use crate::db::{self, Db, to_json, with_db};
-use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow};
+use crate::error::{StoreError, describe, is_transient};
+use crate::health::{Health, PROBE_EVERY};
+use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow, Pruned};
 
-/// Rows per multi-row INSERT: 17 binds each stays far below SQLite's and
+/// Rows per multi-row statement: 17 binds each stays far below SQLite's and
 /// PostgreSQL's bind-parameter limits.
-const INSERT_CHUNK: usize = 500;
+const CHUNK: usize = 500;
+
+/// Runs of a batch that failed for a transient reason before the database
+/// is declared down (a pool timeout declares it at once: it already waited).
+const ATTEMPTS: u32 = 3;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -58,6 +83,29 @@ pub(crate) enum Op {
         reply: Reply<()>,
     },
     Outbox(Box<OutboxRow>, Reply<()>),
+    Prune {
+        before: i64,
+        limit: i64,
+        reply: Reply<Pruned>,
+    },
+}
+
+/// Which lane an op travels in (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Urgent,
+    Admit,
+    Background,
+}
+
+impl Op {
+    pub(crate) fn lane(&self) -> Lane {
+        match self {
+            Op::Insert(..) => Lane::Admit,
+            Op::Prune { .. } => Lane::Background,
+            _ => Lane::Urgent,
+        }
+    }
 }
 
 /// An op's answer before it is sent.
@@ -65,6 +113,7 @@ enum Answer {
     Insert(Box<InsertOutcome>),
     Start(Option<i64>),
     Bool(bool),
+    Pruned(Pruned),
     Unit,
 }
 
@@ -89,6 +138,12 @@ impl Op {
             | Op::CancelRequest { reply: r, .. } => {
                 let _ = r.send(answer.map(|a| matches!(a, Answer::Bool(true))));
             }
+            Op::Prune { reply, .. } => {
+                let _ = reply.send(answer.and_then(|a| match a {
+                    Answer::Pruned(p) => Ok(p),
+                    _ => Err(mismatch()),
+                }));
+            }
             Op::Heartbeat { reply, .. } | Op::Outbox(_, reply) => {
                 let _ = reply.send(answer.map(|_| ()));
             }
@@ -109,52 +164,192 @@ pub(crate) struct WriterStats {
     pub(crate) acquire_us: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) ops: AtomicU64,
+    /// Batches run again after a transient failure.
+    pub(crate) retries: AtomicU64,
 }
 
-/// Runs until every sender is gone, then returns.
-pub(crate) async fn run(
-    db: Db,
-    mut rx: mpsc::Receiver<Op>,
-    batch_max: usize,
-    stats: Arc<WriterStats>,
-) {
-    let mut batch: Vec<Op> = Vec::with_capacity(batch_max);
-    loop {
-        batch.clear();
-        if rx.recv_many(&mut batch, batch_max).await == 0 {
-            debug!("group-commit writer: all senders gone, stopping");
-            return;
+/// The receiving ends of the three lanes.
+pub(crate) struct Lanes {
+    pub(crate) urgent: mpsc::Receiver<Op>,
+    pub(crate) admit: mpsc::Receiver<Op>,
+    pub(crate) background: mpsc::Receiver<Op>,
+}
+
+/// The group-commit writer: one per store.
+pub(crate) struct Writer {
+    /// The pool it writes through.
+    pub(crate) db: Db,
+    /// Where ops arrive.
+    pub(crate) lanes: Lanes,
+    /// Most ops in one transaction.
+    pub(crate) batch_max: usize,
+    /// Its figures.
+    pub(crate) stats: Arc<WriterStats>,
+    /// Marked down when batches keep failing, up when one commits.
+    pub(crate) health: Health,
+}
+
+/// Why one run of a batch failed.
+struct Failed {
+    error: sqlx::Error,
+    /// The commit itself was in flight, so the batch may be stored.
+    at_commit: bool,
+}
+
+impl Writer {
+    /// Runs until every sender is gone, then returns.
+    pub(crate) async fn run(mut self) {
+        let mut batch: Vec<Op> = Vec::with_capacity(self.batch_max);
+        loop {
+            let down = !self.health.is_up();
+            let first = tokio::select! {
+                biased;
+                Some(op) = self.lanes.urgent.recv() => op,
+                Some(op) = self.lanes.admit.recv() => op,
+                Some(op) = self.lanes.background.recv() => op,
+                _ = tokio::time::sleep(PROBE_EVERY), if down => {
+                    self.probe().await;
+                    continue;
+                }
+                else => {
+                    debug!("group-commit writer: all senders gone, stopping");
+                    return;
+                }
+            };
+            batch.push(first);
+            self.fill(&mut batch);
+            self.commit(std::mem::take(&mut batch)).await;
         }
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match apply(&db, &batch, &stats).await {
+    }
+
+    /// Adds what is waiting, lane by lane, up to `batch_max`.
+    fn fill(&mut self, batch: &mut Vec<Op>) {
+        let max = self.batch_max;
+        while batch.len() < max {
+            match self.lanes.urgent.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        while batch.len() < max {
+            match self.lanes.admit.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < max
+            && !batch.iter().any(|op| op.lane() == Lane::Background)
+            && let Ok(op) = self.lanes.background.try_recv()
+        {
+            batch.push(op);
+        }
+    }
+
+    /// Commits `batch` and answers every op in it.
+    async fn commit(&mut self, batch: Vec<Op>) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match self.run_with_retries(&batch).await {
             Ok(answers) => {
-                for (op, a) in batch.drain(..).zip(answers) {
+                for (op, a) in batch.into_iter().zip(answers) {
                     op.send(Ok(a));
                 }
             }
+            Err(e) if e.is_unavailable() => {
+                for op in batch {
+                    op.send(Err(e.clone()));
+                }
+                self.fail_waiting_admissions(&e);
+            }
             Err(e) if batch.len() == 1 => {
-                if let Some(op) = batch.pop() {
-                    op.send(Err(StoreError::from(e)));
+                for op in batch {
+                    op.send(Err(e.clone()));
                 }
             }
             Err(e) => {
                 warn!(error = %e, ops = batch.len(), "batched write failed; retrying ops one by one");
-                for op in batch.drain(..) {
-                    let one = std::slice::from_ref(&op);
-                    let answer = apply(&db, one, &stats)
+                for op in batch {
+                    let answer = self
+                        .run_with_retries(std::slice::from_ref(&op))
                         .await
-                        .map_err(StoreError::from)
-                        .and_then(|mut v| v.pop().ok_or(StoreError::Closed));
+                        .and_then(|mut v| v.pop().ok_or_else(mismatch));
+                    if let Err(e) = &answer
+                        && e.is_unavailable()
+                    {
+                        self.fail_waiting_admissions(e);
+                    }
                     op.send(answer);
                 }
             }
         }
     }
+
+    /// Runs `ops` in one transaction, again on a fresh connection after a
+    /// transient failure; marks the database down if that keeps failing.
+    async fn run_with_retries(&mut self, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+        let mut in_doubt = false;
+        for attempt in 1..=ATTEMPTS {
+            match apply(&self.db, ops, &self.stats).await {
+                Ok(answers) => {
+                    self.health.up();
+                    return Ok(answers);
+                }
+                Err(f) if is_transient(&f.error) => {
+                    in_doubt |= f.at_commit;
+                    let waited = matches!(f.error, sqlx::Error::PoolTimedOut);
+                    if attempt == ATTEMPTS || waited {
+                        let reason = describe(&f.error);
+                        self.health.down(&reason);
+                        return Err(if in_doubt {
+                            StoreError::InDoubt(reason)
+                        } else {
+                            StoreError::Unavailable(reason)
+                        });
+                    }
+                    debug!(error = %f.error, attempt, "write failed for a transient reason; running it again");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(f) => return Err(StoreError::from(f.error)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// The database is down: submissions waiting for the writer are
+    /// answered now instead of each waiting for a connection in turn.
+    fn fail_waiting_admissions(&mut self, e: &StoreError) {
+        let reason = match e {
+            StoreError::Unavailable(r) | StoreError::InDoubt(r) => r.clone(),
+            other => other.to_string(),
+        };
+        while let Ok(op) = self.lanes.admit.try_recv() {
+            op.send(Err(StoreError::Unavailable(reason.clone())));
+        }
+    }
+
+    /// One small write transaction, to learn whether writes commit again.
+    async fn probe(&mut self) {
+        let result = with_db!(&self.db, p => async {
+            let mut tx = p.begin().await?;
+            sqlx::query(db::SQL_PROBE).execute(&mut *tx).await?;
+            tx.commit().await
+        }.await);
+        match result {
+            Ok(()) => self.health.up(),
+            Err(e) => debug!(error = %describe(&e), "database probe failed"),
+        }
+    }
 }
 
 /// Applies `ops` in one transaction; answers are in the ops' order.
-async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, sqlx::Error> {
+async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, Failed> {
+    let before = |error| Failed {
+        error,
+        at_commit: false,
+    };
     let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
 
     // Inserts first (one multi-row statement per chunk), deduplicating
@@ -183,230 +378,254 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
 
     with_db!(db, pool => {
         let asked = std::time::Instant::now();
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin().await.map_err(before)?;
         stats.acquires.fetch_add(1, Ordering::Relaxed);
         stats
             .acquire_us
             .fetch_add(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let mut created: HashSet<String> = HashSet::new();
-        for chunk in unique.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::new(db::SQL_INSERT_HEAD);
-            qb.push_values(chunk, |mut b, (_, n)| {
-                let t = &n.task;
-                b.push_bind(t.id.to_string())
-                    .push_bind(t.tenant.clone())
-                    .push_bind(t.task_type.clone())
-                    .push_bind(t.status.as_str())
-                    .push_bind(t.priority.index() as i64)
-                    .push_bind(t.department.clone())
-                    .push_bind(t.agent.clone())
-                    .push_bind(t.title.clone())
-                    .push_bind(t.description.clone())
-                    .push_bind(to_json(&t.args))
-                    .push_bind(t.idempotency_key.clone())
-                    .push_bind(n.request_hash.clone())
-                    .push_bind(t.timeout_ms)
-                    .push_bind(t.deadline_at)
-                    .push_bind(t.created_at)
-                    .push_bind(n.owner.clone())
-                    .push_bind(to_json(&t.timings));
-            });
-            qb.push(db::SQL_INSERT_TAIL);
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                created.insert(row.try_get::<String, _>(0)?);
+        let work = async {
+            let mut created: HashSet<String> = HashSet::new();
+            for chunk in unique.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(db::SQL_INSERT_HEAD);
+                qb.push_values(chunk, |mut b, (_, n)| {
+                    let t = &n.task;
+                    b.push_bind(t.id.to_string())
+                        .push_bind(t.tenant.clone())
+                        .push_bind(t.task_type.clone())
+                        .push_bind(t.status.as_str())
+                        .push_bind(t.priority.index() as i64)
+                        .push_bind(t.department.clone())
+                        .push_bind(t.agent.clone())
+                        .push_bind(t.title.clone())
+                        .push_bind(t.description.clone())
+                        .push_bind(to_json(&t.args))
+                        .push_bind(t.idempotency_key.clone())
+                        .push_bind(n.request_hash.clone())
+                        .push_bind(t.timeout_ms)
+                        .push_bind(t.deadline_at)
+                        .push_bind(t.created_at)
+                        .push_bind(n.owner.clone())
+                        .push_bind(to_json(&t.timings));
+                });
+                qb.push(db::SQL_INSERT_TAIL);
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    created.insert(row.try_get::<String, _>(0)?);
+                }
             }
-        }
-        for (i, n) in &unique {
-            let answer = if created.contains(&n.task.id.to_string()) {
-                InsertOutcome::Created(n.task.clone())
-            } else {
-                let key = n.task.idempotency_key.clone().unwrap_or_default();
-                let row = sqlx::query(db::SQL_EXISTING)
-                    .bind(n.task.tenant.clone())
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let task = db::task_from_row(&row).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-                let stored_hash: Option<String> = row.try_get(21)?;
-                InsertOutcome::Existing { task, same_request: stored_hash == n.request_hash }
-            };
-            answers[*i] = Some(Answer::Insert(Box::new(answer)));
-        }
-        for (dup, first) in &dup_of {
-            let dup_hash = match &ops[*dup] { Op::Insert(n, _) => n.request_hash.clone(), _ => None };
-            let first_hash = match &ops[*first] { Op::Insert(n, _) => n.request_hash.clone(), _ => None };
-            let task = match answers[*first].as_ref() {
-                Some(Answer::Insert(first)) => match first.as_ref() {
-                    InsertOutcome::Created(t) | InsertOutcome::Existing { task: t, .. } => t.clone(),
-                },
-                _ => return Err(sqlx::Error::Protocol("duplicate insert without a first".into())),
-            };
-            answers[*dup] = Some(Answer::Insert(Box::new(InsertOutcome::Existing {
-                task,
-                same_request: dup_hash == first_hash,
-            })));
-        }
+            for (i, n) in &unique {
+                let id = n.task.id.to_string();
+                let answer = if created.contains(&id) {
+                    InsertOutcome::Created(n.task.clone())
+                } else if let Some(key) = n.task.idempotency_key.clone() {
+                    let row = sqlx::query(db::SQL_EXISTING)
+                        .bind(n.task.tenant.clone())
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let task = db::task_from_row(&row).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                    if task.id == n.task.id {
+                        // Our own row, from a run of this batch whose commit
+                        // landed although its answer was lost.
+                        InsertOutcome::Created(n.task.clone())
+                    } else {
+                        let stored_hash: Option<String> = row.try_get(21)?;
+                        InsertOutcome::Existing { task, same_request: stored_hash == n.request_hash }
+                    }
+                } else {
+                    // No key, so only the id can have collided: our own row
+                    // from an earlier run of this batch.
+                    let found = sqlx::query(db::SQL_EXISTS).bind(id).fetch_optional(&mut *tx).await?;
+                    if found.is_none() {
+                        return Err(sqlx::Error::Protocol("a new task was neither stored nor found".into()));
+                    }
+                    InsertOutcome::Created(n.task.clone())
+                };
+                answers[*i] = Some(Answer::Insert(Box::new(answer)));
+            }
+            for (dup, first) in &dup_of {
+                let dup_hash = match &ops[*dup] { Op::Insert(n, _) => n.request_hash.clone(), _ => None };
+                let first_hash = match &ops[*first] { Op::Insert(n, _) => n.request_hash.clone(), _ => None };
+                let task = match answers[*first].as_ref() {
+                    Some(Answer::Insert(first)) => match first.as_ref() {
+                        InsertOutcome::Created(t) | InsertOutcome::Existing { task: t, .. } => t.clone(),
+                    },
+                    _ => return Err(sqlx::Error::Protocol("duplicate insert without a first".into())),
+                };
+                answers[*dup] = Some(Answer::Insert(Box::new(InsertOutcome::Existing {
+                    task,
+                    same_request: dup_hash == first_hash,
+                })));
+            }
 
-        // The hot path — starts, and completions of running tasks — goes as
-        // one multi-row UPDATE … FROM (VALUES …) per chunk instead of a
-        // statement per task: per-statement overhead (a round trip to
-        // SQLite's worker thread or over the network to PostgreSQL) was the
-        // writer's main cost. A second op on the same id in one batch is left
-        // to the one-by-one path below, so the join never sees duplicates.
-        let mut seen: HashSet<&str> = HashSet::new();
-        let starts: Vec<usize> = ops
-            .iter()
-            .enumerate()
-            .filter(|(_, op)| matches!(op, Op::Start { id, .. } if seen.insert(id.as_str())))
-            .map(|(i, _)| i)
-            .collect();
-        for chunk in starts.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::new(
-                "UPDATE tasks SET status = 'running', instance = v.column2, started_at = v.column3, \
-                 attempts = tasks.attempts + 1 FROM (",
-            );
-            qb.push_values(chunk, |mut b, i| {
-                if let Op::Start { id, instance, at, owner, .. } = &ops[*i] {
-                    b.push_bind(id.clone()).push_bind(instance.clone()).push_bind(*at).push_bind(owner.clone());
+            // The hot path — starts, and completions of running tasks — goes
+            // as one multi-row UPDATE … FROM (VALUES …) per chunk instead of
+            // a statement per task: per-statement overhead (a round trip to
+            // SQLite's worker thread or over the network to PostgreSQL) was
+            // the writer's main cost. A second op on the same id in one batch
+            // is left to the one-by-one path below, so the join never sees
+            // duplicates.
+            let mut seen: HashSet<&str> = HashSet::new();
+            let starts: Vec<usize> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, Op::Start { id, .. } if seen.insert(id.as_str())))
+                .map(|(i, _)| i)
+                .collect();
+            for chunk in starts.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(db::SQL_START_MANY_HEAD);
+                qb.push_values(chunk, |mut b, i| {
+                    if let Op::Start { id, instance, at, owner, .. } = &ops[*i] {
+                        b.push_bind(id.clone()).push_bind(instance.clone()).push_bind(*at).push_bind(owner.clone());
+                    }
+                });
+                qb.push(db::SQL_START_MANY_TAIL);
+                let mut started: HashMap<String, i64> = HashMap::new();
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    started.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
                 }
-            });
-            qb.push(
-                ") AS v WHERE tasks.id = v.column1 AND tasks.status = 'queued' AND tasks.owner = v.column4 \
-                 RETURNING tasks.id, tasks.attempts",
-            );
-            let mut started: HashMap<String, i64> = HashMap::new();
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                started.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
-            }
-            for i in chunk {
-                if let Op::Start { id, .. } = &ops[*i] {
-                    answers[*i] = Some(Answer::Start(started.get(id).copied()));
+                for i in chunk {
+                    if let Op::Start { id, .. } = &ops[*i] {
+                        answers[*i] = Some(Answer::Start(started.get(id).copied()));
+                    }
                 }
             }
-        }
-        let mut seen: HashSet<String> = HashSet::new();
-        let finishes: Vec<usize> = ops
-            .iter()
-            .enumerate()
-            .filter(|(_, op)| {
-                matches!(op, Op::Finish(f, _) if f.expect == Expect::Running && seen.insert(f.id.to_string()))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for chunk in finishes.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::new(
-                "UPDATE tasks SET status = v.column2, result = v.column3, error = v.column4, \
-                 finished_at = v.column5, timings = v.column6, \
-                 instance = COALESCE(v.column7, tasks.instance), \
-                 owner = NULL, cancel_requested = FALSE FROM (",
-            );
-            qb.push_values(chunk, |mut b, i| {
-                if let Op::Finish(f, _) = &ops[*i] {
-                    b.push_bind(f.id.to_string())
-                        .push_bind(f.status.as_str())
-                        .push_bind(f.result.as_ref().map(to_json))
-                        .push_bind(f.error.as_ref().map(to_json))
-                        .push_bind(f.finished_at)
-                        .push_bind(to_json(&f.timings))
-                        .push_bind(f.instance.clone());
+            let mut seen: HashSet<String> = HashSet::new();
+            let finishes: Vec<usize> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| {
+                    matches!(op, Op::Finish(f, _) if f.expect == Expect::Running && seen.insert(f.id.to_string()))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            for chunk in finishes.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(db::SQL_FINISH_MANY_HEAD);
+                qb.push_values(chunk, |mut b, i| {
+                    if let Op::Finish(f, _) = &ops[*i] {
+                        b.push_bind(f.id.to_string())
+                            .push_bind(f.status.as_str())
+                            .push_bind(f.result.as_ref().map(to_json))
+                            .push_bind(f.error.as_ref().map(to_json))
+                            .push_bind(f.finished_at)
+                            .push_bind(to_json(&f.timings))
+                            .push_bind(f.instance.clone())
+                            .push_bind(f.owner.clone());
+                    }
+                });
+                qb.push(db::SQL_FINISH_MANY_TAIL);
+                let mut done: HashSet<String> = HashSet::new();
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    done.insert(row.try_get::<String, _>(0)?);
                 }
-            });
-            qb.push(") AS v WHERE tasks.id = v.column1 AND tasks.status = 'running' RETURNING tasks.id");
-            let mut done: HashSet<String> = HashSet::new();
-            for row in qb.build().fetch_all(&mut *tx).await? {
-                done.insert(row.try_get::<String, _>(0)?);
-            }
-            for i in chunk {
-                if let Op::Finish(f, _) = &ops[*i] {
-                    answers[*i] = Some(Answer::Bool(done.contains(&f.id.to_string())));
+                for i in chunk {
+                    if let Op::Finish(f, _) = &ops[*i] {
+                        answers[*i] = Some(Answer::Bool(done.contains(&f.id.to_string())));
+                    }
                 }
             }
-        }
 
-        for (i, op) in ops.iter().enumerate() {
-            if answers[i].is_some() {
-                continue;
+            for (i, op) in ops.iter().enumerate() {
+                if answers[i].is_some() {
+                    continue;
+                }
+                let answer = match op {
+                    Op::Insert(..) => continue,
+                    Op::Start { id, instance, at, owner, .. } => {
+                        let row = sqlx::query(db::SQL_START)
+                            .bind(id.clone())
+                            .bind(instance.clone())
+                            .bind(*at)
+                            .bind(owner.clone())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        Answer::Start(match row {
+                            Some(r) => Some(r.try_get::<i64, _>(0)?),
+                            None => None,
+                        })
+                    }
+                    Op::Finish(f, _) => {
+                        let sql = match f.expect {
+                            Expect::Queued => db::SQL_FINISH_QUEUED,
+                            Expect::Running => db::SQL_FINISH_RUNNING,
+                            Expect::Unfinished => db::SQL_FINISH_UNFINISHED,
+                        };
+                        let done = sqlx::query(sql)
+                            .bind(f.id.to_string())
+                            .bind(f.status.as_str())
+                            .bind(f.result.as_ref().map(to_json))
+                            .bind(f.error.as_ref().map(to_json))
+                            .bind(f.finished_at)
+                            .bind(to_json(&f.timings))
+                            .bind(f.instance.clone())
+                            .bind(f.owner.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Bool(done.rows_affected() > 0)
+                    }
+                    Op::Requeue { id, owner, .. } => {
+                        let done = sqlx::query(db::SQL_REQUEUE)
+                            .bind(id.clone())
+                            .bind(owner.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Bool(done.rows_affected() > 0)
+                    }
+                    Op::CancelRequest { id, .. } => {
+                        let done = sqlx::query(db::SQL_CANCEL_REQUEST)
+                            .bind(id.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Bool(done.rows_affected() > 0)
+                    }
+                    Op::Heartbeat { node, at, .. } => {
+                        sqlx::query(db::SQL_HEARTBEAT)
+                            .bind(node.clone())
+                            .bind(*at)
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Unit
+                    }
+                    Op::Outbox(o, _) => {
+                        sqlx::query(db::SQL_OUTBOX_INSERT)
+                            .bind(o.id.clone())
+                            .bind(o.task_id.clone())
+                            .bind(o.tenant.clone())
+                            .bind(o.sender.clone())
+                            .bind(to_json(&o.recipients))
+                            .bind(to_json(&o.cc))
+                            .bind(o.subject.clone())
+                            .bind(o.body.clone())
+                            .bind(o.created_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Unit
+                    }
+                    Op::Prune { before, limit, .. } => {
+                        let tasks = sqlx::query(db::SQL_PRUNE_TASKS)
+                            .bind(*before)
+                            .bind(*limit)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        let outbox = sqlx::query(db::SQL_PRUNE_OUTBOX)
+                            .bind(*before)
+                            .bind(*limit)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        Answer::Pruned(Pruned { tasks, outbox })
+                    }
+                };
+                answers[i] = Some(answer);
             }
-            let answer = match op {
-                Op::Insert(..) => continue,
-                Op::Start { id, instance, at, owner, .. } => {
-                    let row = sqlx::query(db::SQL_START)
-                        .bind(id.clone())
-                        .bind(instance.clone())
-                        .bind(*at)
-                        .bind(owner.clone())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    Answer::Start(match row {
-                        Some(r) => Some(r.try_get::<i64, _>(0)?),
-                        None => None,
-                    })
-                }
-                Op::Finish(f, _) => {
-                    let sql = match f.expect {
-                        Expect::Queued => db::SQL_FINISH_QUEUED,
-                        Expect::Running => db::SQL_FINISH_RUNNING,
-                        Expect::Unfinished => db::SQL_FINISH_UNFINISHED,
-                    };
-                    let done = sqlx::query(sql)
-                        .bind(f.id.to_string())
-                        .bind(f.status.as_str())
-                        .bind(f.result.as_ref().map(to_json))
-                        .bind(f.error.as_ref().map(to_json))
-                        .bind(f.finished_at)
-                        .bind(to_json(&f.timings))
-                        .bind(f.instance.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    Answer::Bool(done.rows_affected() > 0)
-                }
-                Op::Requeue { id, owner, .. } => {
-                    let done = sqlx::query(db::SQL_REQUEUE)
-                        .bind(id.clone())
-                        .bind(owner.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    Answer::Bool(done.rows_affected() > 0)
-                }
-                Op::CancelRequest { id, .. } => {
-                    let done = sqlx::query(db::SQL_CANCEL_REQUEST)
-                        .bind(id.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    Answer::Bool(done.rows_affected() > 0)
-                }
-                Op::Heartbeat { node, at, .. } => {
-                    sqlx::query(db::SQL_HEARTBEAT)
-                        .bind(node.clone())
-                        .bind(*at)
-                        .execute(&mut *tx)
-                        .await?;
-                    Answer::Unit
-                }
-                Op::Outbox(o, _) => {
-                    sqlx::query(db::SQL_OUTBOX_INSERT)
-                        .bind(o.id.clone())
-                        .bind(o.task_id.clone())
-                        .bind(o.tenant.clone())
-                        .bind(o.sender.clone())
-                        .bind(to_json(&o.recipients))
-                        .bind(to_json(&o.cc))
-                        .bind(o.subject.clone())
-                        .bind(o.body.clone())
-                        .bind(o.created_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    Answer::Unit
-                }
-            };
-            answers[i] = Some(answer);
-        }
-        tx.commit().await?;
-        Ok::<(), sqlx::Error>(())
-    })?;
+            Ok::<(), sqlx::Error>(())
+        };
+        work.await.map_err(before)?;
+        tx.commit().await.map_err(|error| Failed { error, at_commit: true })?;
+    });
 
     answers
         .into_iter()
-        .map(|a| a.ok_or_else(|| sqlx::Error::Protocol("write left unanswered".into())))
+        .map(|a| a.ok_or_else(|| before(sqlx::Error::Protocol("write left unanswered".into()))))
         .collect()
 }

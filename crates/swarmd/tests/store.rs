@@ -148,16 +148,19 @@ async fn state_changes_are_guarded(backend: Backend) {
     let t = task("a", None);
     let id = t.id;
     store.insert(new(t, None, "n1")).await.unwrap();
+    let at = now_ms();
     // Another node cannot start it.
-    assert_eq!(store.start(id, "i0", now_ms(), "n2").await.unwrap(), None);
+    assert_eq!(store.start(id, "i0", at, "n2").await.unwrap(), None);
+    assert_eq!(store.start(id, "i0", at, "n1").await.unwrap(), Some(1));
     assert_eq!(
-        store.start(id, "i0", now_ms(), "n1").await.unwrap(),
-        Some(1)
+        store.start(id, "i0", at, "n1").await.unwrap(),
+        Some(1),
+        "the same start again (its answer was lost) finds itself, one attempt"
     );
     assert_eq!(
-        store.start(id, "i0", now_ms(), "n1").await.unwrap(),
+        store.start(id, "i0", at + 1, "n1").await.unwrap(),
         None,
-        "already running"
+        "another start of a running task is refused"
     );
     let fin = |expect, status| Finish {
         id,
@@ -171,7 +174,14 @@ async fn state_changes_are_guarded(backend: Backend) {
             ..Default::default()
         },
         instance: None,
+        owner: "n1".into(),
     };
+    let mut foreign = fin(Expect::Running, TaskStatus::Failed);
+    foreign.owner = "n2".into();
+    assert!(
+        !store.finish(foreign).await.unwrap(),
+        "only the owner ends a task"
+    );
     assert!(
         !store
             .finish(fin(Expect::Queued, TaskStatus::Cancelled))
@@ -221,6 +231,7 @@ async fn restart_claims_unfinished_tasks(backend: Backend) {
             timings: Timings::default(),
             // Known only at the end (a balanced department): replaces "i0".
             instance: Some("http://10.0.0.7/run".into()),
+            owner: "n1".into(),
         })
         .await
         .unwrap();
@@ -289,6 +300,124 @@ async fn cancel_requests_reach_the_owner(backend: Backend) {
     assert!(store.cancel_requests("n2").await.unwrap().is_empty());
 }
 
+async fn writes_repeated_after_a_lost_answer_are_harmless(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    // An insert whose commit landed but whose answer was lost, run again:
+    // the task is there once and the second run answers as the first.
+    let t = task("a", None);
+    let id = t.id;
+    for _ in 0..2 {
+        assert!(matches!(
+            store.insert(new(t.clone(), None, "n1")).await.unwrap(),
+            InsertOutcome::Created(c) if c.id == id
+        ));
+    }
+    let keyed = task("a", Some("k"));
+    for _ in 0..2 {
+        assert!(matches!(
+            store.insert(new(keyed.clone(), Some("h"), "n1")).await.unwrap(),
+            InsertOutcome::Created(c) if c.id == keyed.id
+        ));
+    }
+    let all = store
+        .list(&ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    // The same outbox message twice is stored once.
+    let row = swarm_store::OutboxRow {
+        id: TaskId::new().to_string(),
+        task_id: id.to_string(),
+        tenant: "a".into(),
+        sender: "a@x".into(),
+        recipients: vec!["b@x".into()],
+        cc: vec![],
+        subject: "s".into(),
+        body: "b".into(),
+        created_at: now_ms(),
+    };
+    store.outbox_insert(row.clone()).await.unwrap();
+    store.outbox_insert(row).await.unwrap();
+    assert_eq!(store.outbox_list(None, 10).await.unwrap().len(), 1);
+}
+
+async fn retention_deletes_only_old_finished_work(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        let t = task("a", None);
+        ids.push(t.id);
+        store.insert(new(t, None, "n1")).await.unwrap();
+    }
+    // Five finished long ago, one just now, one still queued.
+    for (i, id) in ids.iter().take(6).enumerate() {
+        store.start(*id, "i0", now, "n1").await.unwrap();
+        let finished_at = if i < 5 { now - 3_600_000 } else { now };
+        assert!(
+            store
+                .finish(Finish {
+                    id: *id,
+                    expect: Expect::Running,
+                    status: TaskStatus::Succeeded,
+                    result: None,
+                    error: None,
+                    finished_at,
+                    timings: Timings::default(),
+                    instance: None,
+                    owner: "n1".into(),
+                })
+                .await
+                .unwrap()
+        );
+    }
+    let cutoff = now - 60_000;
+    let first = store.prune(cutoff, 3).await.unwrap();
+    assert_eq!(first.tasks, 3, "a batch is bounded");
+    let second = store.prune(cutoff, 3).await.unwrap();
+    assert_eq!(second.tasks, 2);
+    assert_eq!(store.prune(cutoff, 3).await.unwrap().tasks, 0);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.get(*id).await.unwrap().is_some(),
+            i >= 5,
+            "task {i}: recent and unfinished tasks stay"
+        );
+    }
+}
+
+async fn own_unfinished_rows_can_be_reclaimed(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let (a, b, c) = (task("a", None), task("a", None), task("a", None));
+    let (ida, idb, idc) = (a.id, b.id, c.id);
+    store.insert(new(a, None, "n1")).await.unwrap();
+    store.insert(new(b, None, "n1")).await.unwrap();
+    store.insert(new(c, None, "n2")).await.unwrap();
+    store.start(idb, "i0", now_ms(), "n1").await.unwrap();
+    let mut mine = store.own_unfinished("n1").await.unwrap();
+    mine.sort();
+    let mut want = vec![ida, idb];
+    want.sort();
+    assert_eq!(mine, want);
+    // Reclaiming takes back only this node's unfinished rows, as queued.
+    let back = store.reclaim("n1", &[idb, idc]).await.unwrap();
+    assert_eq!(back.iter().map(|t| t.id).collect::<Vec<_>>(), vec![idb]);
+    assert_eq!(back[0].status, TaskStatus::Queued);
+    assert_eq!(
+        store.get(idc).await.unwrap().unwrap().status,
+        TaskStatus::Queued
+    );
+}
+
 async fn second_process_on_one_sqlite_file_is_refused(backend: Backend) {
     if backend != Backend::Sqlite {
         return;
@@ -311,5 +440,8 @@ on_both_backends!(
     restart_claims_unfinished_tasks,
     rescue_takes_a_dead_nodes_tasks,
     cancel_requests_reach_the_owner,
+    writes_repeated_after_a_lost_answer_are_harmless,
+    retention_deletes_only_old_finished_work,
+    own_unfinished_rows_can_be_reclaimed,
     second_process_on_one_sqlite_file_is_refused,
 );
