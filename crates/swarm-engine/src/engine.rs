@@ -1,36 +1,45 @@
-//! The engine: the life of a task from admission to its stored outcome.
+//! The engine's public face: start-up wiring, the calls the HTTP edge makes
+//! (submit, get, list, watch, wait, cancel, status, metrics), and shutdown.
+//!
+//! It decides nothing itself: admission decides what is admitted, the
+//! lifecycle changes state, the dispatchers and runs do the work, the
+//! upkeep loops tend the rest. This file wires them and translates.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Value, json};
 use swarm_agents::{AgentError, BUILTIN_KINDS, Outbox, OutboxMessage, builtin_agents};
 use swarm_core::clock::now_ms;
 use swarm_core::config::Config;
 use swarm_core::task::SpecLimits;
-use swarm_core::{FieldError, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};
-use swarm_sched::cpu::{CpuPool, CpuPoolStats};
-use swarm_sched::limit::{Classify, LimitConfig, Limiter, LimiterSnapshot};
-use swarm_store::{Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, Store};
-use tokio::sync::broadcast::error::RecvError;
+use swarm_core::{FieldError, Task, TaskId, TaskSpec, TaskStatus, Timings};
+use swarm_sched::cpu::CpuPool;
+use swarm_sched::limit::{Classify, LimitConfig, Limiter};
+use swarm_store::{Backend, ListQuery, NewTask, OutboxRow, Store};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admission::TenantLedger;
+use crate::admission::Admission;
+use crate::attempt::OverloadClassifier;
 use crate::director::Director;
+use crate::dispatch::Dispatcher;
+use crate::env::RunEnv;
 use crate::error::EngineError;
-use crate::hub::{Hub, TaskEvent};
-use crate::monitor::{AlertBook, AlertsView, ResourceReading};
-use crate::pool::{Pool, PoolStatus, Queued};
-use crate::run::OverloadClassifier;
+use crate::hub::Hub;
+use crate::ledger::TenantLedger;
+use crate::lifecycle::{Accepted, Cancelled, Lifecycle, ms};
+use crate::monitor::{Alerts, AlertsView, Resources};
+use crate::pool::{Pool, Pools};
+use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
-use crate::{background, run};
+use crate::status::{DatabaseStatus, Status};
+use crate::upkeep::governor::Governor;
+use crate::upkeep::heartbeat::{Cluster, Heartbeat};
+use crate::upkeep::retention::{Retention, RetentionStats};
+use crate::watch::Watch;
 
 /// Who is asking: reads and cancels are limited to the caller's tenant
 /// unless the caller is an admin.
@@ -46,6 +55,11 @@ impl Access<'_> {
     fn may_read(&self, task: &Task) -> bool {
         self.admin || task.tenant == self.tenant
     }
+
+    const ADMIN: Access<'static> = Access {
+        tenant: "",
+        admin: true,
+    };
 }
 
 /// A submission as the HTTP edge hands it over.
@@ -77,132 +91,61 @@ pub enum CancelOutcome {
     /// The task ended (normally as `cancelled`; if it finished first, as it
     /// finished).
     Done(Task),
-    /// The task runs on another node, which was asked to cancel it.
+    /// The task runs on another node, which was asked to cancel it (or its
+    /// outcome is not stored yet).
     Requested(Task),
-}
-
-/// The engine as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    /// Build version.
-    pub version: &'static str,
-    /// This node's id.
-    pub node_id: String,
-    /// Seconds since start.
-    pub uptime_s: f64,
-    /// Database and its connection pool.
-    pub database: DatabaseStatus,
-    /// Departments.
-    pub pools: Vec<PoolStatus>,
-    /// Tasks this process is tracking (queued or running here).
-    pub live_tasks: usize,
-    /// The process-wide cap on running tasks (`admission.global_max_inflight`,
-    /// lowered by the resource governor while CPU or memory is high).
-    pub global: LimiterSnapshot,
-    /// Process CPU and memory as last sampled.
-    pub resources: ResourceReading,
-    /// The thread pool for blocking, CPU-heavy agent work.
-    pub cpu_pool: CpuPoolStats,
-    /// Whether shutdown has begun.
-    pub draining: bool,
-}
-
-/// The connection pool, for `/api/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct DatabaseStatus {
-    /// `sqlite` or `postgres`.
-    pub backend: &'static str,
-    /// Open connections.
-    pub size: u32,
-    /// Idle connections.
-    pub idle: u32,
-    /// Connections in use.
-    pub in_use: u32,
-    /// Ceiling.
-    pub max: u32,
-}
-
-pub(crate) struct Inner {
-    pub(crate) cfg: Config,
-    pub(crate) store: Store,
-    pub(crate) node_id: String,
-    pub(crate) director: Director,
-    pub(crate) pools: BTreeMap<String, Arc<Pool>>,
-    pub(crate) hub: Hub,
-    started: Instant,
-    /// Fired when shutdown begins: no new submissions, no new starts.
-    pub(crate) stop_dispatch: CancellationToken,
-    /// Fired when the grace period ends: running tasks go back to the queue.
-    pub(crate) stop_runs: CancellationToken,
-    pub(crate) runs: TaskTracker,
-    background: TaskTracker,
-    /// The process-wide cap on running tasks.
-    pub(crate) global: Limiter,
-    /// Outstanding tasks per tenant (quotas).
-    pub(crate) tenants: Arc<TenantLedger>,
-    /// Per-tenant quota overrides.
-    quotas: HashMap<String, usize>,
-    /// Maps a run's result to the limiter's success / drop / ignore.
-    pub(crate) classifier: Arc<dyn Classify<Result<Value, AgentError>>>,
-    /// Last resource sample.
-    pub(crate) resources: Mutex<ResourceReading>,
-    /// Blocking, CPU-heavy agent work runs here.
-    pub(crate) cpu: CpuPool,
-    /// Prometheus metrics.
-    pub(crate) metrics: Metrics,
-    /// Alerts raised by the monitor.
-    pub(crate) alerts: Mutex<AlertBook>,
 }
 
 /// The running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    pub(crate) inner: Arc<Inner>,
+    core: Arc<Core>,
+}
+
+/// Everything the engine holds, each part owned by the module that uses it
+/// and reached here only to wire or to read.
+struct Core {
+    /// The configuration it started with.
+    cfg: Arc<Config>,
+    /// This node's name in the store.
+    node_id: String,
+    /// The record of truth.
+    store: Store,
+    /// The departments.
+    pools: Arc<Pools>,
+    /// Live tasks, for waiters and cancels.
+    hub: Arc<Hub>,
+    /// Every state transition.
+    lifecycle: Arc<Lifecycle>,
+    /// Every admission decision.
+    admission: Admission,
+    /// Routing.
+    director: Director,
+    /// The stop signals and the runs' tracker.
+    shutdown: Shutdown,
+    /// The process-wide cap on running tasks.
+    global: Limiter,
+    /// Blocking, CPU-heavy agent work runs here.
+    cpu: CpuPool,
+    /// The monitor's last reading.
+    resources: Arc<Resources>,
+    /// Alerts raised by the monitor.
+    alerts: Arc<Alerts>,
+    /// What retention deleted.
+    retention: Arc<RetentionStats>,
+    /// Prometheus metrics.
+    metrics: Arc<Metrics>,
+    /// Start time, for uptime.
+    started: Instant,
+    /// The dispatchers and upkeep loops.
+    background: TaskTracker,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("node_id", &self.inner.node_id)
+            .field("node_id", &self.core.node_id)
             .finish()
-    }
-}
-
-/// Per-instance series of a balanced pool. Instance ids come from the
-/// configuration or the admin API, so the label set stays bounded; a
-/// removed instance's series keep their last values until restart.
-fn render_instances(m: &Metrics, pool: &str, b: &swarm_sched::balance::BalancerSnapshot) {
-    use swarm_sched::balance::InstanceState;
-    for i in &b.instances {
-        let labels = [("pool", pool), ("instance", i.id.as_str())];
-        for (state, name) in [
-            (InstanceState::Healthy, "healthy"),
-            (InstanceState::Ejected, "ejected"),
-            (InstanceState::HalfOpen, "half_open"),
-            (InstanceState::Draining, "draining"),
-        ] {
-            m.gauge(
-                "swarmd_instance_state",
-                &[("pool", pool), ("instance", &i.id), ("state", name)],
-            )
-            .set(if i.state == state { 1.0 } else { 0.0 });
-        }
-        m.gauge("swarmd_instance_in_flight", &labels)
-            .set(f64::from(i.outstanding));
-        m.gauge("swarmd_instance_rtt_seconds", &labels)
-            .set(i.ewma_rtt_us as f64 / 1e6);
-        for (outcome, n) in [
-            ("success", i.successes),
-            ("failure", i.failures),
-            ("cancelled", i.cancelled),
-        ] {
-            m.counter_at(
-                "swarmd_instance_calls_total",
-                &[("pool", pool), ("instance", &i.id), ("outcome", outcome)],
-                n,
-            );
-        }
-        m.counter_at("swarmd_instance_ejections_total", &labels, i.ejections);
     }
 }
 
@@ -275,9 +218,7 @@ fn request_hash(spec: &TaskSpec) -> String {
     format!("{h:016x}")
 }
 
-pub(crate) fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
-}
+// === impl Engine: start-up ===
 
 impl Engine {
     /// Builds pools and agents, takes over unfinished tasks, and starts the
@@ -307,8 +248,11 @@ impl Engine {
         );
         let agents = builtin_agents(&cfg, Arc::new(StoreOutbox(store.clone())), cpu.clone())
             .map_err(EngineError::Internal)?;
-        let metrics = Metrics::new(cfg.monitor.metrics, cfg.monitor.max_tenant_labels);
-        let mut pools = BTreeMap::new();
+        let metrics = Arc::new(Metrics::new(
+            cfg.monitor.metrics,
+            cfg.monitor.max_tenant_labels,
+        ));
+        let mut pools = std::collections::BTreeMap::new();
         for (name, pc) in &cfg.pools {
             let kind = pc.agent_kind(name);
             // Pools with instances of their own (process workers, HTTP
@@ -327,131 +271,152 @@ impl Engine {
                 Arc::new(Pool::new(name, pc, &cfg.tenants, agent, metrics.pool(name))),
             );
         }
-        let quotas = cfg
-            .tenants
-            .iter()
-            .filter_map(|t| t.max_outstanding.map(|m| (t.name.clone(), m)))
-            .collect();
-        let global = Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight));
-        let inner = Arc::new(Inner {
-            director: Director::new(&cfg),
-            cfg,
-            store,
-            node_id,
-            pools,
-            hub: Hub::new(),
-            started: Instant::now(),
-            stop_dispatch: CancellationToken::new(),
-            stop_runs: CancellationToken::new(),
-            runs: TaskTracker::new(),
-            background: TaskTracker::new(),
-            global,
-            tenants: Arc::new(TenantLedger::default()),
-            quotas,
+        let pools = Arc::new(Pools::new(pools));
+        let hub = Arc::new(Hub::new());
+        let tenants = Arc::new(TenantLedger::default());
+        let resources = Arc::new(Resources::default());
+        let shutdown = Shutdown::default();
+        let lifecycle = Arc::new(Lifecycle::new(
+            store.clone(),
+            hub.clone(),
+            pools.clone(),
+            tenants.clone(),
+            node_id.clone(),
+            metrics.clone(),
+            cfg.monitor.slow_task_ms,
+            shutdown.clone(),
+        ));
+        let env = Arc::new(RunEnv::new(
+            lifecycle.clone(),
+            pools.clone(),
+            hub.clone(),
             classifier,
-            resources: Mutex::new(ResourceReading::default()),
+            shutdown.clone(),
+        ));
+        let cfg = Arc::new(cfg);
+        let core = Arc::new(Core {
+            admission: Admission::new(&cfg, tenants, resources.clone(), store.clone()),
+            director: Director::new(&cfg),
+            global: Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight)),
+            cfg,
+            node_id,
+            store,
+            pools,
+            hub,
+            lifecycle,
+            shutdown,
             cpu,
+            resources,
+            alerts: Arc::default(),
+            retention: Arc::default(),
             metrics,
-            alerts: Mutex::new(AlertBook::default()),
+            started: Instant::now(),
+            background: TaskTracker::new(),
         });
-        let engine = Engine { inner };
-        engine.recover().await?;
-        for pool in engine.inner.pools.values() {
-            engine
-                .inner
-                .background
-                .spawn(run::dispatch(engine.inner.clone(), pool.clone()));
-        }
-        engine
-            .inner
-            .background
-            .spawn(background::heartbeat(engine.clone()));
-        engine
-            .inner
-            .background
-            .spawn(background::governor(engine.clone()));
+        core.lifecycle.recover().await?;
+        let engine = Engine { core };
+        engine.spawn_loops(env);
         Ok(engine)
     }
 
-    async fn recover(&self) -> Result<(), EngineError> {
-        let inner = &self.inner;
-        inner.store.register_node(&inner.node_id, now_ms()).await?;
-        let tasks = inner.store.claim_at_start(&inner.node_id).await?;
-        if !tasks.is_empty() {
-            info!(count = tasks.len(), node = %inner.node_id, "re-queued unfinished tasks from a previous run");
-        }
-        for t in tasks {
-            self.adopt(t).await;
-        }
-        Ok(())
-    }
-
-    /// Queues a task this node has just claimed (recovery or rescue).
-    pub(crate) async fn adopt(&self, task: Task) {
-        let inner = &self.inner;
-        match inner.pools.get(&task.department) {
-            Some(pool) => {
-                inner.hub.register(task.clone());
-                let slot = inner.tenants.take(&task.tenant);
-                pool.push(Queued {
-                    task,
-                    enqueued_at: Instant::now(),
-                    accepted_at: None,
-                    slot,
-                    request_id: None,
-                });
-            }
-            None => {
-                // The department was removed from the configuration since the
-                // task was accepted: fail it visibly rather than drop it.
-                let finish = Finish {
-                    id: task.id,
-                    expect: Expect::Queued,
-                    status: TaskStatus::Failed,
-                    result: None,
-                    error: Some(TaskError::new(
-                        "department_gone",
-                        format!("department `{}` is no longer configured", task.department),
-                        Some("queue"),
-                    )),
-                    finished_at: now_ms(),
-                    timings: task.timings.clone(),
-                    instance: None,
-                };
-                if let Err(e) = inner.store.finish(finish).await {
-                    warn!(task = %task.id, error = %e, "could not fail a task of a removed department");
+    /// The dispatchers and the upkeep loops.
+    fn spawn_loops(&self, env: Arc<RunEnv>) {
+        let c = &self.core;
+        let stop = c.shutdown.draining().clone();
+        for pool in c.pools.iter() {
+            c.background.spawn(
+                Dispatcher {
+                    env: env.clone(),
+                    pool: pool.clone(),
+                    global: c.global.clone(),
+                    health: c.store.health().clone(),
                 }
-            }
+                .run(),
+            );
         }
+        c.background.spawn(
+            Heartbeat {
+                store: c.store.clone(),
+                node_id: c.node_id.clone(),
+                lease_ms: c.cfg.database.lease_ms,
+                stop: stop.clone(),
+            }
+            .run(),
+        );
+        c.background.spawn(
+            Cluster {
+                store: c.store.clone(),
+                hub: c.hub.clone(),
+                lifecycle: c.lifecycle.clone(),
+                node_id: c.node_id.clone(),
+                lease_ms: c.cfg.database.lease_ms,
+                stop: stop.clone(),
+            }
+            .run(),
+        );
+        c.background.spawn(
+            Governor {
+                cfg: c.cfg.clone(),
+                pools: c.pools.clone(),
+                lifecycle: c.lifecycle.clone(),
+                shutdown: c.shutdown.clone(),
+                global: c.global.clone(),
+                resources: c.resources.clone(),
+                alerts: c.alerts.clone(),
+                store: c.store.clone(),
+                metrics: c.metrics.clone(),
+            }
+            .run(),
+        );
+        c.background.spawn(
+            Retention {
+                store: c.store.clone(),
+                keep: c.cfg.database.retention,
+                stats: c.retention.clone(),
+                stop,
+            }
+            .run(),
+        );
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        &self.inner.node_id
+        &self.core.node_id
     }
 
     /// The configuration the engine runs with.
     pub fn config(&self) -> &Config {
-        &self.inner.cfg
+        &self.core.cfg
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.core.store
     }
 
-    /// Validates, routes, stores and queues a task. Returns once the task is
-    /// durable.
+    /// The departments (for `instances`).
+    pub(crate) fn pools(&self) -> &Pools {
+        &self.core.pools
+    }
+}
+
+// === impl Engine: tasks ===
+
+impl Engine {
+    /// Validates, routes, admits, stores and queues a task. Returns once the
+    /// task is durable.
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
-        let metrics = &self.inner.metrics;
+        let metrics = &self.core.metrics;
         let tenant = metrics.enabled().then(|| sub.tenant.clone());
         let r = self.submit_inner(sub).await;
         if let Some(t) = tenant {
             match &r {
                 Ok(s) if s.created => metrics.submitted(&t, true),
-                Err(EngineError::Overloaded { .. } | EngineError::QuotaExceeded { .. }) => {
-                    metrics.submitted(&t, false)
-                }
+                Err(
+                    EngineError::Overloaded { .. }
+                    | EngineError::QuotaExceeded { .. }
+                    | EngineError::Unavailable(_),
+                ) => metrics.submitted(&t, false),
                 _ => {}
             }
         }
@@ -459,72 +424,36 @@ impl Engine {
     }
 
     async fn submit_inner(&self, sub: Submission) -> Result<Submitted, EngineError> {
-        let inner = &self.inner;
-        if inner.stop_dispatch.is_cancelled() {
+        let c = &self.core;
+        if c.shutdown.is_draining() {
             return Err(EngineError::ShuttingDown);
         }
         let mut spec = sub.spec;
         spec.validate(SpecLimits {
-            max_wait_ms: inner.cfg.server.max_wait_ms,
+            max_wait_ms: c.cfg.server.max_wait_ms,
         })?;
-        let (department, _reason) = inner.director.route(&spec)?;
-        let pool = inner.pools.get(&department).ok_or_else(|| {
+        let (department, _reason) = c.director.route(&spec)?;
+        let pool = c.pools.get(&department).ok_or_else(|| {
             EngineError::Internal(format!("routed to missing pool `{department}`"))
         })?;
-        pool.agent
+        pool.agent()
             .validate(spec.args())
             .map_err(|e| e.nested_under("args"))?;
-        let timeout_ms = spec.timeout_ms.unwrap_or(pool.default_timeout_ms);
-        if timeout_ms > pool.max_timeout_ms {
+        let timeout_ms = spec.timeout_ms.unwrap_or(pool.default_timeout_ms());
+        if timeout_ms > pool.max_timeout_ms() {
             return Err(FieldError::invalid(
                 "timeout_ms",
                 format!(
                     "`timeout_ms` must be at most {} for department `{}`",
-                    pool.max_timeout_ms, pool.name
+                    pool.max_timeout_ms(),
+                    pool.name()
                 ),
             )
             .into());
         }
-        // Admission, from memory, before anything is stored.
-        if inner
-            .resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rss_high
-        {
-            pool.counters
-                .rejected_process
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(EngineError::Overloaded {
-                code: "process_overloaded",
-                message: format!(
-                    "the server's memory is over its threshold ({} MiB); retry later",
-                    inner.cfg.admission.rss_high_mib
-                ),
-                retry_after_s: 5,
-            });
-        }
-        let quota = inner
-            .quotas
-            .get(&sub.tenant)
-            .copied()
-            .unwrap_or(inner.cfg.admission.tenant_max_outstanding);
-        let slot = match inner.tenants.try_take(&sub.tenant, quota) {
-            Ok(slot) => slot,
-            Err(n) => {
-                pool.counters.rejected_quota.fetch_add(1, Ordering::Relaxed);
-                return Err(EngineError::QuotaExceeded {
-                    message: format!(
-                        "tenant `{}` has {n} tasks queued or running, its quota; retry when some finish",
-                        sub.tenant
-                    ),
-                    // The tenant's excess drains at its share of the pool's
-                    // rate at best; one slot frees in about this long.
-                    retry_after_s: pool.drain.retry_after_s(1),
-                });
-            }
-        };
-        let pending = pool.admit(Duration::from_millis(timeout_ms), &sub.tenant)?;
+        let ticket = c
+            .admission
+            .admit(pool, &sub.tenant, Duration::from_millis(timeout_ms))?;
         let now = now_ms();
         let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
         let task = Task {
@@ -533,8 +462,8 @@ impl Engine {
             task_type: spec.task_type.clone(),
             status: TaskStatus::Queued,
             priority: spec.priority.unwrap_or_default(),
-            department: pool.name.clone(),
-            agent: pool.agent_kind.clone(),
+            department: pool.name().to_string(),
+            agent: pool.agent_kind().to_string(),
             instance: None,
             title: spec.title.clone(),
             description: spec.description.clone(),
@@ -553,34 +482,28 @@ impl Engine {
                 ..Timings::default()
             },
         };
-        let persist_from = Instant::now();
-        let outcome = inner
-            .store
-            .insert(NewTask {
-                task,
-                request_hash,
-                owner: inner.node_id.clone(),
-            })
+        let new = NewTask {
+            task,
+            request_hash,
+            owner: c.node_id.clone(),
+        };
+        let accepted = c
+            .lifecycle
+            .accept(
+                pool,
+                new,
+                ticket.pending,
+                ticket.slot,
+                sub.received_at,
+                sub.request_id,
+            )
             .await?;
-        match outcome {
-            InsertOutcome::Created(mut task) => {
-                task.timings.persist_ms = Some(ms(persist_from.elapsed()));
-                pool.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                inner.hub.register(task.clone());
-                pool.push(Queued {
-                    task: task.clone(),
-                    enqueued_at: Instant::now(),
-                    accepted_at: Some(sub.received_at),
-                    slot,
-                    request_id: sub.request_id,
-                });
-                drop(pending);
-                Ok(Submitted {
-                    task,
-                    created: true,
-                })
-            }
-            InsertOutcome::Existing { task, same_request } => {
+        match accepted {
+            Accepted::New(task) => Ok(Submitted {
+                task,
+                created: true,
+            }),
+            Accepted::Existing { task, same_request } => {
                 if !same_request {
                     return Err(EngineError::Conflict {
                         code: "idempotency_conflict",
@@ -591,7 +514,7 @@ impl Engine {
                         ),
                     });
                 }
-                let task = match inner.hub.current(task.id) {
+                let task = match c.hub.current(task.id) {
                     Some(live) => (*live).clone(),
                     None => task,
                 };
@@ -605,10 +528,10 @@ impl Engine {
 
     /// One task, if the caller may see it.
     pub async fn get(&self, id: TaskId, access: Access<'_>) -> Result<Task, EngineError> {
-        let task = match self.inner.hub.current(id) {
+        let task = match self.core.hub.current(id) {
             Some(t) => (*t).clone(),
             None => self
-                .inner
+                .core
                 .store
                 .get(id)
                 .await?
@@ -630,7 +553,7 @@ impl Engine {
         if !access.admin {
             q.tenant = Some(access.tenant.to_string());
         }
-        Ok(self.inner.store.list(&q).await?)
+        Ok(self.core.store.list(&q).await?)
     }
 
     /// Outbox messages, newest first; clients see only their tenant's.
@@ -640,29 +563,20 @@ impl Engine {
         access: Access<'_>,
     ) -> Result<Vec<OutboxRow>, EngineError> {
         let tenant = (!access.admin).then_some(access.tenant);
-        Ok(self.inner.store.outbox_list(tenant, limit).await?)
+        Ok(self.core.store.outbox_list(tenant, limit).await?)
     }
 
     /// Follows a task's changes (for `wait_ms` and server-sent events).
     pub async fn watch(&self, id: TaskId, access: Access<'_>) -> Result<Watch, EngineError> {
-        if let Some((current, rx)) = self.inner.hub.subscribe(id) {
-            if !access.may_read(&current) {
+        let c = &self.core;
+        if let Some(sub) = c.hub.subscribe(id) {
+            if !access.may_read(&sub.current) {
                 return Err(EngineError::NotFound);
             }
-            return Ok(Watch {
-                engine: self.clone(),
-                current,
-                rx: Some(rx),
-                ended: false,
-            });
+            return Ok(Watch::live(c.hub.clone(), c.store.clone(), sub));
         }
         let task = self.get(id, access).await?;
-        Ok(Watch {
-            engine: self.clone(),
-            current: Arc::new(task),
-            rx: None,
-            ended: false,
-        })
+        Ok(Watch::stored(c.hub.clone(), c.store.clone(), task))
     }
 
     /// Waits up to `wait` for the task to end; returns its state then.
@@ -696,401 +610,128 @@ impl Engine {
                 message: format!("task {id} already ended as {}", task.status),
             });
         }
-        if let Some(t) = self.cancel_local(&task).await? {
-            return Ok(CancelOutcome::Done(t));
-        }
-        // Not queued or running here: another node owns it.
-        self.inner.store.request_cancel(id).await?;
-        let now = self.get(id, access).await?;
-        if now.status.is_terminal() {
-            Ok(CancelOutcome::Done(now))
+        let ended = match self.core.lifecycle.cancel(&task).await? {
+            Cancelled::Ended(t) => return Ok(CancelOutcome::Done(*t)),
+            Cancelled::Signalled => {
+                self.wait(id, Access::ADMIN, Duration::from_secs(30))
+                    .await?
+            }
+            Cancelled::NotHere => {
+                // Not queued or running here: another node owns it.
+                self.core.store.request_cancel(id).await?;
+                self.get(id, access).await?
+            }
+        };
+        if ended.status.is_terminal() {
+            Ok(CancelOutcome::Done(ended))
         } else {
-            Ok(CancelOutcome::Requested(now))
+            Ok(CancelOutcome::Requested(ended))
         }
     }
+}
 
-    /// Cancels a task if this node holds it; `None` if it does not.
-    pub(crate) async fn cancel_local(&self, task: &Task) -> Result<Option<Task>, EngineError> {
-        let inner = &self.inner;
-        let Some(pool) = inner.pools.get(&task.department) else {
-            return Ok(None);
-        };
-        if let Some(run) = pool.running_handle(task.id) {
-            run.cancel.cancel();
-            let admin = Access {
-                tenant: "",
-                admin: true,
-            };
-            return Ok(Some(
-                self.wait(task.id, admin, Duration::from_secs(30)).await?,
-            ));
-        }
-        let removed = pool.remove_queued(task.id);
-        let held_here = removed.is_some() || inner.hub.current(task.id).is_some();
-        if !held_here {
-            return Ok(None);
-        }
-        let mut timings = removed
-            .as_ref()
-            .map(|q| q.task.timings.clone())
-            .unwrap_or_else(|| task.timings.clone());
-        let now = now_ms();
-        timings.total_ms = Some((now - task.created_at).max(0) as f64);
-        let error = TaskError::new(
-            "cancelled",
-            "cancelled by client while queued",
-            Some("queue"),
-        );
-        let finished = inner
-            .store
-            .finish(Finish {
-                id: task.id,
-                expect: Expect::Queued,
-                status: TaskStatus::Cancelled,
-                result: None,
-                error: Some(error.clone()),
-                finished_at: now,
-                timings: timings.clone(),
-                instance: None,
-            })
-            .await?;
-        if finished {
-            pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            let mut t = removed.map(|q| q.task).unwrap_or_else(|| task.clone());
-            t.status = TaskStatus::Cancelled;
-            t.error = Some(error);
-            t.finished_at = Some(now);
-            t.timings = timings;
-            run::finished(inner, pool, &t);
-            inner.hub.publish(t.clone());
-            return Ok(Some(t));
-        }
-        // It left the queue between our read and the update: it is starting
-        // (its run sees the cancel token) or it ended. Ask again.
-        if let Some(run) = pool.running_handle(task.id) {
-            run.cancel.cancel();
-        }
-        let admin = Access {
-            tenant: "",
-            admin: true,
-        };
-        Ok(Some(
-            self.wait(task.id, admin, Duration::from_secs(30)).await?,
-        ))
-    }
+// === impl Engine: status and shutdown ===
 
-    /// Pools, database pool, uptime.
+impl Engine {
+    /// Pools, database, resources, uptime.
     pub fn status(&self) -> Status {
-        let inner = &self.inner;
-        let db = inner.store.pool_stats();
+        let c = &self.core;
+        let db = c.store.pool_stats();
+        let health = c.store.health().snapshot();
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            node_id: inner.node_id.clone(),
-            uptime_s: inner.started.elapsed().as_secs_f64(),
+            node_id: c.node_id.clone(),
+            uptime_s: c.started.elapsed().as_secs_f64(),
             database: DatabaseStatus {
-                backend: inner.store.backend().as_str(),
+                backend: c.store.backend().as_str(),
+                available: health.available,
+                health,
                 size: db.size,
                 idle: db.idle,
                 in_use: db.size.saturating_sub(db.idle),
                 max: db.max,
+                write_queue: db.write_queue,
+                write_retries: db.retries,
+                retention: c.retention.status(c.cfg.database.retention),
             },
-            pools: inner.pools.values().map(|p| p.status()).collect(),
-            live_tasks: inner.hub.len(),
-            draining: inner.stop_dispatch.is_cancelled(),
-            global: inner.global.snapshot(),
-            resources: *inner.resources.lock().unwrap_or_else(|p| p.into_inner()),
-            cpu_pool: inner.cpu.stats(),
+            pools: c.pools.iter().map(|p| p.status()).collect(),
+            live_tasks: c.hub.len(),
+            draining: c.shutdown.is_draining(),
+            global: c.global.snapshot(),
+            resources: c.resources.get(),
+            cpu_pool: c.cpu.stats(),
+            transitions: c.lifecycle.counts(),
         }
     }
 
     /// Alerts firing now and recently.
     pub fn alerts(&self) -> AlertsView {
-        self.inner
-            .alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .view()
+        self.core.alerts.view()
     }
 
     /// The engine's metrics; the server records its HTTP figures here.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.core.metrics
     }
 
-    /// The Prometheus exposition: the state `/api/status` shows is copied
-    /// into gauges and counters, then everything is rendered. `None` when
-    /// `monitor.metrics` is off.
+    /// The Prometheus exposition of the engine's state and events. `None`
+    /// when `monitor.metrics` is off.
     pub fn render_metrics(&self) -> Option<String> {
-        let m = &self.inner.metrics;
+        let m = &self.core.metrics;
         if !m.enabled() {
             return None;
         }
-        let st = self.status();
-        for p in &st.pools {
-            let pool = [("pool", p.name.as_str())];
-            m.gauge("swarmd_pool_limit", &pool)
-                .set(p.limit.limit as f64);
-            m.gauge("swarmd_pool_in_flight", &pool)
-                .set(p.limit.in_flight as f64);
-            for (prio, n) in &p.queued_by_priority {
-                m.gauge(
-                    "swarmd_pool_queued",
-                    &[("pool", &p.name), ("priority", prio)],
-                )
-                .set(*n as f64);
-            }
-            m.gauge("swarmd_pool_children_queued", &pool)
-                .set(p.children_queued as f64);
-            m.gauge("swarmd_pool_queue_capacity", &pool)
-                .set(p.queue_capacity as f64);
-            m.gauge("swarmd_pool_oldest_queued_seconds", &pool)
-                .set(p.oldest_queued_ms as f64 / 1e3);
-            m.gauge("swarmd_pool_shedding", &pool)
-                .set(if p.shedding { 1.0 } else { 0.0 });
-            m.gauge("swarmd_pool_drain_rate", &pool).set(p.drain_per_s);
-            m.gauge("swarmd_pool_rtt_seconds", &pool)
-                .set(p.limit.rtt_us as f64 / 1e6);
-            m.counter_at("swarmd_pool_accepted_total", &pool, p.accepted);
-            let r = &p.rejections;
-            for (reason, n) in [
-                ("queue_full", r.queue_full),
-                ("queue_delay", r.queue_delay),
-                ("deadline_unmeetable", r.deadline_unmeetable),
-                ("tenant_quota", r.tenant_quota),
-                ("process_overloaded", r.process_overloaded),
-            ] {
-                m.counter_at(
-                    "swarmd_pool_rejected_total",
-                    &[("pool", &p.name), ("reason", reason)],
-                    n,
-                );
-            }
-            for (outcome, n) in [
-                ("succeeded", p.succeeded),
-                ("failed", p.failed),
-                ("timed_out", p.timed_out),
-                ("cancelled", p.cancelled),
-            ] {
-                m.counter_at(
-                    "swarmd_pool_finished_total",
-                    &[("pool", &p.name), ("outcome", outcome)],
-                    n,
-                );
-            }
-            m.counter_at(
-                "swarmd_pool_expired_in_queue_total",
-                &pool,
-                p.expired_in_queue,
-            );
-            m.counter_at("swarmd_pool_children_total", &pool, p.children);
-            if let Some(b) = &p.balancer {
-                render_instances(m, &p.name, b);
-            }
-            if let Some(w) = &p.workers {
-                for (state, n) in [("alive", w.alive), ("busy", w.busy)] {
-                    m.gauge(
-                        "swarmd_pool_workers",
-                        &[("pool", &p.name), ("state", state)],
-                    )
-                    .set(n as f64);
-                }
-                m.counter_at("swarmd_pool_worker_restarts_total", &pool, w.restarts);
-                m.counter_at("swarmd_pool_worker_kills_total", &pool, w.kills);
-            }
-        }
-        m.gauge("swarmd_global_cap", &[])
-            .set(st.global.cap.unwrap_or(st.global.limit) as f64);
-        m.gauge("swarmd_global_in_flight", &[])
-            .set(st.global.in_flight as f64);
-        m.gauge("swarmd_live_tasks", &[]).set(st.live_tasks as f64);
-        m.gauge("swarmd_uptime_seconds", &[]).set(st.uptime_s);
-        let r = &st.resources;
-        m.gauge("swarmd_process_cpu_ratio", &[])
-            .set(r.cpu_pct / 100.0);
-        m.gauge("swarmd_process_resident_memory_bytes", &[])
-            .set(r.rss_mib * 1024.0 * 1024.0);
-        m.gauge("swarmd_process_open_fds", &[]).set(r.fds as f64);
-        m.gauge("swarmd_process_max_fds", &[]).set(r.max_fds as f64);
-        m.gauge("swarmd_process_threads", &[]).set(r.threads as f64);
-        m.gauge("swarmd_machine_load1", &[]).set(r.load1);
-        m.gauge("swarmd_machine_memory_available_bytes", &[])
-            .set(r.mem_available_mib * 1024.0 * 1024.0);
-        m.gauge("swarmd_runtime_workers", &[])
-            .set(r.runtime_workers as f64);
-        m.gauge("swarmd_runtime_alive_tasks", &[])
-            .set(r.runtime_alive_tasks as f64);
-        m.gauge("swarmd_runtime_global_queue_depth", &[])
-            .set(r.runtime_global_queue as f64);
-        m.gauge("swarmd_monitor_sample_seconds", &[])
-            .set(r.sample_us as f64 / 1e6);
-        let db = self.inner.store.pool_stats();
-        m.gauge("swarmd_db_connections", &[("state", "idle")])
-            .set(db.idle as f64);
-        m.gauge("swarmd_db_connections", &[("state", "in_use")])
-            .set(db.size.saturating_sub(db.idle) as f64);
-        m.gauge("swarmd_db_connections_max", &[]).set(db.max as f64);
-        m.gauge("swarmd_db_write_queue", &[])
-            .set(db.write_queue as f64);
-        m.gauge("swarmd_db_acquire_mean_seconds", &[])
-            .set(r.db_acquire_ms / 1e3);
-        m.counter_at("swarmd_db_acquires_total", &[], db.acquires);
-        m.counter_at("swarmd_db_batches_total", &[], db.batches);
-        m.counter_at("swarmd_db_ops_total", &[], db.ops);
-        let c = &st.cpu_pool;
-        m.gauge("swarmd_cpu_pool_threads", &[])
-            .set(c.threads as f64);
-        m.gauge("swarmd_cpu_pool_busy", &[]).set(c.busy as f64);
-        m.gauge("swarmd_cpu_pool_queued", &[]).set(c.queued as f64);
-        for (outcome, n) in [
-            ("completed", c.completed),
-            ("rejected", c.rejected),
-            ("panicked", c.panicked),
-            ("cancelled", c.cancelled),
-        ] {
-            m.counter_at("swarmd_cpu_pool_jobs_total", &[("outcome", outcome)], n);
-        }
-        let alerts = self.alerts();
-        for (name, n) in &alerts.fired {
-            m.counter_at("swarmd_alerts_fired_total", &[("alert", name)], *n);
-        }
-        // Every known alert has a series, 0 when quiet, so a dashboard can
-        // graph it before it first fires.
-        for name in crate::monitor::ALERT_NAMES {
-            let firing = alerts.active.iter().filter(|a| a.name == name).count();
-            m.gauge("swarmd_alerts_active", &[("alert", name)])
-                .set(firing as f64);
-        }
-        Some(m.render())
+        Some(m.render_with(
+            &self.status(),
+            &self.alerts(),
+            &self.core.store.pool_stats(),
+        ))
     }
 
-    /// Whether the database answers.
+    /// Whether the database takes writes and answers.
     pub async fn ready(&self) -> Result<(), EngineError> {
-        Ok(self.inner.store.ping().await?)
+        let health = self.core.store.health().snapshot();
+        if !health.available {
+            return Err(EngineError::Unavailable(health.reason.unwrap_or_default()));
+        }
+        Ok(self.core.store.ping().await?)
     }
 
     /// Graceful shutdown: stop taking and starting work, let running tasks
     /// finish for up to `grace`, then hand the rest back to the queue (the
     /// store keeps them `queued` for the next start or another node).
     pub async fn shutdown(&self, grace: Duration) {
-        let inner = &self.inner;
-        inner.stop_dispatch.cancel();
-        inner.runs.close();
-        let running: usize = inner.pools.values().map(|p| p.running_count()).sum();
+        let c = &self.core;
+        c.shutdown.begin();
+        let running: usize = c.pools.iter().map(|p| p.running_count()).sum();
         info!(running, grace_ms = grace.as_millis() as u64, "draining");
-        if tokio::time::timeout(grace, inner.runs.wait())
+        if tokio::time::timeout(grace, c.shutdown.runs_done())
             .await
             .is_err()
         {
             warn!("grace period over; returning running tasks to the queue");
-            inner.stop_runs.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(10), inner.runs.wait()).await;
+            c.shutdown.end_runs();
+            if tokio::time::timeout(Duration::from_secs(10), c.shutdown.runs_done())
+                .await
+                .is_err()
+            {
+                warn!("outcomes still waiting for the database are left for the next start");
+            }
         }
-        // Runs are over: dispatchers still serving children may stop.
-        inner.stop_runs.cancel();
-        inner.background.close();
-        inner.cpu.shutdown();
-        let _ = tokio::time::timeout(Duration::from_secs(5), inner.background.wait()).await;
-        let queued: usize = inner.pools.values().map(|p| p.drain().len()).sum();
+        // Runs are over: dispatchers still serving children may stop, and
+        // transitions still waiting for the database give up.
+        c.shutdown.end_runs();
+        c.shutdown.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.shutdown.runs_done()).await;
+        c.background.close();
+        c.cpu.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.background.wait()).await;
+        let queued: usize = c.pools.iter().map(|p| p.drain_queue().len()).sum();
         if queued > 0 {
             info!(queued, "left queued tasks in the store for the next start");
         }
-        if let Err(e) = inner.store.leave(&inner.node_id).await {
+        if let Err(e) = c.store.leave(&c.node_id).await {
             warn!(error = %e, "could not mark this node as gone");
         }
     }
-}
-
-/// A task's changes as they happen.
-pub struct Watch {
-    engine: Engine,
-    current: Arc<Task>,
-    rx: Option<tokio::sync::broadcast::Receiver<TaskEvent>>,
-    ended: bool,
-}
-
-/// How often a watch polls the store for a task another node runs.
-const POLL: Duration = Duration::from_millis(250);
-
-impl Watch {
-    /// The latest state seen.
-    pub fn current(&self) -> &Task {
-        &self.current
-    }
-
-    /// The next event; `None` after the task has ended.
-    pub async fn next(&mut self) -> Option<TaskEvent> {
-        if self.ended || self.current.status.is_terminal() {
-            self.ended = true;
-            return None;
-        }
-        loop {
-            if let Some(rx) = &mut self.rx {
-                match rx.recv().await {
-                    Ok(TaskEvent::State(t)) => {
-                        self.current = t.clone();
-                        return Some(TaskEvent::State(t));
-                    }
-                    Ok(ev @ TaskEvent::Progress(_)) => return Some(ev),
-                    Err(RecvError::Lagged(_)) => {
-                        if let Some(t) = self.refresh().await {
-                            return Some(TaskEvent::State(t));
-                        }
-                    }
-                    Err(RecvError::Closed) => {
-                        // The hub forgot the task: it ended, or this process
-                        // handed it back. The store has the truth.
-                        self.rx = None;
-                        if let Some(t) = self.refresh().await {
-                            return Some(TaskEvent::State(t));
-                        }
-                    }
-                }
-            } else {
-                tokio::time::sleep(POLL).await;
-                if let Some((current, rx)) = self.engine.inner.hub.subscribe(self.current.id) {
-                    self.rx = Some(rx);
-                    if *current != *self.current {
-                        self.current = current.clone();
-                        return Some(TaskEvent::State(current));
-                    }
-                    continue;
-                }
-                if let Some(t) = self.refresh().await {
-                    return Some(TaskEvent::State(t));
-                }
-            }
-        }
-    }
-
-    /// Re-reads the task; returns it if it changed.
-    async fn refresh(&mut self) -> Option<Arc<Task>> {
-        let id = self.current.id;
-        let latest = match self.engine.inner.hub.current(id) {
-            Some(t) => Some(t),
-            None => match self.engine.inner.store.get(id).await {
-                Ok(Some(t)) => Some(Arc::new(t)),
-                Ok(None) => None,
-                Err(e) => {
-                    warn!(task = %id, error = %e, "watch could not re-read its task");
-                    None
-                }
-            },
-        }?;
-        if *latest != *self.current {
-            self.current = latest.clone();
-            Some(latest)
-        } else {
-            None
-        }
-    }
-}
-
-/// Builds the `progress` reporter for one run.
-pub(crate) fn progress_for(engine: &Arc<Inner>, id: TaskId) -> swarm_agents::Progress {
-    let weak = Arc::downgrade(engine);
-    swarm_agents::Progress::new(move |v: Value| {
-        if let Some(inner) = weak.upgrade() {
-            inner.hub.progress(id, v);
-        }
-    })
 }

@@ -1,18 +1,21 @@
-//! Live task state for waiters (`wait_ms`) and server-sent event streams.
+//! The tasks this node holds, live: their current state for waiters
+//! (`wait_ms`) and event streams, and the token that cancels each.
 //!
-//! Each task this process accepted or claimed has an entry with its current
-//! state and a broadcast channel. The store is written first and the hub
-//! second, so anything a waiter sees is already durable. Subscribing takes
-//! the current state and a receiver under one lock, so a subscriber misses
-//! no change after the state it starts from. The entry is removed when the
-//! task ends; a later reader finds the ended task in the store.
+//! Each task this process accepted or claimed has an entry from the moment
+//! it is registered until it ends here (or leaves this node). The store is
+//! written first and the hub second, so anything a waiter sees is already
+//! durable. Subscribing takes the current state, the last few progress
+//! reports and a receiver under one lock, so a subscriber misses no change
+//! after the state it starts from, and sees the recent steps of a task it
+//! joins late. A later reader of an ended task finds it in the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use swarm_core::{Task, TaskId};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// Something that happened to a task.
 #[derive(Debug, Clone)]
@@ -26,14 +29,29 @@ pub enum TaskEvent {
 struct Entry {
     current: Arc<Task>,
     tx: broadcast::Sender<TaskEvent>,
+    /// Fired to cancel the task, whoever holds it at the moment (the queue,
+    /// a start in progress, the run).
+    cancel: CancellationToken,
+    /// The last [`REPLAY`] progress reports, for subscribers who join late.
+    recent: VecDeque<Value>,
 }
 
 /// Events a slow subscriber may fall behind by before it skips to the
 /// current state (a task has few state changes; progress may be chattier).
 const CHANNEL: usize = 64;
 
+/// Progress reports replayed to a new subscriber.
+pub const REPLAY: usize = 16;
+
 /// Shards keep lock hold times independent across tasks under load.
 const SHARDS: usize = 16;
+
+/// What a new subscriber starts from.
+pub(crate) struct Subscription {
+    pub(crate) current: Arc<Task>,
+    pub(crate) recent: Vec<Value>,
+    pub(crate) rx: broadcast::Receiver<TaskEvent>,
+}
 
 /// The registry of live tasks.
 pub(crate) struct Hub {
@@ -57,16 +75,26 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts tracking a task (accepted or claimed by this process).
-    pub(crate) fn register(&self, task: Task) {
+    /// Starts tracking a task (accepted or claimed by this process) and
+    /// returns its cancel token; `None`, changing nothing, if it is tracked
+    /// already (a task is never held twice).
+    pub(crate) fn register(&self, task: Task) -> Option<CancellationToken> {
+        let mut shard = self.shard(&task.id);
+        if shard.contains_key(&task.id) {
+            return None;
+        }
         let (tx, _) = broadcast::channel(CHANNEL);
-        self.shard(&task.id).insert(
+        let cancel = CancellationToken::new();
+        shard.insert(
             task.id,
             Entry {
                 current: Arc::new(task),
                 tx,
+                cancel: cancel.clone(),
+                recent: VecDeque::new(),
             },
         );
+        Some(cancel)
     }
 
     /// Records a new state and tells subscribers; forgets ended tasks.
@@ -84,26 +112,47 @@ impl Hub {
         }
     }
 
+    /// Stops tracking a task that left this node unfinished (taken over by
+    /// another, or never stored); its subscribers' channels close and they
+    /// read the store instead.
+    pub(crate) fn forget(&self, id: TaskId) {
+        self.shard(&id).remove(&id);
+    }
+
     /// Passes an agent's progress report to subscribers.
     pub(crate) fn progress(&self, id: TaskId, value: Value) {
-        if let Some(entry) = self.shard(&id).get(&id) {
+        if let Some(entry) = self.shard(&id).get_mut(&id) {
+            if entry.recent.len() == REPLAY {
+                entry.recent.pop_front();
+            }
+            entry.recent.push_back(value.clone());
             let _ = entry.tx.send(TaskEvent::Progress(value));
         }
     }
 
-    /// The current state and a receiver for what follows, if tracked here.
-    pub(crate) fn subscribe(
-        &self,
-        id: TaskId,
-    ) -> Option<(Arc<Task>, broadcast::Receiver<TaskEvent>)> {
-        self.shard(&id)
-            .get(&id)
-            .map(|e| (e.current.clone(), e.tx.subscribe()))
+    /// The current state, recent progress and a receiver for what follows,
+    /// if tracked here.
+    pub(crate) fn subscribe(&self, id: TaskId) -> Option<Subscription> {
+        self.shard(&id).get(&id).map(|e| Subscription {
+            current: e.current.clone(),
+            recent: e.recent.iter().cloned().collect(),
+            rx: e.tx.subscribe(),
+        })
     }
 
     /// The current state, if tracked here.
     pub(crate) fn current(&self, id: TaskId) -> Option<Arc<Task>> {
         self.shard(&id).get(&id).map(|e| e.current.clone())
+    }
+
+    /// The token that cancels a task tracked here.
+    pub(crate) fn cancel_token(&self, id: TaskId) -> Option<CancellationToken> {
+        self.shard(&id).get(&id).map(|e| e.cancel.clone())
+    }
+
+    /// Whether a task is tracked here.
+    pub(crate) fn contains(&self, id: TaskId) -> bool {
+        self.shard(&id).contains_key(&id)
     }
 
     /// Live tasks tracked.

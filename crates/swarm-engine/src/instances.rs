@@ -65,8 +65,7 @@ fn instance_error(pool: &str, e: InstanceError) -> EngineError {
 
 impl Engine {
     fn pool(&self, name: &str) -> Result<&Pool, EngineError> {
-        self.inner
-            .pools
+        self.pools()
             .get(name)
             .map(|p| p.as_ref())
             .ok_or_else(|| not_found(name))
@@ -74,27 +73,29 @@ impl Engine {
 
     fn balanced(&self, name: &str) -> Result<&BalancedAgent, EngineError> {
         let pool = self.pool(name)?;
-        pool.agent.balanced().ok_or_else(|| EngineError::Conflict {
-            code: "instances_fixed",
-            message: format!(
-                "department `{name}` runs one `{}` agent; instances can be added and removed \
+        pool.agent()
+            .balanced()
+            .ok_or_else(|| EngineError::Conflict {
+                code: "instances_fixed",
+                message: format!(
+                    "department `{name}` runs one `{}` agent; instances can be added and removed \
                  for `agent = \"http\"` pools and built-in agents with `replicas` above 1",
-                pool.agent_kind
-            ),
-        })
+                    pool.agent_kind()
+                ),
+            })
     }
 
     /// A department's instances.
     pub fn pool_instances(&self, name: &str) -> Result<InstancesView, EngineError> {
         let pool = self.pool(name)?;
-        let balancer = pool.agent.balanced().map(|b| b.snapshot());
+        let balancer = pool.agent().balanced().map(|b| b.snapshot());
         Ok(InstancesView {
             pool: name.to_string(),
-            agent: pool.agent_kind.clone(),
+            agent: pool.agent_kind().to_string(),
             mutable: balancer.is_some(),
             instances: pool.instance_names(balancer.as_ref()),
             balancer,
-            workers: pool.agent.workers(),
+            workers: pool.agent().workers(),
         })
     }
 
@@ -136,7 +137,7 @@ impl Engine {
     /// restart and is listed in the report's `ignored`. Nothing changes if
     /// any list is invalid.
     pub fn reload(&self, cfg: &Config) -> Result<ReloadReport, EngineError> {
-        let old = &self.inner.cfg;
+        let old = self.config();
         let mut report = ReloadReport::default();
         let mut plans = Vec::new();
         for (name, pc) in &cfg.pools {
@@ -149,7 +150,7 @@ impl Engine {
                 report.ignored.push(format!("pools.{name}.agent"));
                 continue;
             }
-            let Some(b) = pool.agent.balanced() else {
+            let Some(b) = pool.agent().balanced() else {
                 if pc.replicas_or_default() != was.replicas_or_default() {
                     report.ignored.push(format!("pools.{name}.replicas"));
                 }

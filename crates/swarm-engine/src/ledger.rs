@@ -1,8 +1,9 @@
-//! Admission bookkeeping: per-tenant outstanding counts (quotas), drain
-//! rates (for `Retry-After`), and the process-wide resource governor.
+//! Admission bookkeeping: per-tenant outstanding counts (quotas), per-tenant
+//! admission rates (fair shedding) and drain rates (for `Retry-After`).
+//! The decisions made from them are `admission`'s.
 //!
-//! Every check here is an in-memory read, so a refusal costs microseconds
-//! and happens before the task touches the database.
+//! Every read here is in memory, so a refusal costs microseconds and happens
+//! before the task touches the database.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,27 +264,6 @@ impl DrainRate {
     }
 }
 
-/// The global cap's next value: lowered by a quarter each sample while the
-/// process is over a threshold, raised by a quarter (and at least one) each
-/// sample after, until it reaches `max` again (`None`: uncapped).
-pub(crate) fn next_cap(
-    current: Option<usize>,
-    in_flight: usize,
-    max: usize,
-    high: bool,
-) -> Option<usize> {
-    if high {
-        // Start from what is running, not from the ceiling, so the first
-        // step already bites.
-        let base = current.unwrap_or(max).min(in_flight.max(1));
-        Some((base * 3 / 4).max(1))
-    } else {
-        let c = current?;
-        let up = (c + c / 4).max(c + 1);
-        (up < max).then_some(up)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,21 +361,5 @@ mod tests {
         assert_eq!(d.retry_after_s(1_000_000), 60);
         d.tick(Duration::from_secs(1));
         assert!((d.per_second() - 70.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn cap_falls_while_high_and_recovers_after() {
-        let mut cap = None;
-        cap = next_cap(cap, 100, 4096, true);
-        assert_eq!(cap, Some(75));
-        cap = next_cap(cap, 75, 4096, true);
-        assert_eq!(cap, Some(56));
-        let mut steps = 0;
-        while cap.is_some() {
-            cap = next_cap(cap, 10, 4096, false);
-            steps += 1;
-        }
-        assert!(steps < 40, "restored in {steps} samples");
-        assert_eq!(next_cap(Some(1), 0, 4096, true), Some(1), "never below 1");
     }
 }

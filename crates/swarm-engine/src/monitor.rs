@@ -1,6 +1,6 @@
 //! The resource monitor and its alerts.
 //!
-//! Every `monitor.interval_ms` the governor (`background.rs`) calls
+//! Every `monitor.interval_ms` the governor (`upkeep/governor.rs`) calls
 //! [`sample`]: process CPU and RSS, open file descriptors and their limit,
 //! threads, the machine's load and available memory (all from `/proc`, see
 //! proc(5)), and the tokio runtime's workers, alive tasks and global queue.
@@ -14,9 +14,42 @@
 //! clearing) and kept in a short history for `GET /api/alerts`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use swarm_core::clock::{now_ms, rfc3339};
+
+/// The last reading, shared by the governor (which writes it) and admission
+/// and status (which read it).
+#[derive(Debug, Default)]
+pub(crate) struct Resources(Mutex<ResourceReading>);
+
+impl Resources {
+    pub(crate) fn get(&self) -> ResourceReading {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set(&self, r: ResourceReading) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+}
+
+/// Alerts raised by the monitor, behind a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Alerts(Mutex<AlertBook>);
+
+impl Alerts {
+    pub(crate) fn evaluate(&self, checks: &[Check]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .evaluate(checks);
+    }
+
+    pub(crate) fn view(&self) -> AlertsView {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).view()
+    }
+}
 
 /// Process and machine figures, as the monitor last read them.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

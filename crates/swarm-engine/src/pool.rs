@@ -1,4 +1,4 @@
-//! A department: its agent, its queue, its limiter and its instances.
+//! A department: its agent, its queues, its limiter and its counters.
 //!
 //! # Queue
 //! Stored tasks wait in a [`FairQueue`]: priorities served by weighted round
@@ -8,26 +8,19 @@
 //! finishing work already started frees its parent's slot soonest, and
 //! children never wait behind new submissions.
 //!
-//! # Dispatch
-//! One dispatcher per pool takes a permit from the pool's adaptive
-//! [`Limiter`] and then the next piece of work, so work leaves the queue only
-//! when it can start at once (queue wait is honest, and cancelling a queued
-//! task is a queue removal). A stored task also needs a permit of the global
-//! limiter (the process-wide cap); children run on their parent's global
-//! permit, so a parent waiting for children can never starve them of it.
-//! Permits move into the run and are released when it ends, on every path,
-//! because they are dropped with the run's future.
+//! # Limiter
+//! A dispatcher (`dispatch`) takes a permit of the pool's adaptive
+//! [`Limiter`] before it takes work out, so work leaves the queue only when
+//! it can start at once (queue wait is honest, and cancelling a queued task
+//! is a queue removal).
 //!
-//! # Admission
-//! `Pool::admit` answers from memory before anything is stored: the queue
-//! bound; queue-delay shedding by CoDel (Nichols & Jacobson 2012, used for
-//! admission as in Facebook's "Fail at Scale", 2015) and by a Little's-law
-//! estimate of the wait, applied only to the tenants admitted fastest, so a
-//! light tenant is not refused for a heavy one's load; and an estimate of
-//! whether the task could start before its deadline at the measured drain
-//! rate.
+//! # What the pool does not decide
+//! Whether a submission is admitted is `admission`'s decision, made from
+//! the readings this pool offers ([`Pool::queue_reading`],
+//! [`Pool::expected_wait`]); what a task's state becomes is `lifecycle`'s.
+//! The pool only holds the state, behind methods.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,19 +28,17 @@ use std::time::Duration;
 use serde::Serialize;
 use swarm_agents::Agent;
 use swarm_core::config::{PoolConfig, TenantConfig};
-use swarm_core::{Priority, Task, TaskId};
+use swarm_core::{Priority, TaskId, TaskStatus};
 use swarm_sched::codel::CoDel;
-use swarm_sched::fair::{FairQueue, QueueMeta};
+use swarm_sched::fair::FairQueue;
 use swarm_sched::limit::{Limiter, LimiterSnapshot};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::admission::{DrainRate, TenantRates, TenantSlot};
-use crate::child::ChildJob;
-use crate::error::EngineError;
+use crate::ledger::{DrainRate, TenantRates};
 use crate::monitor::PoolMark;
 use crate::stats::{PoolMetrics, RecentLatency};
+use crate::work::{ChildJob, Queued};
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
 const PRIORITY_WEIGHTS: [u32; 4] = [8, 4, 2, 1];
@@ -56,36 +47,26 @@ const PRIORITY_WEIGHTS: [u32; 4] = [8, 4, 2, 1];
 /// would read as queueing.
 const MIN_AUTO_TARGET: Duration = Duration::from_millis(5);
 
-/// A stored task waiting in a pool's queue.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    pub(crate) task: Task,
-    /// When this process queued it (for sub-millisecond queue timings).
-    pub(crate) enqueued_at: Instant,
-    /// When this process accepted it, if it did (not for recovered tasks).
-    pub(crate) accepted_at: Option<Instant>,
-    /// The tenant's outstanding-task count, held until the task leaves.
-    pub(crate) slot: TenantSlot,
-    /// The submitting request's id, when this process accepted it.
-    pub(crate) request_id: Option<String>,
-}
+/// The departments by name, fixed for the life of the engine.
+pub(crate) struct Pools(BTreeMap<String, Arc<Pool>>);
 
-/// A task admitted but not yet queued; dropping it (queued, or failed to
-/// store) ends that.
-#[derive(Debug)]
-pub(crate) struct PendingGuard<'a>(&'a AtomicUsize);
+impl Pools {
+    pub(crate) fn new(pools: BTreeMap<String, Arc<Pool>>) -> Self {
+        Self(pools)
+    }
 
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// The department called `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.0.get(name)
+    }
+
+    /// Every department, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.0.values()
     }
 }
 
-/// A running task's handle: firing `cancel` stops it as `cancelled`.
-#[derive(Debug, Clone)]
-pub(crate) struct Running {
-    pub(crate) cancel: CancellationToken,
-}
+// === Queues ===
 
 struct Queues {
     tasks: FairQueue<Queued>,
@@ -96,52 +77,115 @@ struct Queues {
     codel_target: Option<Duration>,
 }
 
-pub(crate) struct Pool {
-    pub(crate) name: String,
-    pub(crate) agent_kind: String,
-    pub(crate) agent: Arc<dyn Agent>,
+/// What admission reads of a pool's queue for one submission.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueReading {
+    /// Tasks queued plus those being stored (see [`Pool::begin_pending`]).
+    pub(crate) queued: usize,
+    /// The queue bound.
     pub(crate) capacity: usize,
-    pub(crate) default_timeout_ms: u64,
-    pub(crate) max_timeout_ms: u64,
-    pub(crate) instances: Vec<String>,
-    next_instance: AtomicUsize,
-    queues: Mutex<Queues>,
-    /// `Some(target)` when configured, `None` for the automatic target,
-    /// shedding off when configured as 0.
-    codel_fixed: Option<Duration>,
-    codel_on: bool,
-    codel_interval: Duration,
-    pub(crate) notify: Notify,
-    pub(crate) limiter: Limiter,
-    running: Mutex<HashMap<TaskId, Running>>,
-    pub(crate) counters: Counters,
-    /// Stage histograms and recent latencies.
-    pub(crate) metrics: PoolMetrics,
-    pub(crate) drain: DrainRate,
-    /// Admission rates per tenant (fair shedding).
-    pub(crate) rates: TenantRates,
-    /// Tasks admitted and not yet queued (their rows are being committed).
-    /// Admission counts them as queued: at thousands of submissions a
-    /// second, a group commit's few milliseconds hold dozens of them, and
-    /// counting only the queue would admit all of them on the same view.
-    pending: AtomicUsize,
+    /// CoDel's target and its verdict (a queue standing above the target
+    /// for an interval); `None` while shedding is off or unmeasured.
+    pub(crate) codel: Option<(Duration, bool)>,
+    /// Whether this tenant is exempt from shedding: within its max-min fair
+    /// share, or admitted more slowly than a tenant over its share.
+    pub(crate) exempt: bool,
+}
+
+/// A task admitted but not yet queued: counted as queued until dropped
+/// (queued, or failed to store).
+#[derive(Debug)]
+pub(crate) struct PendingGuard(Arc<AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A run in progress; counts in [`Pool::running_count`] until dropped.
+#[derive(Debug)]
+pub(crate) struct RunningGuard(Arc<AtomicUsize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === Counters ===
+
+/// Why a submission was refused, for the counters (`Rejections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    QueueFull,
+    QueueDelay,
+    DeadlineUnmeetable,
+    TenantQuota,
+    ProcessOverloaded,
+    DatabaseUnavailable,
+    DatabaseBusy,
+}
+
+/// Outcomes of one kind of work (stored tasks, or children).
+#[derive(Debug, Default)]
+struct OutcomeCounts {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl OutcomeCounts {
+    fn add(&self, status: TaskStatus) {
+        match status {
+            TaskStatus::Succeeded => &self.succeeded,
+            TaskStatus::Failed => &self.failed,
+            TaskStatus::TimedOut => &self.timed_out,
+            _ => &self.cancelled,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn view(&self) -> Outcomes {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Outcomes {
+            succeeded: get(&self.succeeded),
+            failed: get(&self.failed),
+            timed_out: get(&self.timed_out),
+            cancelled: get(&self.cancelled),
+        }
+    }
 }
 
 /// Lifetime counts, for status and benchmarks.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) rejected_full: AtomicU64,
-    pub(crate) rejected_delay: AtomicU64,
-    pub(crate) rejected_deadline: AtomicU64,
-    pub(crate) rejected_quota: AtomicU64,
-    pub(crate) rejected_process: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) expired_in_queue: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
-    pub(crate) children: AtomicU64,
+struct Counters {
+    accepted: AtomicU64,
+    refused: [AtomicU64; 7],
+    tasks: OutcomeCounts,
+    children: OutcomeCounts,
+    expired_in_queue: AtomicU64,
+}
+
+/// Outcomes since start.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Ended `succeeded`.
+    pub succeeded: u64,
+    /// Ended `failed`.
+    pub failed: u64,
+    /// Ended `timed_out`.
+    pub timed_out: u64,
+    /// Ended `cancelled`.
+    pub cancelled: u64,
+}
+
+impl Outcomes {
+    /// All outcomes.
+    pub fn total(&self) -> u64 {
+        self.succeeded + self.failed + self.timed_out + self.cancelled
+    }
 }
 
 /// Refusals by reason.
@@ -157,6 +201,10 @@ pub struct Rejections {
     pub tenant_quota: u64,
     /// Process over its memory threshold (503 `process_overloaded`).
     pub process_overloaded: u64,
+    /// The database takes no writes (503 `database_unavailable`).
+    pub database_unavailable: u64,
+    /// The database writer is behind on new tasks (503 `database_busy`).
+    pub database_busy: u64,
 }
 
 impl Rejections {
@@ -167,6 +215,8 @@ impl Rejections {
             + self.deadline_unmeetable
             + self.tenant_quota
             + self.process_overloaded
+            + self.database_unavailable
+            + self.database_busy
     }
 }
 
@@ -199,7 +249,7 @@ pub struct PoolStatus {
     pub queue_target_ms: f64,
     /// Whether CoDel is shedding now.
     pub shedding: bool,
-    /// Completions per second, smoothed.
+    /// Completions per second (stored tasks and children), smoothed.
     pub drain_per_s: f64,
     /// End-to-end latency of tasks that succeeded in the last 5-10 s.
     pub latency_ms: RecentLatency,
@@ -217,18 +267,68 @@ pub struct PoolStatus {
     pub rejected: u64,
     /// Submissions refused since start, by reason.
     pub rejections: Rejections,
-    /// Outcomes since start.
+    /// Outcomes since start, stored tasks and children together.
     pub succeeded: u64,
-    /// Outcomes since start.
+    /// Outcomes since start, stored tasks and children together.
     pub failed: u64,
-    /// Outcomes since start (in the queue or while running).
+    /// Outcomes since start (in the queue or while running), stored tasks
+    /// and children together.
     pub timed_out: u64,
-    /// Of `timed_out`, those whose deadline passed while queued.
+    /// Of `timed_out`, stored tasks whose deadline passed while queued.
     pub expired_in_queue: u64,
-    /// Outcomes since start.
+    /// Outcomes since start, stored tasks and children together.
     pub cancelled: u64,
-    /// Child tasks run since start.
+    /// Child tasks (nested calls from other departments' runs) run since
+    /// start.
     pub children: u64,
+    /// The outcomes of those child tasks alone (included in the totals
+    /// above).
+    pub child_outcomes: Outcomes,
+}
+
+// === Pool ===
+
+/// One department.
+pub(crate) struct Pool {
+    /// The department's name.
+    name: String,
+    /// Its agent kind, as configured.
+    agent_kind: String,
+    /// The agent every run calls.
+    agent: Arc<dyn Agent>,
+    /// Queue bound (admission refuses past it).
+    capacity: usize,
+    default_timeout_ms: u64,
+    max_timeout_ms: u64,
+    /// Nominal instance names, picked round robin; one entry (the pool's
+    /// name) when the agent balances instances itself.
+    instances: Vec<String>,
+    next_instance: AtomicUsize,
+    /// The queues and CoDel, under one lock.
+    queues: Mutex<Queues>,
+    /// `Some(target)` when configured, `None` for the automatic target.
+    codel_fixed: Option<Duration>,
+    /// False when configured with a target of 0.
+    codel_on: bool,
+    codel_interval: Duration,
+    /// Wakes the dispatcher when work arrives.
+    notify: Notify,
+    /// The pool's concurrency limit.
+    limiter: Limiter,
+    /// Runs in progress.
+    running: Arc<AtomicUsize>,
+    /// Tasks admitted and not yet queued (their rows are being committed).
+    /// Admission counts them as queued: at thousands of submissions a
+    /// second, a group commit's few milliseconds hold dozens of them, and
+    /// counting only the queue would admit all of them on the same view.
+    pending: Arc<AtomicUsize>,
+    counters: Counters,
+    /// Stage histograms and recent latencies.
+    metrics: PoolMetrics,
+    /// Completions per second (the basis of `Retry-After`).
+    drain: DrainRate,
+    /// Admission rates per tenant (fair shedding).
+    rates: TenantRates,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,108 +388,134 @@ impl Pool {
             codel_interval: interval,
             notify: Notify::new(),
             limiter,
-            running: Mutex::new(HashMap::new()),
+            running: Arc::default(),
+            pending: Arc::default(),
             counters: Counters::default(),
             drain: DrainRate::default(),
             rates: TenantRates::default(),
-            pending: AtomicUsize::new(0),
             metrics,
         }
     }
 
-    /// Decides, from memory, whether a task of `tenant` with deadline
-    /// `timeout` may be queued here now.
-    /// On success the returned guard counts the task as pending until it is
-    /// queued or given up.
-    pub(crate) fn admit(
-        &self,
-        timeout: Duration,
-        tenant: &str,
-    ) -> Result<PendingGuard<'_>, EngineError> {
-        let now = Instant::now();
+    // --- what the pool is ---
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn agent_kind(&self) -> &str {
+        &self.agent_kind
+    }
+
+    pub(crate) fn agent(&self) -> &Arc<dyn Agent> {
+        &self.agent
+    }
+
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    pub(crate) fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
+    }
+
+    /// `timeout_ms` when a submission gives none.
+    pub(crate) fn default_timeout_ms(&self) -> u64 {
+        self.default_timeout_ms
+    }
+
+    /// The largest `timeout_ms` a submission may ask for.
+    pub(crate) fn max_timeout_ms(&self) -> u64 {
+        self.max_timeout_ms
+    }
+
+    /// Seconds until `backlog` tasks have drained at the measured rate.
+    pub(crate) fn retry_after_s(&self, backlog: usize) -> u64 {
+        self.drain.retry_after_s(backlog)
+    }
+
+    // --- admission readings ---
+
+    /// Counts a submission of `tenant` and reads the queue for it. Feeds
+    /// CoDel's admission-side state (see `swarm_sched::codel`).
+    pub(crate) fn queue_reading(&self, tenant: &str, now: Instant) -> QueueReading {
         self.rates.offered(tenant, now);
         let mut q = lock(&self.queues);
         let queued = q.tasks.len() + self.pending.load(Ordering::Relaxed);
-        if queued >= self.capacity {
-            drop(q);
-            self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
-            return Err(EngineError::Overloaded {
-                code: "queue_full",
-                message: format!(
-                    "department `{}` has {queued} tasks queued (its bound); retry later",
-                    self.name
-                ),
-                retry_after_s: self.drain.retry_after_s(queued),
-            });
-        }
-        if self.codel_on
-            && let Some(target) = q.codel_target
-        {
-            let head_age = q.tasks.oldest_enqueued_at().map(|t| now - t);
-            let standing = q.codel.on_admission(head_age, now);
-            // CoDel needs an interval to see a queue stand; at ten times
-            // capacity an interval admits far more than the target's worth
-            // of work, so the wait estimate refuses at once.
-            let expected = self.expected_wait(queued);
-            // Shedding is fair: a tenant within its fair share (favoured)
-            // is still admitted, and so is one admitted at a lower rate
-            // than another tenant over its share (see `TenantRates`), so
-            // the heaviest tenants are the ones refused.
-            let exempt = q.tasks.is_favoured(tenant)
-                || self.rates.is_light(tenant, now, |t| q.tasks.is_favoured(t));
-            if (standing || expected > target) && !exempt {
-                drop(q);
-                self.counters.rejected_delay.fetch_add(1, Ordering::Relaxed);
-                return Err(EngineError::Overloaded {
-                    code: "queue_delay",
-                    message: format!(
-                        "department `{}` is overloaded: queued tasks would wait over its {} ms target; retry later",
-                        self.name,
-                        target.as_millis()
-                    ),
-                    retry_after_s: self.drain.retry_after_s(queued),
-                });
+        let codel = match (self.codel_on, q.codel_target) {
+            (true, Some(target)) if queued < self.capacity => {
+                let head_age = q.tasks.oldest_enqueued_at().map(|t| now - t);
+                Some((target, q.codel.on_admission(head_age, now)))
             }
+            _ => None,
+        };
+        let exempt = q.tasks.is_favoured(tenant)
+            || self.rates.is_light(tenant, now, |t| q.tasks.is_favoured(t));
+        QueueReading {
+            queued,
+            capacity: self.capacity,
+            codel,
+            exempt,
         }
-        drop(q);
-        // If this task would start after its deadline, accepting it would
-        // only store a future timeout.
-        let wait = self.expected_wait(queued);
-        if queued > 0 && wait > timeout {
-            self.counters
-                .rejected_deadline
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(EngineError::Overloaded {
-                code: "deadline_unmeetable",
-                message: format!(
-                    "department `{}` would start this task in about {} ms, after its {} ms deadline; retry later or allow more time",
-                    self.name,
-                    wait.as_millis(),
-                    timeout.as_millis()
-                ),
-                retry_after_s: self.drain.retry_after_s(queued),
-            });
-        }
-        self.rates.admitted(tenant, now);
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        Ok(PendingGuard(&self.pending))
     }
 
     /// How long a task admitted now would wait, by Little's law: with
     /// `limit` running, each taking `rtt`, one leaves every rtt / limit, and
     /// everything queued (and the dispatcher's own wait for a permit) is
     /// ahead. Zero before any run has been measured.
-    fn expected_wait(&self, queued: usize) -> Duration {
+    pub(crate) fn expected_wait(&self, queued: usize) -> Duration {
         let snap = self.limiter.snapshot();
         let ahead = (queued + snap.waiting) as f64;
         Duration::from_secs_f64(ahead * snap.rtt_us as f64 / 1e6 / snap.limit.max(1) as f64)
     }
+
+    /// Marks one admitted task as on its way into the queue.
+    pub(crate) fn begin_pending(&self, tenant: &str) -> PendingGuard {
+        self.rates.admitted(tenant, Instant::now());
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        PendingGuard(self.pending.clone())
+    }
+
+    pub(crate) fn count_refusal(&self, why: Refusal) {
+        self.counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_accepted(&self) {
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stored task's or a child's outcome; children also feed the
+    /// drain rate and the recent-latency window here, stored tasks in
+    /// [`Pool::count_stored_outcome`].
+    pub(crate) fn count_child_outcome(&self, status: TaskStatus) {
+        self.counters.children.add(status);
+        self.drain.completed();
+    }
+
+    /// Counts a stored outcome. `expired` is a task whose deadline passed
+    /// while it waited.
+    pub(crate) fn count_stored_outcome(&self, status: TaskStatus, expired: bool) {
+        self.counters.tasks.add(status);
+        if expired {
+            self.counters
+                .expired_in_queue
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.drain.completed();
+    }
+
+    // --- queues ---
 
     /// Whether the dispatcher has something to start: a child always, a
     /// stored task unless shutdown has begun.
     pub(crate) fn ready(&self, draining: bool) -> bool {
         let q = lock(&self.queues);
         !q.children.is_empty() || (!draining && !q.tasks.is_empty())
+    }
+
+    /// Waits until work is pushed (or [`Pool::wake`] is called).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
     }
 
     pub(crate) fn push(&self, q: Queued) {
@@ -400,6 +526,8 @@ impl Pool {
         self.notify.notify_one();
     }
 
+    /// Puts a task back at the head of its class (a start that could not
+    /// be stored), keeping its place in CoDel's view.
     pub(crate) fn push_front(&self, q: Queued) {
         let class = q.task.priority.index();
         let tenant = q.task.tenant.clone();
@@ -422,14 +550,15 @@ impl Pool {
     }
 
     /// The next stored task, feeding its queueing delay to CoDel.
-    pub(crate) fn pop_task(&self) -> Option<(Queued, QueueMeta)> {
+    pub(crate) fn pop_task(&self) -> Option<Queued> {
         let now = Instant::now();
         let mut q = lock(&self.queues);
         let (item, meta) = q.tasks.pop()?;
         q.codel.on_dequeue(now - meta.enqueued_at, now);
-        Some((item, meta))
+        Some(item)
     }
 
+    /// Takes a queued task out, if it is here.
     pub(crate) fn remove_queued(&self, id: TaskId) -> Option<Queued> {
         lock(&self.queues)
             .tasks
@@ -437,24 +566,65 @@ impl Pool {
             .map(|(q, _)| q)
     }
 
-    /// Takes out queued tasks whose deadline has passed.
-    pub(crate) fn take_expired(&self, now_ms: i64) -> Vec<Queued> {
+    /// Takes every queued task out (shutdown); waiting children are
+    /// dropped, which fails their parents' calls.
+    pub(crate) fn drain_queue(&self) -> Vec<Queued> {
+        let mut q = lock(&self.queues);
+        q.children.clear();
+        q.tasks.drain().into_iter().map(|(q, _)| q).collect()
+    }
+
+    // --- runs ---
+
+    /// Counts a run as in progress until the guard drops.
+    pub(crate) fn begin_run(&self) -> RunningGuard {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(self.running.clone())
+    }
+
+    pub(crate) fn running_count(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Round robin over the pool's nominal instances.
+    pub(crate) fn pick_instance(&self) -> &str {
+        let i = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        &self.instances[i % self.instances.len()]
+    }
+
+    /// The instances' names: the balancer's ids when it has them.
+    pub(crate) fn instance_names(
+        &self,
+        balancer: Option<&swarm_sched::balance::BalancerSnapshot>,
+    ) -> Vec<String> {
+        match balancer {
+            Some(b) => b.instances.iter().map(|i| i.id.clone()).collect(),
+            None => self.instances.clone(),
+        }
+    }
+
+    // --- upkeep ---
+
+    /// The governor's tick: folds completions into the drain rate, follows
+    /// the automatic CoDel target, refreshes fair shares, and takes out the
+    /// queued tasks whose deadline passed (for `lifecycle` to expire).
+    pub(crate) fn tend(&self, now: Instant, elapsed: Duration, wall_ms: i64) -> Vec<Queued> {
+        self.drain.tick(elapsed);
+        self.retune_codel();
+        self.rates.prune(now);
+        self.refavour(now);
         lock(&self.queues)
             .tasks
-            .retain(|q, _| q.task.deadline_at > now_ms)
+            .retain(|q, _| q.task.deadline_at > wall_ms)
             .into_iter()
             .map(|(q, _)| q)
             .collect()
     }
 
-    /// Follows the automatic CoDel target: an eighth of the pool's no-load
-    /// run time (measured in BENCHMARKS.md: a half let admitted p99 reach
-    /// 2.3× the unloaded p99 at 10× overload; an eighth keeps it near 2×
-    /// with the same goodput).
     /// Marks the tenants asking for less than their fair share of what the
     /// pool completes, so the queue serves them first (see
     /// `TenantRates::within_share`).
-    pub(crate) fn refavour(&self, now: Instant) {
+    fn refavour(&self, now: Instant) {
         let capacity = self.drain.per_second();
         let mut q = lock(&self.queues);
         let within = self
@@ -463,7 +633,11 @@ impl Pool {
         q.tasks.set_favoured(within.iter().map(|t| &**t));
     }
 
-    pub(crate) fn retune_codel(&self) {
+    /// Follows the automatic CoDel target: an eighth of the pool's no-load
+    /// run time (measured in BENCHMARKS.md: a half let admitted p99 reach
+    /// 2.3× the unloaded p99 at 10× overload; an eighth keeps it near 2×
+    /// with the same goodput).
+    fn retune_codel(&self) {
         if !self.codel_on || self.codel_fixed.is_some() {
             return;
         }
@@ -487,48 +661,18 @@ impl Pool {
         }
     }
 
-    /// Round robin over the pool's instances.
-    pub(crate) fn pick_instance(&self) -> &str {
-        let i = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        &self.instances[i % self.instances.len()]
-    }
-
-    /// The instances' names: the balancer's ids when it has them.
-    pub(crate) fn instance_names(
-        &self,
-        balancer: Option<&swarm_sched::balance::BalancerSnapshot>,
-    ) -> Vec<String> {
-        match balancer {
-            Some(b) => b.instances.iter().map(|i| i.id.clone()).collect(),
-            None => self.instances.clone(),
-        }
-    }
-
-    pub(crate) fn track_running(&self, id: TaskId, r: Running) {
-        lock(&self.running).insert(id, r);
-    }
-
-    pub(crate) fn untrack_running(&self, id: TaskId) {
-        lock(&self.running).remove(&id);
-    }
-
-    pub(crate) fn running_handle(&self, id: TaskId) -> Option<Running> {
-        lock(&self.running).get(&id).cloned()
-    }
-
-    pub(crate) fn running_count(&self) -> usize {
-        lock(&self.running).len()
-    }
+    // --- views ---
 
     fn rejections(&self) -> Rejections {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let r = |why: Refusal| self.counters.refused[why as usize].load(Ordering::Relaxed);
         Rejections {
-            queue_full: get(&c.rejected_full),
-            queue_delay: get(&c.rejected_delay),
-            deadline_unmeetable: get(&c.rejected_deadline),
-            tenant_quota: get(&c.rejected_quota),
-            process_overloaded: get(&c.rejected_process),
+            queue_full: r(Refusal::QueueFull),
+            queue_delay: r(Refusal::QueueDelay),
+            deadline_unmeetable: r(Refusal::DeadlineUnmeetable),
+            tenant_quota: r(Refusal::TenantQuota),
+            process_overloaded: r(Refusal::ProcessOverloaded),
+            database_unavailable: r(Refusal::DatabaseUnavailable),
+            database_busy: r(Refusal::DatabaseBusy),
         }
     }
 
@@ -539,15 +683,13 @@ impl Pool {
             .tasks
             .oldest_enqueued_at()
             .map_or(0, |t| t.elapsed().as_millis() as u64);
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let rejected = self.rejections().total();
-        let timed_out = get(&c.timed_out);
+        let tasks = self.counters.tasks.view();
         let mark = PoolMark {
-            offered: get(&c.accepted) + rejected,
+            offered: self.counters.accepted.load(Ordering::Relaxed) + rejected,
             rejected,
-            ended: get(&c.succeeded) + get(&c.failed) + timed_out + get(&c.cancelled),
-            timed_out,
+            ended: tasks.total(),
+            timed_out: tasks.timed_out,
         };
         (mark, oldest)
     }
@@ -579,10 +721,11 @@ impl Pool {
             )
         };
         let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let rejections = self.rejections();
         let limit = self.limiter.snapshot();
         let balancer = self.agent.balanced().map(|b| b.snapshot());
+        let tasks = c.tasks.view();
+        let kids = c.children.view();
         PoolStatus {
             name: self.name.clone(),
             agent: self.agent_kind.clone(),
@@ -609,55 +752,16 @@ impl Pool {
             instances: self.instance_names(balancer.as_ref()),
             balancer,
             workers: self.agent.workers(),
-            accepted: get(&c.accepted),
+            accepted: c.accepted.load(Ordering::Relaxed),
             rejected: rejections.total(),
             rejections,
-            succeeded: get(&c.succeeded),
-            failed: get(&c.failed),
-            timed_out: get(&c.timed_out),
-            expired_in_queue: get(&c.expired_in_queue),
-            cancelled: get(&c.cancelled),
-            children: get(&c.children),
+            succeeded: tasks.succeeded + kids.succeeded,
+            failed: tasks.failed + kids.failed,
+            timed_out: tasks.timed_out + kids.timed_out,
+            expired_in_queue: c.expired_in_queue.load(Ordering::Relaxed),
+            cancelled: tasks.cancelled + kids.cancelled,
+            children: kids.total(),
+            child_outcomes: kids,
         }
-    }
-
-    /// Takes every queued task out (shutdown); waiting children are
-    /// dropped, which fails their parents' calls.
-    pub(crate) fn drain(&self) -> Vec<Queued> {
-        let mut q = lock(&self.queues);
-        q.children.clear();
-        q.tasks.drain().into_iter().map(|(q, _)| q).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::Metrics;
-
-    #[tokio::test]
-    async fn tasks_being_stored_count_against_the_queue_bound() {
-        let mut cfg = PoolConfig::default();
-        cfg.queue.capacity = 2;
-        let pool = Pool::new(
-            "p",
-            &cfg,
-            &[],
-            Arc::new(swarm_agents::echo::EchoAgent),
-            Metrics::new(false, 1).pool("p"),
-        );
-        let t = Duration::from_secs(10);
-        let a = pool.admit(t, "x").expect("first");
-        let _b = pool.admit(t, "x").expect("second");
-        // Nothing is in the queue yet, but two are on their way into it.
-        match pool.admit(t, "x") {
-            Err(EngineError::Overloaded { code, .. }) => assert_eq!(code, "queue_full"),
-            other => panic!("expected queue_full, got {other:?}"),
-        }
-        drop(a);
-        assert!(
-            pool.admit(t, "x").is_ok(),
-            "a stored (or failed) task frees its place"
-        );
     }
 }

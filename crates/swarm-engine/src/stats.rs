@@ -31,7 +31,12 @@ use metrics_exporter_prometheus::{
 };
 use serde::Serialize;
 use swarm_core::{TaskStatus, Timings};
+use swarm_sched::balance::BalancerSnapshot;
+use swarm_store::PoolStats;
 use tokio::time::Instant;
+
+use crate::monitor::{ALERT_NAMES, AlertsView};
+use crate::status::Status;
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -74,7 +79,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "swarmd_pool_finished_total",
-        "Tasks a pool ended, by outcome.",
+        "Work a pool ended, by outcome and kind (task: stored tasks; child: nested calls from other departments' runs).",
     ),
     (
         "swarmd_pool_expired_in_queue_total",
@@ -146,6 +151,27 @@ const HELP: &[(&str, &str)] = &[
         "Tokio tasks waiting in the runtime's global queue.",
     ),
     ("swarmd_db_connections", "Database connections, by state."),
+    (
+        "swarmd_db_available",
+        "1 while the database takes writes, 0 during an outage.",
+    ),
+    ("swarmd_db_outages_total", "Database outages since start."),
+    (
+        "swarmd_db_down_seconds_total",
+        "Time the database took no writes, the current outage included.",
+    ),
+    (
+        "swarmd_db_write_retries_total",
+        "Group commits run again after a transient database failure.",
+    ),
+    (
+        "swarmd_db_retention_deleted_total",
+        "Rows deleted past [database] retention, by table.",
+    ),
+    (
+        "swarmd_transitions_total",
+        "Task state changes that needed the database more than once (retried, replaced, abandoned) and tasks taken from the store (adopted, swept).",
+    ),
     ("swarmd_db_connections_max", "Database connection ceiling."),
     (
         "swarmd_db_write_queue",
@@ -460,10 +486,220 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything recorded so far (state
-    /// gauges must have been copied in first; see `Engine::render_metrics`).
-    pub(crate) fn render(&self) -> String {
+    /// gauges must have been copied in first; see [`Metrics::render_with`]).
+    fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+// === Rendering the engine's state ===
+
+impl Metrics {
+    /// The Prometheus exposition: the state `/api/status` shows (`st`), the
+    /// alerts and the writer's figures are copied into gauges and counters,
+    /// then everything is rendered.
+    pub(crate) fn render_with(&self, st: &Status, alerts: &AlertsView, db: &PoolStats) -> String {
+        let m = self;
+        for p in &st.pools {
+            let pool = [("pool", p.name.as_str())];
+            m.gauge("swarmd_pool_limit", &pool)
+                .set(p.limit.limit as f64);
+            m.gauge("swarmd_pool_in_flight", &pool)
+                .set(p.limit.in_flight as f64);
+            for (prio, n) in &p.queued_by_priority {
+                m.gauge(
+                    "swarmd_pool_queued",
+                    &[("pool", &p.name), ("priority", prio)],
+                )
+                .set(*n as f64);
+            }
+            m.gauge("swarmd_pool_children_queued", &pool)
+                .set(p.children_queued as f64);
+            m.gauge("swarmd_pool_queue_capacity", &pool)
+                .set(p.queue_capacity as f64);
+            m.gauge("swarmd_pool_oldest_queued_seconds", &pool)
+                .set(p.oldest_queued_ms as f64 / 1e3);
+            m.gauge("swarmd_pool_shedding", &pool)
+                .set(if p.shedding { 1.0 } else { 0.0 });
+            m.gauge("swarmd_pool_drain_rate", &pool).set(p.drain_per_s);
+            m.gauge("swarmd_pool_rtt_seconds", &pool)
+                .set(p.limit.rtt_us as f64 / 1e6);
+            m.counter_at("swarmd_pool_accepted_total", &pool, p.accepted);
+            let r = &p.rejections;
+            for (reason, n) in [
+                ("queue_full", r.queue_full),
+                ("queue_delay", r.queue_delay),
+                ("deadline_unmeetable", r.deadline_unmeetable),
+                ("tenant_quota", r.tenant_quota),
+                ("process_overloaded", r.process_overloaded),
+                ("database_unavailable", r.database_unavailable),
+                ("database_busy", r.database_busy),
+            ] {
+                m.counter_at(
+                    "swarmd_pool_rejected_total",
+                    &[("pool", &p.name), ("reason", reason)],
+                    n,
+                );
+            }
+            let kids = &p.child_outcomes;
+            for (outcome, all, child) in [
+                ("succeeded", p.succeeded, kids.succeeded),
+                ("failed", p.failed, kids.failed),
+                ("timed_out", p.timed_out, kids.timed_out),
+                ("cancelled", p.cancelled, kids.cancelled),
+            ] {
+                for (kind, n) in [("task", all - child), ("child", child)] {
+                    m.counter_at(
+                        "swarmd_pool_finished_total",
+                        &[("pool", &p.name), ("outcome", outcome), ("kind", kind)],
+                        n,
+                    );
+                }
+            }
+            m.counter_at(
+                "swarmd_pool_expired_in_queue_total",
+                &pool,
+                p.expired_in_queue,
+            );
+            m.counter_at("swarmd_pool_children_total", &pool, p.children);
+            if let Some(b) = &p.balancer {
+                render_instances(m, &p.name, b);
+            }
+            if let Some(w) = &p.workers {
+                for (state, n) in [("alive", w.alive), ("busy", w.busy)] {
+                    m.gauge(
+                        "swarmd_pool_workers",
+                        &[("pool", &p.name), ("state", state)],
+                    )
+                    .set(n as f64);
+                }
+                m.counter_at("swarmd_pool_worker_restarts_total", &pool, w.restarts);
+                m.counter_at("swarmd_pool_worker_kills_total", &pool, w.kills);
+            }
+        }
+        m.gauge("swarmd_global_cap", &[])
+            .set(st.global.cap.unwrap_or(st.global.limit) as f64);
+        m.gauge("swarmd_global_in_flight", &[])
+            .set(st.global.in_flight as f64);
+        m.gauge("swarmd_live_tasks", &[]).set(st.live_tasks as f64);
+        m.gauge("swarmd_uptime_seconds", &[]).set(st.uptime_s);
+        let r = &st.resources;
+        m.gauge("swarmd_process_cpu_ratio", &[])
+            .set(r.cpu_pct / 100.0);
+        m.gauge("swarmd_process_resident_memory_bytes", &[])
+            .set(r.rss_mib * 1024.0 * 1024.0);
+        m.gauge("swarmd_process_open_fds", &[]).set(r.fds as f64);
+        m.gauge("swarmd_process_max_fds", &[]).set(r.max_fds as f64);
+        m.gauge("swarmd_process_threads", &[]).set(r.threads as f64);
+        m.gauge("swarmd_machine_load1", &[]).set(r.load1);
+        m.gauge("swarmd_machine_memory_available_bytes", &[])
+            .set(r.mem_available_mib * 1024.0 * 1024.0);
+        m.gauge("swarmd_runtime_workers", &[])
+            .set(r.runtime_workers as f64);
+        m.gauge("swarmd_runtime_alive_tasks", &[])
+            .set(r.runtime_alive_tasks as f64);
+        m.gauge("swarmd_runtime_global_queue_depth", &[])
+            .set(r.runtime_global_queue as f64);
+        m.gauge("swarmd_monitor_sample_seconds", &[])
+            .set(r.sample_us as f64 / 1e6);
+        m.gauge("swarmd_db_connections", &[("state", "idle")])
+            .set(db.idle as f64);
+        m.gauge("swarmd_db_connections", &[("state", "in_use")])
+            .set(db.size.saturating_sub(db.idle) as f64);
+        m.gauge("swarmd_db_connections_max", &[]).set(db.max as f64);
+        m.gauge("swarmd_db_write_queue", &[])
+            .set(db.write_queue as f64);
+        m.gauge("swarmd_db_acquire_mean_seconds", &[])
+            .set(r.db_acquire_ms / 1e3);
+        m.counter_at("swarmd_db_acquires_total", &[], db.acquires);
+        m.counter_at("swarmd_db_batches_total", &[], db.batches);
+        m.counter_at("swarmd_db_ops_total", &[], db.ops);
+        let d = &st.database;
+        m.gauge("swarmd_db_available", &[])
+            .set(if d.available { 1.0 } else { 0.0 });
+        m.counter_at("swarmd_db_outages_total", &[], d.health.outages);
+        m.counter_at("swarmd_db_write_retries_total", &[], d.write_retries);
+        m.gauge("swarmd_db_down_seconds_total", &[])
+            .set(d.health.down_ms_total as f64 / 1e3);
+        for (table, n) in [
+            ("tasks", d.retention.deleted_tasks),
+            ("outbox", d.retention.deleted_outbox),
+        ] {
+            m.counter_at("swarmd_db_retention_deleted_total", &[("table", table)], n);
+        }
+        let t = &st.transitions;
+        for (event, n) in [
+            ("retried", t.retried),
+            ("adopted", t.adopted),
+            ("swept", t.swept),
+            ("replaced", t.replaced),
+            ("abandoned", t.abandoned),
+        ] {
+            m.counter_at("swarmd_transitions_total", &[("event", event)], n);
+        }
+        let c = &st.cpu_pool;
+        m.gauge("swarmd_cpu_pool_threads", &[])
+            .set(c.threads as f64);
+        m.gauge("swarmd_cpu_pool_busy", &[]).set(c.busy as f64);
+        m.gauge("swarmd_cpu_pool_queued", &[]).set(c.queued as f64);
+        for (outcome, n) in [
+            ("completed", c.completed),
+            ("rejected", c.rejected),
+            ("panicked", c.panicked),
+            ("cancelled", c.cancelled),
+        ] {
+            m.counter_at("swarmd_cpu_pool_jobs_total", &[("outcome", outcome)], n);
+        }
+        for (name, n) in &alerts.fired {
+            m.counter_at("swarmd_alerts_fired_total", &[("alert", name)], *n);
+        }
+        // Every known alert has a series, 0 when quiet, so a dashboard can
+        // graph it before it first fires.
+        for name in ALERT_NAMES {
+            let firing = alerts.active.iter().filter(|a| a.name == name).count();
+            m.gauge("swarmd_alerts_active", &[("alert", name)])
+                .set(firing as f64);
+        }
+        m.render()
+    }
+}
+
+/// Per-instance series of a balanced pool. Instance ids come from the
+/// configuration or the admin API, so the label set stays bounded; a
+/// removed instance's series keep their last values until restart.
+fn render_instances(m: &Metrics, pool: &str, b: &BalancerSnapshot) {
+    use swarm_sched::balance::InstanceState;
+    for i in &b.instances {
+        let labels = [("pool", pool), ("instance", i.id.as_str())];
+        for (state, name) in [
+            (InstanceState::Healthy, "healthy"),
+            (InstanceState::Ejected, "ejected"),
+            (InstanceState::HalfOpen, "half_open"),
+            (InstanceState::Draining, "draining"),
+        ] {
+            m.gauge(
+                "swarmd_instance_state",
+                &[("pool", pool), ("instance", &i.id), ("state", name)],
+            )
+            .set(if i.state == state { 1.0 } else { 0.0 });
+        }
+        m.gauge("swarmd_instance_in_flight", &labels)
+            .set(f64::from(i.outstanding));
+        m.gauge("swarmd_instance_rtt_seconds", &labels)
+            .set(i.ewma_rtt_us as f64 / 1e6);
+        for (outcome, n) in [
+            ("success", i.successes),
+            ("failure", i.failures),
+            ("cancelled", i.cancelled),
+        ] {
+            m.counter_at(
+                "swarmd_instance_calls_total",
+                &[("pool", pool), ("instance", &i.id), ("outcome", outcome)],
+                n,
+            );
+        }
+        m.counter_at("swarmd_instance_ejections_total", &labels, i.ejections);
     }
 }
 

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use swarm_core::FieldError;
 use swarm_engine::EngineError;
-use tracing::error;
+use tracing::{debug, error};
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -94,7 +94,9 @@ impl From<EngineError> for ApiError {
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", message)
             },
             EngineError::Unavailable(detail) => {
-                error!(%detail, "database unavailable");
+                // The store logs the outage once; a line per request would
+                // drown the log exactly when it matters.
+                debug!(%detail, "database unavailable");
                 Self {
                     retry_after_s: Some(1),
                     ..Self::new(

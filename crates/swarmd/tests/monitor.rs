@@ -165,7 +165,7 @@ async fn metrics_cover_stages_tenants_and_http_and_pass_promtool() {
         value(
             &all,
             "swarmd_pool_finished_total",
-            &[("pool", "echo"), ("outcome", "succeeded")]
+            &[("pool", "echo"), ("outcome", "succeeded"), ("kind", "task")]
         ),
         6.0
     );
@@ -264,7 +264,7 @@ async fn queued_rises_while_a_pool_is_saturated_and_falls_after() {
         value(
             &idle,
             "swarmd_pool_finished_total",
-            &[("pool", "slow"), ("outcome", "succeeded")]
+            &[("pool", "slow"), ("outcome", "succeeded"), ("kind", "task")]
         ),
         4.0
     );

@@ -1,148 +1,106 @@
-//! The node's heartbeat, cross-node cancel requests, and rescue of tasks
-//! whose node died.
+//! The governor: pool upkeep, the resource monitor, the global cap and the
+//! alerts.
 //!
-//! Leases are per node, not per task: one `nodes` row per process is renewed
-//! every `lease_ms / 3`, and a node's unfinished tasks become claimable once
-//! its heartbeat is older than `lease_ms`. Renewing one row instead of every
-//! task's row keeps the heartbeat's cost flat however deep the queues are
-//! (the problem River #1258 and Oban #364 hit with hour-long rescue timers is
-//! avoided by the short lease, and the per-node row keeps it cheap).
+//! Every [`TEND`] it tends the pools (drain rates, the automatic CoDel
+//! target, fair shares) and expires the queued tasks whose deadline passed;
+//! every `monitor.interval_ms` it takes a resource sample
+//! ([`crate::monitor::sample`]), moves the global cap (lowered while CPU or
+//! memory is over its threshold, restored after; see [`next_cap`]),
+//! evaluates the alerts and folds recorded histogram samples into their
+//! buckets.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use swarm_core::clock::now_ms;
+use swarm_core::config::Config;
+use swarm_sched::limit::Limiter;
+use swarm_store::Store;
 use tracing::{info, warn};
 
-use crate::engine::{Engine, Inner};
-use crate::monitor::{self, Check, PoolMark, ResourceReading};
-
-/// Most tasks taken over per rescue pass.
-const RESCUE_BATCH: i64 = 1000;
-
-pub(crate) async fn heartbeat(engine: Engine) {
-    let inner = &engine.inner;
-    let lease = inner.cfg.database.lease_ms;
-    let period = Duration::from_millis((lease / 3).max(100));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = inner.stop_dispatch.cancelled() => return,
-        }
-        let now = now_ms();
-        if let Err(e) = inner.store.heartbeat(&inner.node_id, now).await {
-            warn!(error = %e, "heartbeat failed");
-            continue;
-        }
-        match inner.store.cancel_requests(&inner.node_id).await {
-            Ok(ids) => {
-                for id in ids {
-                    let admin = crate::Access {
-                        tenant: "",
-                        admin: true,
-                    };
-                    if let Ok(task) = engine.get(id, admin).await
-                        && let Err(e) = engine.cancel_local(&task).await
-                    {
-                        warn!(task = %id, error = %e, "cancel request from another node failed");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "reading cancel requests failed"),
-        }
-        match inner
-            .store
-            .rescue(&inner.node_id, now - lease as i64, RESCUE_BATCH)
-            .await
-        {
-            Ok(tasks) if !tasks.is_empty() => {
-                info!(
-                    count = tasks.len(),
-                    "took over tasks of a node whose heartbeat stopped"
-                );
-                for t in tasks {
-                    engine.adopt(t).await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "rescue pass failed"),
-        }
-    }
-}
+use crate::lifecycle::Lifecycle;
+use crate::monitor::{self, Alerts, Check, PoolMark, ResourceReading, Resources};
+use crate::pool::Pools;
+use crate::shutdown::Shutdown;
+use crate::stats::Metrics;
 
 /// How often pools are tended: drain rates, expired queued tasks, the
 /// automatic CoDel target.
 const TEND: Duration = Duration::from_millis(250);
 
-/// The governor: tends the pools every [`TEND`], and every
-/// `monitor.interval_ms` takes a resource sample ([`crate::monitor::sample`]),
-/// moves the global cap (lowered while CPU or memory is over its threshold,
-/// restored after; see [`crate::admission::next_cap`]), evaluates the
-/// alerts and folds recorded histogram samples into their buckets.
-pub(crate) async fn governor(engine: Engine) {
-    let inner = &engine.inner;
-    let sample_every = Duration::from_millis(inner.cfg.monitor.interval_ms);
-    let mut ticker = tokio::time::interval(TEND);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_tick = tokio::time::Instant::now();
-    let mut last_sample: Option<tokio::time::Instant> = None;
-    let mut cpu_mark = None;
-    let mut marks = Marks::default();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = inner.stop_dispatch.cancelled() => return,
-        }
-        let now = tokio::time::Instant::now();
-        let elapsed = now - last_tick;
-        last_tick = now;
-        let wall_ms = now_ms();
-        for pool in inner.pools.values() {
-            pool.drain.tick(elapsed);
-            pool.retune_codel();
-            pool.rates.prune(now);
-            pool.refavour(now);
-            for q in pool.take_expired(wall_ms) {
-                inner
-                    .runs
-                    .spawn(crate::run::expire(inner.clone(), pool.clone(), q));
+/// The governor's handles.
+pub(crate) struct Governor {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) pools: Arc<Pools>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) global: Limiter,
+    pub(crate) resources: Arc<Resources>,
+    pub(crate) alerts: Arc<Alerts>,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Governor {
+    pub(crate) async fn run(self) {
+        let inner = &self;
+        let sample_every = Duration::from_millis(inner.cfg.monitor.interval_ms);
+        let mut ticker = tokio::time::interval(TEND);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = tokio::time::Instant::now();
+        let mut last_sample: Option<tokio::time::Instant> = None;
+        let mut cpu_mark = None;
+        let mut marks = Marks::default();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = inner.shutdown.draining().cancelled() => return,
             }
+            let now = tokio::time::Instant::now();
+            let elapsed = now - last_tick;
+            last_tick = now;
+            let wall_ms = now_ms();
+            for pool in inner.pools.iter() {
+                for q in pool.tend(now, elapsed, wall_ms) {
+                    let (lifecycle, pool) = (inner.lifecycle.clone(), pool.clone());
+                    inner.shutdown.spawn_run(async move {
+                        let verdict = Lifecycle::expired(&q.task);
+                        lifecycle.end_held(Some(&pool), &q, verdict).await;
+                    });
+                }
+            }
+            if last_sample.is_some_and(|at| now - at < sample_every) {
+                continue;
+            }
+            last_sample = Some(now);
+            let started = std::time::Instant::now();
+            let (mut reading, mark) = monitor::sample(cpu_mark);
+            cpu_mark = mark;
+            govern(inner, &mut reading);
+            let checks = checks(inner, &mut reading, &mut marks);
+            inner.alerts.evaluate(&checks);
+            inner.metrics.upkeep();
+            // The monitor's whole round, alerts and upkeep included.
+            reading.sample_us = started.elapsed().as_micros() as u64;
+            inner.resources.set(reading);
         }
-        if last_sample.is_some_and(|at| now - at < sample_every) {
-            continue;
-        }
-        last_sample = Some(now);
-        let started = std::time::Instant::now();
-        let (mut reading, mark) = monitor::sample(cpu_mark);
-        cpu_mark = mark;
-        govern(inner, &mut reading);
-        let checks = checks(inner, &mut reading, &mut marks);
-        {
-            let mut book = inner.alerts.lock().unwrap_or_else(|p| p.into_inner());
-            book.evaluate(&checks);
-        }
-        inner.metrics.upkeep();
-        // The monitor's whole round, alerts and upkeep included.
-        reading.sample_us = started.elapsed().as_micros() as u64;
-        *inner.resources.lock().unwrap_or_else(|p| p.into_inner()) = reading;
     }
 }
 
 /// Moves the global cap from a fresh reading (and marks the reading's
 /// `cpu_high` / `rss_high`).
-fn govern(inner: &Inner, r: &mut ResourceReading) {
+fn govern(inner: &Governor, r: &mut ResourceReading) {
     let adm = &inner.cfg.admission;
     r.cpu_high = adm.cpu_high_pct > 0.0 && r.cpu_pct > adm.cpu_high_pct;
     r.rss_high = adm.rss_high_mib > 0 && r.rss_mib > adm.rss_high_mib as f64;
     let was = {
-        let prev = inner.resources.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = inner.resources.get();
         (prev.cpu_high, prev.rss_high)
     };
     let snap = inner.global.snapshot();
     let high = r.cpu_high || r.rss_high;
-    let cap = crate::admission::next_cap(snap.cap, snap.in_flight, adm.global_max_inflight, high);
+    let cap = next_cap(snap.cap, snap.in_flight, adm.global_max_inflight, high);
     inner.global.set_cap(cap);
     if was != (r.cpu_high, r.rss_high) {
         if high {
@@ -172,7 +130,7 @@ struct Marks {
 
 /// The figures the alerts judge, from a reading and the pools' counters
 /// since the previous round.
-fn checks(inner: &Inner, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Check> {
+fn checks(inner: &Governor, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Check> {
     let adm = &inner.cfg.admission;
     let a = &inner.cfg.monitor.alerts;
     let process = |name, what, value: f64, threshold: f64| Check {
@@ -243,13 +201,13 @@ fn checks(inner: &Inner, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Chec
         below: false,
         what: "writer wait for a connection, mean ms",
     });
-    for pool in inner.pools.values() {
+    for pool in inner.pools.iter() {
         let (now, oldest_ms) = pool.mark();
         let prev = marks
             .pools
-            .insert(pool.name.clone(), now)
+            .insert(pool.name().to_string(), now)
             .unwrap_or_default();
-        let scope = || pool.name.clone();
+        let scope = || pool.name().to_string();
         out.push(Check {
             name: "queue_age",
             scope: scope(),
@@ -282,4 +240,46 @@ fn checks(inner: &Inner, r: &mut ResourceReading, marks: &mut Marks) -> Vec<Chec
         });
     }
     out
+}
+
+/// The global cap's next value: lowered by a quarter each sample while the
+/// process is over a threshold, raised by a quarter (and at least one) each
+/// sample after, until it reaches `max` again (`None`: uncapped).
+pub(crate) fn next_cap(
+    current: Option<usize>,
+    in_flight: usize,
+    max: usize,
+    high: bool,
+) -> Option<usize> {
+    if high {
+        // Start from what is running, not from the ceiling, so the first
+        // step already bites.
+        let base = current.unwrap_or(max).min(in_flight.max(1));
+        Some((base * 3 / 4).max(1))
+    } else {
+        let c = current?;
+        let up = (c + c / 4).max(c + 1);
+        (up < max).then_some(up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_falls_while_high_and_recovers_after() {
+        let mut cap = None;
+        cap = next_cap(cap, 100, 4096, true);
+        assert_eq!(cap, Some(75));
+        cap = next_cap(cap, 75, 4096, true);
+        assert_eq!(cap, Some(56));
+        let mut steps = 0;
+        while cap.is_some() {
+            cap = next_cap(cap, 10, 4096, false);
+            steps += 1;
+        }
+        assert!(steps < 40, "restored in {steps} samples");
+        assert_eq!(next_cap(Some(1), 0, 4096, true), Some(1), "never below 1");
+    }
 }

@@ -1,0 +1,142 @@
+//! One dispatcher per department: waits for work and capacity, then starts
+//! a child or a stored task.
+//!
+//! It takes a permit of the pool's limiter first and only then the next
+//! piece of work, so work leaves the queue only when it can start at once.
+//! A stored task also needs a permit of the global cap; children run on
+//! their parent's global permit, so a parent waiting for children can never
+//! starve them of it. Stored tasks wait while the database takes no writes
+//! (their start could not be stored); children, which are not stored, go
+//! on.
+//!
+//! Once shutdown begins no stored task starts, but children still do until
+//! the grace period ends: running parents waiting for their children must
+//! be able to finish within the grace.
+
+use std::sync::Arc;
+
+use swarm_core::clock::now_ms;
+use swarm_sched::limit::Limiter;
+use swarm_store::Health;
+use tracing::Instrument;
+
+use crate::child;
+use crate::env::RunEnv;
+use crate::lifecycle::Lifecycle;
+use crate::pool::Pool;
+use crate::run::TaskRun;
+
+/// The dispatcher of one department.
+pub(crate) struct Dispatcher {
+    /// Shared handles.
+    pub(crate) env: Arc<RunEnv>,
+    /// Its department.
+    pub(crate) pool: Arc<Pool>,
+    /// The process-wide cap every stored task's run also needs.
+    pub(crate) global: Limiter,
+    /// Whether the database takes writes (starts are writes).
+    pub(crate) health: Health,
+}
+
+impl Dispatcher {
+    pub(crate) async fn run(self) {
+        let Dispatcher {
+            env,
+            pool,
+            global,
+            health,
+        } = self;
+        let shutdown = env.shutdown().clone();
+        let stop = shutdown.draining().clone();
+        let end = shutdown.runs_over().clone();
+        loop {
+            let draining = stop.is_cancelled();
+            if !pool.ready(draining) {
+                // Wake for new work, for the start of shutdown (to look
+                // again as draining), or to end.
+                tokio::select! {
+                    _ = pool.notified() => {}
+                    _ = stop.cancelled(), if !draining => {}
+                    _ = end.cancelled() => return,
+                }
+                continue;
+            }
+            let permit = tokio::select! {
+                p = pool.limiter().acquire() => p,
+                _ = end.cancelled() => return,
+            };
+            if let Some(job) = pool.pop_child() {
+                shutdown.spawn_run(child::run_queued(env.clone(), pool.clone(), job, permit));
+                continue;
+            }
+            if stop.is_cancelled() {
+                continue;
+            }
+            // A stored task's start is a write: wait for a database that
+            // takes them, serving children meanwhile.
+            if !health.is_up() {
+                drop(permit);
+                tokio::select! {
+                    _ = health.wait_up() => {}
+                    _ = pool.notified() => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            }
+            // A stored task also needs the global cap. A child that arrives
+            // meanwhile must not wait behind the cap (its parent holds a
+            // global permit already): give the pool permit back and serve it.
+            let global = loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break None,
+                    g = global.acquire() => break Some(g),
+                    _ = pool.notified() => {
+                        if pool.has_child() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(global) = global else {
+                continue;
+            };
+            let now = now_ms();
+            let mut next = None;
+            while let Some(queued) = pool.pop_task() {
+                if now >= queued.task.deadline_at {
+                    // Never started: its deadline passed while it waited.
+                    // Recorded off the permit, so dead work costs no slot.
+                    let (env, pool) = (env.clone(), pool.clone());
+                    shutdown.spawn_run(async move {
+                        let verdict = Lifecycle::expired(&queued.task);
+                        env.lifecycle()
+                            .end_held(Some(&pool), &queued, verdict)
+                            .await;
+                    });
+                    continue;
+                }
+                next = Some(queued);
+                break;
+            }
+            if let Some(queued) = next {
+                // Every log line of the run carries the task, its pool and
+                // the request that submitted it.
+                let span = tracing::info_span!(
+                    "task",
+                    id = %queued.task.id,
+                    pool = %pool.name(),
+                    request_id = queued.request_id.as_deref().unwrap_or("")
+                );
+                let run = TaskRun {
+                    env: env.clone(),
+                    pool: pool.clone(),
+                    queued,
+                    permit,
+                    global,
+                };
+                shutdown.spawn_run(run.run().instrument(span));
+            }
+        }
+    }
+}

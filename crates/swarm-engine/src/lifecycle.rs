@@ -1,0 +1,800 @@
+//! Every change of a task's state, in one place.
+//!
+//! ```text
+//!            accept                 start                  finish
+//!   (new) ──────────► queued ─────────────────► running ─────────► succeeded | failed
+//!                      │  ▲                        │                timed_out | cancelled
+//!                      │  └──── hand back, adopt ──┘
+//!                      └── expire, cancel, department gone ──► timed_out | cancelled | failed
+//! ```
+//!
+//! Each transition here does its store write, its live-state publish (the
+//! hub) and its counters together, in that order: what a waiter sees is
+//! already durable. The store's guards (state *and* owner) make every write
+//! conditional, so two transitions racing for one task cannot both win, and
+//! a node whose tasks were taken over can never overwrite what the new owner
+//! stores.
+//!
+//! # Never giving up on the database
+//! A transition of accepted work that fails because the database is
+//! unavailable is retried, waiting for the store's [`Health`] to come back
+//! and then backing off with jitter, until it is stored or the engine stops
+//! for good. A running task's outcome is kept in memory meanwhile. What
+//! could not be stored when the engine stops stays unfinished in the store
+//! and runs again (delivery is at-least-once). Only a submission itself is
+//! not retried here: its caller gets `503 database_unavailable` and retries.
+//!
+//! # Ownership in memory
+//! A queued task belongs to whoever holds its [`Queued`] value, so nothing
+//! else on this node acts on it. A task is registered with the hub before
+//! its row is written and at most once, so the sweep ([`Lifecycle::sweep`]),
+//! which takes back unfinished rows this node owns but does not hold (a
+//! write whose outcome was unknown), never duplicates a task in memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use swarm_core::clock::now_ms;
+use swarm_core::{Task, TaskError, TaskId, TaskStatus, Timings};
+use swarm_store::{Expect, Finish, InsertOutcome, NewTask, Store, StoreError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::EngineError;
+use crate::hub::Hub;
+use crate::ledger::{TenantLedger, TenantSlot};
+use crate::pool::{PendingGuard, Pool, Pools};
+use crate::shutdown::Shutdown;
+use crate::stats::Metrics;
+use crate::work::Queued;
+
+/// Milliseconds with microsecond precision, as timings are stored.
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// The longest wait between two tries of a write while the database is
+/// back but still failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How a transition ends a task: its terminal status and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Verdict {
+    pub(crate) status: TaskStatus,
+    pub(crate) result: Option<Value>,
+    pub(crate) error: Option<TaskError>,
+}
+
+impl Verdict {
+    pub(crate) fn succeeded(result: Value) -> Self {
+        Self {
+            status: TaskStatus::Succeeded,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub(crate) fn failed(code: &str, message: impl Into<String>, stage: &str) -> Self {
+        Self::ended(TaskStatus::Failed, code, message, stage)
+    }
+
+    pub(crate) fn ended(
+        status: TaskStatus,
+        code: &str,
+        message: impl Into<String>,
+        stage: &str,
+    ) -> Self {
+        Self {
+            status,
+            result: None,
+            error: Some(TaskError::new(code, message, Some(stage))),
+        }
+    }
+
+    pub(crate) fn cancelled(stage: &str) -> Self {
+        let when = if stage == "queue" {
+            "queued"
+        } else {
+            "running"
+        };
+        Self::ended(
+            TaskStatus::Cancelled,
+            "cancelled",
+            format!("cancelled by client while {when}"),
+            stage,
+        )
+    }
+}
+
+/// What a start did.
+#[derive(Debug)]
+pub(crate) enum Begun {
+    /// Stored as running; the task as it now is, and its cancel token.
+    Running(Box<Task>, CancellationToken),
+    /// No longer this node's to start (ended, or taken over); the hub has
+    /// been told.
+    Gone,
+    /// The database is unavailable: put it back and try once it answers.
+    Retry,
+    /// The store refused the start for a reason a retry will not fix.
+    Broken(String),
+}
+
+/// What a client's cancel found on this node.
+#[derive(Debug)]
+pub(crate) enum Cancelled {
+    /// It was queued here and is now stored as cancelled.
+    Ended(Box<Task>),
+    /// It is starting or running here: its run was told and ends it.
+    Signalled,
+    /// This node does not hold it.
+    NotHere,
+}
+
+/// Why an ending was not stored.
+#[derive(Debug)]
+enum NotStored {
+    /// Another transition ended it first, or another node took it; the hub
+    /// shows what the store has.
+    Superseded,
+    /// The database is unavailable and the caller asked for one try.
+    Unavailable(StoreError),
+    /// The engine stopped before the database came back, or the store
+    /// refused even a failure; the row stays unfinished for a later run.
+    Abandoned,
+}
+
+/// How long an ending keeps trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// Until stored or the engine stops: accepted work is never dropped.
+    UntilStored,
+    /// One try: a client's request, answered 503 if the database is down.
+    Once,
+}
+
+/// Lifetime counts of the transitions' own troubles, for `/api/status`.
+#[derive(Debug, Default)]
+struct Counts {
+    retried: AtomicU64,
+    adopted: AtomicU64,
+    swept: AtomicU64,
+    replaced: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// The figures of [`Lifecycle::counts`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TransitionCounts {
+    /// Writes of accepted work tried again after the database failed them.
+    pub retried: u64,
+    /// Tasks taken into this node's queues from the store (start-up,
+    /// rescue of dead nodes, sweep).
+    pub adopted: u64,
+    /// Of those, taken back by the sweep: rows this node owned but did not
+    /// hold, after a write whose outcome was unknown.
+    pub swept: u64,
+    /// Outcomes the store refused, stored as `failed` with
+    /// `outcome_not_stored` instead.
+    pub replaced: u64,
+    /// Transitions given up when the engine stopped (run again later).
+    pub abandoned: u64,
+}
+
+/// What a submission's store write produced.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// Stored and queued.
+    New(Task),
+    /// The tenant's idempotency key named an earlier task.
+    Existing { task: Task, same_request: bool },
+}
+
+/// The owner of every transition.
+pub(crate) struct Lifecycle {
+    /// The record of truth.
+    store: Store,
+    /// Live state for waiters, and the cancel tokens.
+    hub: Arc<Hub>,
+    /// The departments, to queue what this node takes over.
+    pools: Arc<Pools>,
+    /// Outstanding tasks per tenant: adopted tasks take a slot too.
+    tenants: Arc<TenantLedger>,
+    /// This node, the owner named in every guarded write.
+    node_id: String,
+    /// Stage histograms and tenant outcomes.
+    metrics: Arc<Metrics>,
+    /// Stored tasks slower than this are logged (0: never).
+    slow_task_ms: u64,
+    /// When retrying stops.
+    shutdown: Shutdown,
+    /// Set when a write's outcome was unknown: the next sweep runs at once.
+    dirty: AtomicBool,
+    counts: Counts,
+}
+
+impl Lifecycle {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        pools: Arc<Pools>,
+        tenants: Arc<TenantLedger>,
+        node_id: String,
+        metrics: Arc<Metrics>,
+        slow_task_ms: u64,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            pools,
+            tenants,
+            node_id,
+            metrics,
+            slow_task_ms,
+            shutdown,
+            dirty: AtomicBool::new(false),
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> TransitionCounts {
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransitionCounts {
+            retried: get(&c.retried),
+            adopted: get(&c.adopted),
+            swept: get(&c.swept),
+            replaced: get(&c.replaced),
+            abandoned: get(&c.abandoned),
+        }
+    }
+
+    // === accept ===
+
+    /// Stores a new task, then queues it. The task is registered first, so
+    /// the sweep never mistakes it for an orphan; a write whose outcome is
+    /// unknown leaves the row (if any) for the sweep.
+    pub(crate) async fn accept(
+        &self,
+        pool: &Pool,
+        new: NewTask,
+        pending: PendingGuard,
+        slot: TenantSlot,
+        received_at: Instant,
+        request_id: Option<String>,
+    ) -> Result<Accepted, EngineError> {
+        let id = new.task.id;
+        if self.hub.register(new.task.clone()).is_none() {
+            return Err(EngineError::Internal(format!(
+                "task id {id} is already live"
+            )));
+        }
+        let asked = Instant::now();
+        let outcome = self.store.insert(new).await;
+        match outcome {
+            Ok(InsertOutcome::Created(mut task)) => {
+                let stored_at = Instant::now();
+                task.timings.persist_ms = Some(ms(stored_at - asked));
+                self.hub.publish(task.clone());
+                pool.count_accepted();
+                pool.push(Queued {
+                    task: task.clone(),
+                    enqueued_at: stored_at,
+                    received_at: Some(received_at),
+                    stored_at: Some(stored_at),
+                    slot,
+                    request_id,
+                    start_at: None,
+                });
+                drop(pending);
+                Ok(Accepted::New(task))
+            }
+            Ok(InsertOutcome::Existing { task, same_request }) => {
+                self.hub.forget(id);
+                Ok(Accepted::Existing { task, same_request })
+            }
+            Err(e) => {
+                self.hub.forget(id);
+                if matches!(e, StoreError::InDoubt(_)) {
+                    // The row may exist: the sweep takes it back and runs it.
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                if e.is_unavailable() {
+                    pool.count_refusal(crate::pool::Refusal::DatabaseUnavailable);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    // === start ===
+
+    /// Marks a queued task running on `instance`. Keeps the start's token in
+    /// `queued`, so a retry after an unknown outcome is recognised.
+    pub(crate) async fn start(&self, queued: &mut Queued, instance: &str) -> Begun {
+        let id = queued.task.id;
+        let at = *queued.start_at.get_or_insert_with(now_ms);
+        match self.store.start(id, instance, at, &self.node_id).await {
+            Ok(Some(attempts)) => {
+                let mut running = queued.task.clone();
+                running.status = TaskStatus::Running;
+                running.instance = Some(instance.to_string());
+                running.started_at = Some(at);
+                running.attempts = attempts as i32;
+                running.timings.queue_ms = Some(waited(queued));
+                self.hub.publish(running.clone());
+                let cancel = self.hub.cancel_token(id).unwrap_or_default();
+                Begun::Running(Box::new(running), cancel)
+            }
+            Ok(None) => {
+                debug!(task = %id, "task left the queue before it could start");
+                self.resolve(id).await;
+                Begun::Gone
+            }
+            Err(e) if e.is_unavailable() => {
+                self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                debug!(task = %id, error = %e, "could not mark the task running; it waits for the database");
+                Begun::Retry
+            }
+            Err(e) => Begun::Broken(e.to_string()),
+        }
+    }
+
+    // === finish, expire, cancel, fail ===
+
+    /// Stores a run's outcome (retrying until stored or stopped), then tells
+    /// waiters. `running` is the task as its start published it.
+    pub(crate) async fn finish(
+        &self,
+        pool: &Pool,
+        queued: &Queued,
+        running: Task,
+        verdict: Verdict,
+        run: Duration,
+    ) {
+        let mut timings = running.timings.clone();
+        timings.run_ms = Some(ms(run));
+        timings.total_ms = Some(total(queued));
+        let _ = self
+            .end(
+                Some(pool),
+                running,
+                Expect::Running,
+                verdict,
+                timings,
+                Patience::UntilStored,
+            )
+            .await;
+    }
+
+    /// Ends a task this node holds out of its queue (its deadline passed,
+    /// a cancel reached it before its start, or it cannot start), retrying
+    /// until stored.
+    pub(crate) async fn end_held(&self, pool: Option<&Pool>, queued: &Queued, verdict: Verdict) {
+        let timings = held_timings(queued);
+        let _ = self
+            .end(
+                pool,
+                queued.task.clone(),
+                held_expect(queued),
+                verdict,
+                timings,
+                Patience::UntilStored,
+            )
+            .await;
+    }
+
+    /// The verdict for a task whose deadline passed in the queue.
+    pub(crate) fn expired(task: &Task) -> Verdict {
+        Verdict::ended(
+            TaskStatus::TimedOut,
+            "deadline_exceeded",
+            format!("deadline of {} ms passed while queued", task.timeout_ms),
+            "queue",
+        )
+    }
+
+    /// A client's cancel of a task this node may hold: a queued one is
+    /// ended here (once; if the database is down it goes back to the queue
+    /// and the client gets 503), a starting or running one is signalled.
+    pub(crate) async fn cancel(&self, task: &Task) -> Result<Cancelled, EngineError> {
+        let Some(pool) = self.pools.get(&task.department) else {
+            return Ok(Cancelled::NotHere);
+        };
+        if let Some(queued) = pool.remove_queued(task.id) {
+            let timings = held_timings(&queued);
+            let ended = self
+                .end(
+                    Some(pool),
+                    queued.task.clone(),
+                    held_expect(&queued),
+                    Verdict::cancelled("queue"),
+                    timings,
+                    Patience::Once,
+                )
+                .await;
+            return match ended {
+                Ok(t) => Ok(Cancelled::Ended(Box::new(t))),
+                Err(NotStored::Unavailable(e)) => {
+                    pool.push_front(queued);
+                    Err(e.into())
+                }
+                Err(NotStored::Superseded | NotStored::Abandoned) => Ok(Cancelled::NotHere),
+            };
+        }
+        match self.hub.cancel_token(task.id) {
+            Some(token) => {
+                token.cancel();
+                Ok(Cancelled::Signalled)
+            }
+            None => Ok(Cancelled::NotHere),
+        }
+    }
+
+    /// Stores a terminal state guarded by `expect` and this node's
+    /// ownership, then publishes it and counts it.
+    async fn end(
+        &self,
+        pool: Option<&Pool>,
+        task: Task,
+        expect: Expect,
+        mut verdict: Verdict,
+        timings: Timings,
+        patience: Patience,
+    ) -> Result<Task, NotStored> {
+        let id = task.id;
+        // One `finished_at` for every try: a try whose commit landed
+        // although its answer was lost is then recognised as ours.
+        let finished_at = now_ms();
+        let asked = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut replaced = false;
+        loop {
+            let finish = Finish {
+                id,
+                expect,
+                status: verdict.status,
+                result: verdict.result.clone(),
+                error: verdict.error.clone(),
+                finished_at,
+                timings: timings.clone(),
+                instance: task.instance.clone(),
+                owner: self.node_id.clone(),
+            };
+            match self.store.finish(finish).await {
+                Ok(true) => {}
+                Ok(false) => match self.resolve(id).await {
+                    // Our own earlier try, whose commit landed although its
+                    // answer was lost.
+                    Some(t) if t.status == verdict.status && t.finished_at == Some(finished_at) => {
+                    }
+                    _ => {
+                        debug!(task = %id, "outcome not stored: the task had already ended or moved");
+                        return Err(NotStored::Superseded);
+                    }
+                },
+                Err(e) if e.is_unavailable() => {
+                    if patience == Patience::Once {
+                        return Err(NotStored::Unavailable(e));
+                    }
+                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                    debug!(task = %id, error = %e, "outcome not stored yet; waiting for the database");
+                    if !self.wait_to_retry(&mut backoff).await {
+                        self.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+                        return Err(NotStored::Abandoned);
+                    }
+                    continue;
+                }
+                Err(e) if !replaced => {
+                    // Not the database's weather: this outcome cannot be
+                    // stored (too large, say). A failure that says so can.
+                    error!(task = %id, error = %e, "could not store the outcome; storing a failure in its place");
+                    self.counts.replaced.fetch_add(1, Ordering::Relaxed);
+                    replaced = true;
+                    verdict = Verdict::failed(
+                        "outcome_not_stored",
+                        format!(
+                            "the task ended as {} but its outcome could not be stored: {e}",
+                            verdict.status
+                        ),
+                        "complete",
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    error!(task = %id, error = %e, "could not store even a failure; the task stays unfinished and runs again");
+                    self.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+                    self.hub.forget(id);
+                    self.dirty.store(true, Ordering::Relaxed);
+                    return Err(NotStored::Abandoned);
+                }
+            }
+            let mut done = task;
+            done.status = verdict.status;
+            done.result = verdict.result;
+            done.error = verdict.error;
+            done.finished_at = Some(finished_at);
+            done.timings = timings;
+            // Known only now, so only the live answers carry it.
+            done.timings.complete_ms = Some(ms(asked.elapsed()));
+            if let Some(pool) = pool {
+                // A task timed out before it ran expired in the queue.
+                let expired = done.status == TaskStatus::TimedOut && expect != Expect::Running;
+                pool.count_stored_outcome(done.status, expired);
+                pool.metrics()
+                    .finished(&self.metrics, &done.tenant, done.status, &done.timings);
+                self.log_if_slow(pool.name(), &done);
+            }
+            self.hub.publish(done.clone());
+            return Ok(done);
+        }
+    }
+
+    /// Waits until the database takes writes, then a jittered backoff (so a
+    /// crowd of waiting outcomes does not land in one burst). False when the
+    /// engine stopped first.
+    async fn wait_to_retry(&self, backoff: &mut Duration) -> bool {
+        let wait = async {
+            self.store.health().wait_up().await;
+            let jitter = fastrand::f64() * backoff.as_secs_f64();
+            tokio::time::sleep(Duration::from_secs_f64(jitter)).await;
+        };
+        let go_on = tokio::select! {
+            _ = wait => true,
+            _ = self.shutdown.stopped().cancelled() => false,
+        };
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        go_on
+    }
+
+    /// After a guarded write was refused: publishes what the store has, or
+    /// forgets a task another node now owns. Returns the stored task.
+    async fn resolve(&self, id: TaskId) -> Option<Task> {
+        match self.store.get_owned(id).await {
+            Ok(Some((t, owner))) => {
+                if t.status.is_terminal() || owner.as_deref() == Some(self.node_id.as_str()) {
+                    self.hub.publish(t.clone());
+                } else {
+                    // Unfinished but not ours any more: taken over.
+                    self.hub.forget(id);
+                }
+                Some(t)
+            }
+            Ok(None) => {
+                self.hub.forget(id);
+                None
+            }
+            Err(e) => {
+                // The hub keeps its view; the sweep reconciles later.
+                debug!(task = %id, error = %e, "could not re-read a task after a refused write");
+                self.dirty.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn log_if_slow(&self, pool: &str, task: &Task) {
+        let slow = self.slow_task_ms;
+        if slow > 0
+            && let Some(total) = task.timings.total_ms
+            && total > slow as f64
+        {
+            warn!(
+                task = %task.id,
+                pool,
+                status = task.status.as_str(),
+                total_ms = total,
+                timings = %serde_json::to_string(&task.timings).unwrap_or_default(),
+                "slow task: over monitor.slow_task_ms ({slow} ms)"
+            );
+        }
+    }
+
+    // === hand back ===
+
+    /// Shutdown's grace ended while `running` ran: back to queued in the
+    /// store, for the next start or another node. Tried for a few seconds;
+    /// if the database does not answer, the row stays `running` and the
+    /// next start of this node (or a rescuing node) takes it anyway.
+    pub(crate) async fn hand_back(&self, running: Task) {
+        let id = running.id;
+        for attempt in 0..5u32 {
+            match self.store.requeue(id, &self.node_id).await {
+                Ok(true) => {
+                    let mut back = running;
+                    back.status = TaskStatus::Queued;
+                    self.hub.publish(back);
+                    return;
+                }
+                Ok(false) => {
+                    self.resolve(id).await;
+                    return;
+                }
+                Err(e) if e.is_unavailable() && attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => {
+                    warn!(task = %id, error = %e, "could not hand the task back; it runs again at the next start");
+                    return;
+                }
+            }
+        }
+    }
+
+    // === adopt, rescue, sweep ===
+
+    /// Queues a task this node has just claimed in the store (start-up,
+    /// rescue, sweep). False if it is held here already. A task of a
+    /// department no longer configured is failed visibly, not dropped.
+    pub(crate) async fn adopt(&self, task: Task) -> bool {
+        let Some(pool) = self.pools.get(&task.department) else {
+            let gone = Queued {
+                enqueued_at: Instant::now(),
+                received_at: None,
+                stored_at: None,
+                slot: self.tenants.take(&task.tenant),
+                request_id: None,
+                start_at: None,
+                task,
+            };
+            let verdict = Verdict::failed(
+                "department_gone",
+                format!(
+                    "department `{}` is no longer configured",
+                    gone.task.department
+                ),
+                "queue",
+            );
+            self.end_held(None, &gone, verdict).await;
+            return false;
+        };
+        if self.hub.register(task.clone()).is_none() {
+            return false;
+        }
+        self.counts.adopted.fetch_add(1, Ordering::Relaxed);
+        pool.push(Queued {
+            slot: self.tenants.take(&task.tenant),
+            enqueued_at: Instant::now(),
+            received_at: None,
+            stored_at: None,
+            request_id: None,
+            start_at: None,
+            task,
+        });
+        true
+    }
+
+    /// At start: takes back every unfinished task this node owned (a
+    /// previous run of it died or stopped) and queues it.
+    pub(crate) async fn recover(&self) -> Result<usize, EngineError> {
+        self.store.register_node(&self.node_id, now_ms()).await?;
+        let tasks = self.store.claim_at_start(&self.node_id).await?;
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(self.adopt(t).await);
+        }
+        if n > 0 {
+            info!(count = n, node = %self.node_id, "re-queued unfinished tasks from a previous run");
+        }
+        Ok(n)
+    }
+
+    /// Takes over up to `limit` unfinished tasks of nodes whose heartbeat is
+    /// older than `stale_before` (epoch ms).
+    pub(crate) async fn rescue(&self, stale_before: i64, limit: i64) -> Result<usize, EngineError> {
+        let tasks = self
+            .store
+            .rescue(&self.node_id, stale_before, limit)
+            .await?;
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(self.adopt(t).await);
+        }
+        if n > 0 {
+            info!(
+                count = n,
+                "took over tasks of a node whose heartbeat stopped"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Whether a write's outcome was unknown since the last sweep.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Takes back the unfinished rows this node owns but does not hold: a
+    /// submission whose commit landed although its answer was lost, or a
+    /// transition given up. They are queued like any adopted task.
+    pub(crate) async fn sweep(&self) -> Result<usize, EngineError> {
+        self.dirty.store(false, Ordering::Relaxed);
+        let ids = self.store.own_unfinished(&self.node_id).await;
+        let ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        let orphans: Vec<TaskId> = ids
+            .into_iter()
+            .filter(|id| !self.hub.contains(*id))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let tasks = match self.store.reclaim(&self.node_id, &orphans).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(self.adopt(t).await);
+        }
+        if n > 0 {
+            self.counts.swept.fetch_add(n as u64, Ordering::Relaxed);
+            warn!(
+                count = n,
+                "took back unfinished tasks this node owned but no longer held (a write's outcome was unknown)"
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// `queue_ms` so far: from the commit this node saw (or, for a task taken
+/// from the store, from its creation less its persist time).
+fn waited(q: &Queued) -> f64 {
+    match q.stored_at {
+        Some(at) => ms(at.elapsed()),
+        None => {
+            let persist = q.task.timings.persist_ms.unwrap_or(0.0);
+            ((now_ms() - q.task.created_at) as f64 - persist).max(0.0)
+        }
+    }
+}
+
+/// `total_ms` so far: from the request's arrival (or, for a task taken from
+/// the store, from its creation plus its admission time).
+fn total(q: &Queued) -> f64 {
+    match q.received_at {
+        Some(at) => ms(at.elapsed()),
+        None => {
+            let admission = q.task.timings.admission_ms.unwrap_or(0.0);
+            (now_ms() - q.task.created_at) as f64 + admission
+        }
+    }
+}
+
+/// The state a held task must still have in the store to be ended: queued,
+/// unless this holder tried to start it (that start may have been stored
+/// although its answer was lost). A stale copy of a task that someone else
+/// started can therefore never end it.
+fn held_expect(q: &Queued) -> Expect {
+    if q.start_at.is_some() {
+        Expect::Unfinished
+    } else {
+        Expect::Queued
+    }
+}
+
+/// The timings of a task ended before it ran.
+fn held_timings(q: &Queued) -> Timings {
+    let mut t = q.task.timings.clone();
+    t.queue_ms = Some(waited(q));
+    t.total_ms = Some(total(q));
+    t
+}
+
+#[cfg(test)]
+mod tests;
