@@ -70,7 +70,10 @@ impl From<FieldError> for EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => Self::Unavailable(m),
+            // An unknown outcome is the database's fault as much as a
+            // refusal: the client retries (the sweep takes care of a row
+            // that was stored after all).
+            StoreError::Unavailable(m) | StoreError::InDoubt(m) => Self::Unavailable(m),
             StoreError::Closed => Self::ShuttingDown,
             other => Self::Internal(other.to_string()),
         }

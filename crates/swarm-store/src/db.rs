@@ -316,10 +316,10 @@ pub(crate) const SQL_HEARTBEAT: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE
 
 pub(crate) const SQL_NODE_LEAVE: &str = "UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1";
 
-/// A write that changes nothing, for the writer's probe of a database it
-/// found down: it needs a writable database and a committed transaction.
-pub(crate) const SQL_PROBE: &str =
-    "UPDATE nodes SET heartbeat_at = heartbeat_at WHERE node_id = ''";
+/// The writer's probe of a database it found down: a row written and
+/// deleted in one transaction, so it succeeds only where writes commit.
+pub(crate) const SQL_PROBE_WRITE: &str = "INSERT INTO writer_probe (at) VALUES ($1) RETURNING id";
+pub(crate) const SQL_PROBE_CLEAR: &str = "DELETE FROM writer_probe WHERE id = $1";
 
 /// Idempotent by id: a message stored by a run whose answer was lost is not
 /// stored twice.

@@ -292,10 +292,9 @@ impl Writer {
         let mut in_doubt = false;
         for attempt in 1..=ATTEMPTS {
             match apply(&self.db, ops, &self.stats).await {
-                Ok(answers) => {
-                    self.health.up();
-                    return Ok(answers);
-                }
+                // Only the probe ends an outage: a batch that wrote nothing
+                // (a refused start, say) commits even on a full disk.
+                Ok(answers) => return Ok(answers),
                 Err(f) if is_transient(&f.error) => {
                     in_doubt |= f.at_commit;
                     let waited = matches!(f.error, sqlx::Error::PoolTimedOut);
@@ -333,9 +332,22 @@ impl Writer {
     /// One small write transaction, to learn whether writes commit again.
     async fn probe(&mut self) {
         let result = with_db!(&self.db, p => async {
-            let mut tx = p.begin().await?;
-            sqlx::query(db::SQL_PROBE).execute(&mut *tx).await?;
-            tx.commit().await
+            let mut conn = p.acquire().await?;
+            let outcome = async {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let row = sqlx::query(db::SQL_PROBE_WRITE)
+                    .bind(swarm_core::clock::now_ms())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let id: i64 = row.try_get(0)?;
+                sqlx::query(db::SQL_PROBE_CLEAR).bind(id).execute(&mut *tx).await?;
+                tx.commit().await
+            }
+            .await;
+            if outcome.is_err() {
+                conn.close_on_drop();
+            }
+            outcome
         }.await);
         match result {
             Ok(()) => self.health.up(),
@@ -378,8 +390,10 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
 
     with_db!(db, pool => {
         let asked = std::time::Instant::now();
-        let mut tx = pool.begin().await.map_err(before)?;
+        let mut conn = pool.acquire().await.map_err(before)?;
         stats.acquires.fetch_add(1, Ordering::Relaxed);
+        let outcome = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(before)?;
         stats
             .acquire_us
             .fetch_add(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -622,6 +636,17 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
         };
         work.await.map_err(before)?;
         tx.commit().await.map_err(|error| Failed { error, at_commit: true })?;
+        Ok::<(), Failed>(())
+        }
+        .await;
+        if outcome.is_err() {
+            // A connection whose transaction failed may still hold it
+            // open (SQLite rolls back some failures by itself, and the
+            // driver's count of open transactions then drifts); a fresh
+            // connection is cheaper than a lock held in the pool.
+            conn.close_on_drop();
+        }
+        outcome?;
     });
 
     answers

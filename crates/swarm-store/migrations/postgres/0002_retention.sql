@@ -8,3 +8,11 @@ CREATE INDEX outbox_created ON outbox (created_at);
 -- even while another session's open transaction keeps vacuum from removing
 -- the dead entries of the wider unfinished-task index.
 CREATE INDEX tasks_cancel_requested ON tasks (owner) WHERE cancel_requested = TRUE;
+
+-- The writer's probe of a database it found down writes a row here and
+-- deletes it again: a real write, so a full disk or a read-only file keeps
+-- the database "down" until writes commit again.
+CREATE TABLE writer_probe (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL
+);

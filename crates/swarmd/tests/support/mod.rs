@@ -5,6 +5,8 @@
 #[path = "../../../swarm-agents/tests/support/smtp_server.rs"]
 pub mod smtp_server;
 
+pub mod pgcluster;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
