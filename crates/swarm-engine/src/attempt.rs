@@ -55,6 +55,8 @@ pub(crate) enum Ended {
 pub(crate) struct Finished {
     pub(crate) ended: Ended,
     pub(crate) rtt: Duration,
+    /// When it ended (the end of `run_ms`).
+    pub(crate) at: Instant,
     /// The deadline, not the agent, ended it.
     pub(crate) deadline_passed: bool,
 }
@@ -99,9 +101,11 @@ impl Attempt<'_> {
         }
         // The agent's future is gone; stop whatever it started elsewhere.
         ctx_cancel.cancel();
+        let at = Instant::now();
         Finished {
             ended,
-            rtt: started.elapsed(),
+            rtt: at - started,
+            at,
             deadline_passed,
         }
     }

@@ -30,7 +30,7 @@ use crate::env::RunEnv;
 use crate::error::EngineError;
 use crate::hub::Hub;
 use crate::ledger::TenantLedger;
-use crate::lifecycle::{Accepted, Cancelled, Lifecycle, ms};
+use crate::lifecycle::{Accepted, Cancelled, Lifecycle};
 use crate::monitor::{Alerts, AlertsView, Resources};
 use crate::pool::{Pool, Pools};
 use crate::shutdown::Shutdown;
@@ -477,10 +477,8 @@ impl Engine {
             started_at: None,
             finished_at: None,
             attempts: 0,
-            timings: Timings {
-                admission_ms: Some(ms(sub.received_at.elapsed())),
-                ..Timings::default()
-            },
+            // `admission_ms` is set as the row is written (lifecycle).
+            timings: Timings::default(),
         };
         let new = NewTask {
             task,

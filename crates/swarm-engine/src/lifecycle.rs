@@ -269,13 +269,16 @@ impl Lifecycle {
         received_at: Instant,
         request_id: Option<String>,
     ) -> Result<Accepted, EngineError> {
+        let mut new = new;
         let id = new.task.id;
+        let asked = Instant::now();
+        // Each stage ends where the next begins, so they add up to the total.
+        new.task.timings.admission_ms = Some(ms(asked - received_at));
         if self.hub.register(new.task.clone()).is_none() {
             return Err(EngineError::Internal(format!(
                 "task id {id} is already live"
             )));
         }
-        let asked = Instant::now();
         let outcome = self.store.insert(new).await;
         match outcome {
             Ok(InsertOutcome::Created(mut task)) => {
@@ -290,6 +293,7 @@ impl Lifecycle {
                     stored_at: Some(stored_at),
                     slot,
                     request_id,
+                    started: None,
                     start_at: None,
                 });
                 drop(pending);
@@ -322,6 +326,7 @@ impl Lifecycle {
         let at = *queued.start_at.get_or_insert_with(now_ms);
         match self.store.start(id, instance, at, &self.node_id).await {
             Ok(Some(attempts)) => {
+                queued.started = Some(Instant::now());
                 let mut running = queued.task.clone();
                 running.status = TaskStatus::Running;
                 running.instance = Some(instance.to_string());
@@ -349,18 +354,20 @@ impl Lifecycle {
     // === finish, expire, cancel, fail ===
 
     /// Stores a run's outcome (retrying until stored or stopped), then tells
-    /// waiters. `running` is the task as its start published it.
+    /// waiters. `running` is the task as its start published it; its run
+    /// ended at `ended`.
     pub(crate) async fn finish(
         &self,
         pool: &Pool,
         queued: &Queued,
         running: Task,
         verdict: Verdict,
-        run: Duration,
+        ended: Instant,
     ) {
         let mut timings = running.timings.clone();
-        timings.run_ms = Some(ms(run));
-        timings.total_ms = Some(total(queued));
+        let began = queued.started.unwrap_or(ended);
+        timings.run_ms = Some(ms(ended.saturating_duration_since(began)));
+        timings.total_ms = Some(total_at(queued, ended));
         let _ = self
             .end(
                 Some(pool),
@@ -640,6 +647,7 @@ impl Lifecycle {
                 stored_at: None,
                 slot: self.tenants.take(&task.tenant),
                 request_id: None,
+                started: None,
                 start_at: None,
                 task,
             };
@@ -664,6 +672,7 @@ impl Lifecycle {
             received_at: None,
             stored_at: None,
             request_id: None,
+            started: None,
             start_at: None,
             task,
         });
@@ -752,11 +761,14 @@ impl Lifecycle {
     }
 }
 
-/// `queue_ms` so far: from the commit this node saw (or, for a task taken
+/// `queue_ms` so far (up to its start, once started): from the commit this node saw (or, for a task taken
 /// from the store, from its creation less its persist time).
 fn waited(q: &Queued) -> f64 {
     match q.stored_at {
-        Some(at) => ms(at.elapsed()),
+        Some(at) => ms(q
+            .started
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(at)),
         None => {
             let persist = q.task.timings.persist_ms.unwrap_or(0.0);
             ((now_ms() - q.task.created_at) as f64 - persist).max(0.0)
@@ -767,8 +779,13 @@ fn waited(q: &Queued) -> f64 {
 /// `total_ms` so far: from the request's arrival (or, for a task taken from
 /// the store, from its creation plus its admission time).
 fn total(q: &Queued) -> f64 {
+    total_at(q, Instant::now())
+}
+
+/// `total_ms` up to `end`.
+fn total_at(q: &Queued, end: Instant) -> f64 {
     match q.received_at {
-        Some(at) => ms(at.elapsed()),
+        Some(at) => ms(end.saturating_duration_since(at)),
         None => {
             let admission = q.task.timings.admission_ms.unwrap_or(0.0);
             (now_ms() - q.task.created_at) as f64 + admission

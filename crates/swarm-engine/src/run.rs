@@ -86,7 +86,7 @@ impl TaskRun {
                     &queued,
                     running,
                     Verdict::cancelled("run"),
-                    Duration::ZERO,
+                    Instant::now(),
                 )
                 .await;
             return;
@@ -154,7 +154,7 @@ impl TaskRun {
             }
         };
         lifecycle
-            .finish(&pool, &queued, running, verdict, finished.rtt)
+            .finish(&pool, &queued, running, verdict, finished.at)
             .await;
     }
 }

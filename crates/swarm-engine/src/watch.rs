@@ -135,3 +135,77 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use swarm_core::config::DatabaseConfig;
+    use swarm_core::{Priority, TaskId, TaskStatus, Timings};
+
+    use super::*;
+    use crate::hub::REPLAY;
+
+    fn task() -> Task {
+        Task {
+            id: TaskId::new(),
+            tenant: "t".into(),
+            task_type: "echo".into(),
+            status: TaskStatus::Running,
+            priority: Priority::Normal,
+            department: "echo".into(),
+            agent: "echo".into(),
+            instance: None,
+            title: None,
+            description: None,
+            args: json!({}),
+            result: None,
+            error: None,
+            idempotency_key: None,
+            timeout_ms: 1000,
+            deadline_at: 0,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            attempts: 1,
+            timings: Timings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_first_sees_the_last_progress_reports() {
+        let dir = std::env::temp_dir().join(format!("swarmd-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", dir.join("w.db").display()),
+            ..DatabaseConfig::default()
+        })
+        .await
+        .unwrap();
+        let hub = Arc::new(Hub::new());
+        let t = task();
+        hub.register(t.clone()).unwrap();
+        for step in 0..20 {
+            hub.progress(t.id, json!({ "step": step }));
+        }
+        let mut w = Watch::live(hub.clone(), store, hub.subscribe(t.id).unwrap());
+        let mut replayed = Vec::new();
+        for _ in 0..REPLAY {
+            match w.next().await {
+                Some(TaskEvent::Progress(v)) => replayed.push(v["step"].as_i64().unwrap()),
+                other => panic!("expected progress, got {other:?}"),
+            }
+        }
+        assert_eq!(replayed, (20 - REPLAY as i64..20).collect::<Vec<_>>());
+        // Then what happens next, as it happens.
+        hub.progress(t.id, json!({ "step": 20 }));
+        let mut done = t.clone();
+        done.status = TaskStatus::Succeeded;
+        hub.publish(done);
+        assert!(matches!(w.next().await, Some(TaskEvent::Progress(v)) if v["step"] == 20));
+        assert!(
+            matches!(w.next().await, Some(TaskEvent::State(s)) if s.status == TaskStatus::Succeeded)
+        );
+        assert!(w.next().await.is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -35,6 +35,9 @@ pub(crate) struct Queued {
     pub(crate) slot: TenantSlot,
     /// The submitting request's id, when this process accepted it.
     pub(crate) request_id: Option<String>,
+    /// When this node stored its start: the end of `queue_ms`, the start
+    /// of `run_ms`.
+    pub(crate) started: Option<Instant>,
     /// The start time this node first tried to store for it: kept across
     /// retries of the start, it lets the store recognise a start it already
     /// committed (see `Store::start`).

@@ -48,14 +48,110 @@ async fn submit_echo_with_wait_returns_the_result(backend: Backend) {
             r.text
         );
     }
+    // The stages do not overlap: they add up to the total, and the
+    // outcome's own commit (live answers only) comes after it.
+    let stage = |t: &Value, k: &str| t["timings"][k].as_f64().unwrap();
+    let sum: f64 = ["admission_ms", "persist_ms", "queue_ms", "run_ms"]
+        .iter()
+        .map(|k| stage(t, k))
+        .sum();
+    assert!(
+        (sum - stage(t, "total_ms")).abs() < 0.01,
+        "stages sum to {sum}, total is {}: {}",
+        stage(t, "total_ms"),
+        r.text
+    );
+    assert!(stage(t, "complete_ms") >= 0.0, "{}", r.text);
     let loc = r.headers["location"].to_str().unwrap();
     assert_eq!(loc, format!("/api/tasks/{}", t["id"].as_str().unwrap()));
-    // The stored task reads back the same.
+    // The stored task reads back the same, with the same stages; only the
+    // commit of the outcome itself is known too late to be stored.
     let g = s.get(loc).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.body["status"], "succeeded");
     assert_eq!(g.body["result"], t["result"]);
     assert!(g.body["finished_at"].as_str().unwrap().ends_with('Z'));
+    for k in [
+        "admission_ms",
+        "persist_ms",
+        "queue_ms",
+        "run_ms",
+        "total_ms",
+    ] {
+        assert_eq!(g.body["timings"][k], t["timings"][k], "stored {k}");
+    }
+    assert!(g.body["timings"].get("complete_ms").is_none(), "{}", g.text);
+}
+
+async fn text_with_nul_is_refused_with_its_field(backend: Backend) {
+    let Some(s) = server(backend, "").await else {
+        return;
+    };
+    for (body, field) in [
+        (json!({"type": "echo", "title": "a\u{0}b"}), "title"),
+        (
+            json!({"type": "echo", "description": "\u{0}"}),
+            "description",
+        ),
+        (
+            json!({"type": "echo", "args": {"n": {"note": "x\u{0}"}}}),
+            "args.n.note",
+        ),
+        (
+            json!({"type": "email", "args": {"to": "a@example.com", "subject": "s\u{0}", "body": "b"}}),
+            "args.subject",
+        ),
+    ] {
+        let r = s.post("/api/tasks", &body).await;
+        assert_eq!(r.status, 422, "{}", r.text);
+        assert_eq!(r.body["field"], field, "{}", r.text);
+        assert!(
+            r.body["message"].as_str().unwrap().contains("NUL"),
+            "{}",
+            r.text
+        );
+    }
+    // Nothing reached the store.
+    let list = s.get("/api/tasks").await;
+    assert_eq!(
+        list.body["tasks"].as_array().unwrap().len(),
+        0,
+        "{}",
+        list.text
+    );
+}
+
+async fn child_tasks_count_in_their_department(backend: Backend) {
+    let Some(s) = server(backend, "").await else {
+        return;
+    };
+    for i in 0..3 {
+        s.run_ok(
+            "email",
+            json!({"to": "ops@example.com", "subject": format!("Report {i}"), "body": "all fine"}),
+        )
+        .await;
+    }
+    let st = s.get("/api/status").await.body;
+    let reviewers = support::pool(&st, "reviewers");
+    // Two reviewers per email, run as child tasks of communications.
+    assert_eq!(reviewers["accepted"], 0, "no task was submitted to it");
+    assert_eq!(reviewers["children"], 6, "{reviewers}");
+    assert_eq!(reviewers["succeeded"], 6, "{reviewers}");
+    assert_eq!(reviewers["child_outcomes"]["succeeded"], 6, "{reviewers}");
+    let comms = support::pool(&st, "communications");
+    assert_eq!(comms["succeeded"], 3);
+    assert_eq!(comms["children"], 0);
+    let m = s.get("/metrics").await.text;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("swarmd_pool_finished_total")
+                && l.contains("pool=\"reviewers\"")
+                && l.contains("kind=\"child\"")
+                && l.contains("outcome=\"succeeded\"")
+                && l.ends_with(" 6")),
+        "{m}"
+    );
 }
 
 async fn submit_without_wait_is_accepted_then_finishes(backend: Backend) {
@@ -824,6 +920,8 @@ async fn communications_deliver_over_a_real_smtp_server(backend: Backend) {
 
 on_both_backends!(
     submit_echo_with_wait_returns_the_result,
+    text_with_nul_is_refused_with_its_field,
+    child_tasks_count_in_their_department,
     submit_without_wait_is_accepted_then_finishes,
     prototype_task_endpoint_answers_the_same,
     unknown_and_malformed_ids_are_404,

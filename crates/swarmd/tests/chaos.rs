@@ -731,7 +731,8 @@ async fn sqlite_disk_full_for_five_seconds() {
     assert!(f.refused > 0, "the fault bit");
     let log = node.log();
     assert_eq!(
-        log.matches("database unavailable: submissions get 503").count(),
+        log.matches("database unavailable: submissions get 503")
+            .count(),
         1,
         "the outage is logged once:\n{log}"
     );

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use swarm_core::clock::now_ms;
@@ -151,6 +150,7 @@ impl Fx {
             stored_at: None,
             slot: self.ledger.take("t"),
             request_id: None,
+            started: None,
             start_at: None,
         }
     }
@@ -178,13 +178,7 @@ impl Fx {
         }
         let verdict = verdict(state);
         self.lc
-            .finish(
-                self.pool(),
-                &q,
-                running.clone(),
-                verdict,
-                Duration::from_millis(1),
-            )
+            .finish(self.pool(), &q, running.clone(), verdict, Instant::now())
             .await;
         Held::Ended(q, running)
     }
@@ -251,7 +245,7 @@ async fn try_to_move(fx: &Fx, held: Held, to: TaskStatus) {
                     &q,
                     q.task.clone(),
                     verdict(TaskStatus::Succeeded),
-                    Duration::ZERO,
+                    Instant::now(),
                 )
                 .await;
             pool.push(q);
@@ -261,7 +255,7 @@ async fn try_to_move(fx: &Fx, held: Held, to: TaskStatus) {
             // run's finish cannot end a task that never started.
             let q = fx.take();
             fx.lc
-                .finish(pool, &q, q.task.clone(), verdict(s), Duration::ZERO)
+                .finish(pool, &q, q.task.clone(), verdict(s), Instant::now())
                 .await;
             fx.lc.end_held(Some(pool), &q, verdict(s)).await;
         }
@@ -278,7 +272,7 @@ async fn try_to_move(fx: &Fx, held: Held, to: TaskStatus) {
         }
         (Held::Running(q, running) | Held::Ended(q, running), s) => {
             fx.lc
-                .finish(pool, &q, running.clone(), verdict(s), Duration::ZERO)
+                .finish(pool, &q, running.clone(), verdict(s), Instant::now())
                 .await;
             if s == TaskStatus::Cancelled {
                 fx.lc.cancel(&running).await.unwrap();
@@ -365,7 +359,7 @@ async fn cancel_and_finish_racing_store_exactly_one_outcome() {
                     verdict(TaskStatus::Succeeded)
                 };
                 fx.lc
-                    .finish(fx.pool(), &q, running, v, Duration::ZERO)
+                    .finish(fx.pool(), &q, running, v, Instant::now())
                     .await;
             }
         }));
