@@ -60,11 +60,11 @@ pub use attempt::OverloadClassifier;
 pub use engine::{Access, CancelOutcome, Engine, Submission, Submitted};
 pub use error::EngineError;
 pub use hub::{REPLAY, TaskEvent};
-pub use lifecycle::TransitionCounts;
 pub use monitor::{Alert, AlertsView, ResourceReading};
-pub use pool::{Outcomes, PoolStatus, Rejections};
-pub use stats::{Metrics, RecentLatency};
-pub use status::{DatabaseStatus, Status};
+pub use stats::Metrics;
+pub use status::{
+    DatabaseStatus, Outcomes, PoolStatus, RecentLatency, Rejections, RetentionStatus, Status,
+    TransitionCounts,
+};
 pub use swarm_store::ListQuery;
-pub use upkeep::retention::RetentionStatus;
 pub use watch::Watch;

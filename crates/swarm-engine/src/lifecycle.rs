@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 use swarm_core::clock::now_ms;
 use swarm_core::{Task, TaskError, TaskId, TaskStatus, Timings};
@@ -50,6 +49,7 @@ use crate::ledger::{TenantLedger, TenantSlot};
 use crate::pool::{PendingGuard, Pool, Pools};
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
+use crate::status::TransitionCounts;
 use crate::work::Queued;
 
 /// Milliseconds with microsecond precision, as timings are stored.
@@ -165,24 +165,6 @@ struct Counts {
     swept: AtomicU64,
     replaced: AtomicU64,
     abandoned: AtomicU64,
-}
-
-/// The figures of [`Lifecycle::counts`].
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct TransitionCounts {
-    /// Writes of accepted work tried again after the database failed them.
-    pub retried: u64,
-    /// Tasks taken into this node's queues from the store (start-up,
-    /// rescue of dead nodes, sweep).
-    pub adopted: u64,
-    /// Of those, taken back by the sweep: rows this node owned but did not
-    /// hold, after a write whose outcome was unknown.
-    pub swept: u64,
-    /// Outcomes the store refused, stored as `failed` with
-    /// `outcome_not_stored` instead.
-    pub replaced: u64,
-    /// Transitions given up when the engine stopped (run again later).
-    pub abandoned: u64,
 }
 
 /// What a submission's store write produced.

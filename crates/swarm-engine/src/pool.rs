@@ -25,19 +25,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
 use swarm_agents::Agent;
 use swarm_core::config::{PoolConfig, TenantConfig};
 use swarm_core::{Priority, TaskId, TaskStatus};
 use swarm_sched::codel::CoDel;
 use swarm_sched::fair::FairQueue;
-use swarm_sched::limit::{Limiter, LimiterSnapshot};
+use swarm_sched::limit::Limiter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::ledger::{DrainRate, TenantRates};
 use crate::monitor::PoolMark;
-use crate::stats::{PoolMetrics, RecentLatency};
+use crate::stats::PoolMetrics;
+use crate::status::{Outcomes, PoolStatus, Rejections};
 use crate::work::{ChildJob, Queued};
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
@@ -166,124 +166,6 @@ struct Counters {
     tasks: OutcomeCounts,
     children: OutcomeCounts,
     expired_in_queue: AtomicU64,
-}
-
-/// Outcomes since start.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct Outcomes {
-    /// Ended `succeeded`.
-    pub succeeded: u64,
-    /// Ended `failed`.
-    pub failed: u64,
-    /// Ended `timed_out`.
-    pub timed_out: u64,
-    /// Ended `cancelled`.
-    pub cancelled: u64,
-}
-
-impl Outcomes {
-    /// All outcomes.
-    pub fn total(&self) -> u64 {
-        self.succeeded + self.failed + self.timed_out + self.cancelled
-    }
-}
-
-/// Refusals by reason.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rejections {
-    /// Queue at its bound (503 `queue_full`).
-    pub queue_full: u64,
-    /// CoDel: a standing queue (503 `queue_delay`).
-    pub queue_delay: u64,
-    /// Could not start before its deadline (503 `deadline_unmeetable`).
-    pub deadline_unmeetable: u64,
-    /// Tenant over its quota (429 `tenant_quota`).
-    pub tenant_quota: u64,
-    /// Process over its memory threshold (503 `process_overloaded`).
-    pub process_overloaded: u64,
-    /// The database takes no writes (503 `database_unavailable`).
-    pub database_unavailable: u64,
-    /// The database writer is behind on new tasks (503 `database_busy`).
-    pub database_busy: u64,
-}
-
-impl Rejections {
-    /// All reasons together.
-    pub fn total(&self) -> u64 {
-        self.queue_full
-            + self.queue_delay
-            + self.deadline_unmeetable
-            + self.tenant_quota
-            + self.process_overloaded
-            + self.database_unavailable
-            + self.database_busy
-    }
-}
-
-/// A pool as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
-    /// Department name.
-    pub name: String,
-    /// Agent kind.
-    pub agent: String,
-    /// The limiter: algorithm, current limit, in flight, RTT estimates.
-    pub limit: LimiterSnapshot,
-    /// Tasks allowed to run at once now (the limiter's current limit).
-    pub concurrency: usize,
-    /// Tasks running now.
-    pub running: usize,
-    /// Tasks queued now.
-    pub queued: usize,
-    /// Queued by priority.
-    pub queued_by_priority: BTreeMap<&'static str, usize>,
-    /// Queued by tenant (the ten largest).
-    pub queued_by_tenant: BTreeMap<String, usize>,
-    /// Child tasks waiting.
-    pub children_queued: usize,
-    /// Queue bound.
-    pub queue_capacity: usize,
-    /// Age of the oldest queued task, ms.
-    pub oldest_queued_ms: u64,
-    /// CoDel target in use, ms (0: shedding off).
-    pub queue_target_ms: f64,
-    /// Whether CoDel is shedding now.
-    pub shedding: bool,
-    /// Completions per second (stored tasks and children), smoothed.
-    pub drain_per_s: f64,
-    /// End-to-end latency of tasks that succeeded in the last 5-10 s.
-    pub latency_ms: RecentLatency,
-    /// Instance names.
-    pub instances: Vec<String>,
-    /// The balancer over the instances, when there are several: policy and
-    /// per instance state (healthy, ejected, half-open, draining), calls in
-    /// flight, latency estimate, outcomes and share of picks.
-    pub balancer: Option<swarm_sched::balance::BalancerSnapshot>,
-    /// Worker processes (`agent = "process"`): alive, busy, restarts, kills.
-    pub workers: Option<swarm_agents::ProcessStats>,
-    /// Tasks accepted since start.
-    pub accepted: u64,
-    /// Submissions refused since start, all reasons.
-    pub rejected: u64,
-    /// Submissions refused since start, by reason.
-    pub rejections: Rejections,
-    /// Outcomes since start, stored tasks and children together.
-    pub succeeded: u64,
-    /// Outcomes since start, stored tasks and children together.
-    pub failed: u64,
-    /// Outcomes since start (in the queue or while running), stored tasks
-    /// and children together.
-    pub timed_out: u64,
-    /// Of `timed_out`, stored tasks whose deadline passed while queued.
-    pub expired_in_queue: u64,
-    /// Outcomes since start, stored tasks and children together.
-    pub cancelled: u64,
-    /// Child tasks (nested calls from other departments' runs) run since
-    /// start.
-    pub children: u64,
-    /// The outcomes of those child tasks alone (included in the totals
-    /// above).
-    pub child_outcomes: Outcomes,
 }
 
 // === Pool ===

@@ -29,14 +29,13 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use serde::Serialize;
 use swarm_core::{TaskStatus, Timings};
 use swarm_sched::balance::BalancerSnapshot;
 use swarm_store::PoolStats;
 use tokio::time::Instant;
 
 use crate::monitor::{ALERT_NAMES, AlertsView};
-use crate::status::Status;
+use crate::status::{RecentLatency, Status};
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -763,19 +762,6 @@ struct Recent {
     cur: Hdr<u64>,
     prev: Hdr<u64>,
     started: Option<Instant>,
-}
-
-/// Recent end-to-end latency of successful tasks, for `/api/status`.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
-pub struct RecentLatency {
-    /// Median, ms.
-    pub p50: f64,
-    /// 99th percentile, ms.
-    pub p99: f64,
-    /// Tasks the figures cover.
-    pub count: u64,
-    /// The window, seconds.
-    pub window_s: f64,
 }
 
 impl Recent {

@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
 use swarm_core::clock::now_ms;
 use swarm_core::config::Retention as Keep;
 use swarm_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::status::RetentionStatus;
 
 /// Rows per delete statement.
 pub(crate) const BATCH: i64 = 500;
@@ -38,21 +39,6 @@ pub(crate) struct RetentionStats {
     passes: AtomicU64,
     /// Epoch ms of the last pass (0: none yet).
     last_pass_at: AtomicI64,
-}
-
-/// Retention as `/api/status` shows it.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct RetentionStatus {
-    /// How long finished work is kept, seconds; absent: for ever.
-    pub keep_s: Option<u64>,
-    /// Finished tasks deleted since start.
-    pub deleted_tasks: u64,
-    /// Outbox messages deleted since start.
-    pub deleted_outbox: u64,
-    /// Passes run since start.
-    pub passes: u64,
-    /// When the last pass ran, epoch ms (0: not yet).
-    pub last_pass_at: i64,
 }
 
 impl RetentionStats {
