@@ -139,6 +139,10 @@ struct Core {
     started: Instant,
     /// The dispatchers and upkeep loops.
     background: TaskTracker,
+    /// The runtime the engine was started on: its loops and runs live there,
+    /// and so does every submission's store write and queueing (see
+    /// [`Engine::submit`]).
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Engine {
@@ -312,6 +316,7 @@ impl Engine {
             metrics,
             started: Instant::now(),
             background: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         core.lifecycle.recover().await?;
         let engine = Engine { core };
@@ -405,6 +410,12 @@ impl Engine {
 impl Engine {
     /// Validates, routes, admits, stores and queues a task. Returns once the
     /// task is durable.
+    ///
+    /// The store write and the queueing run as a task of the engine's own
+    /// runtime, so they finish even if the caller goes away (a client that
+    /// hangs up cannot leave a stored task out of its queue), and, when the
+    /// engine has a runtime of its own (`swarmd serve`), a flood of requests
+    /// on the server's runtime cannot delay them.
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
         let metrics = &self.core.metrics;
         let tenant = metrics.enabled().then(|| sub.tenant.clone());
@@ -485,17 +496,24 @@ impl Engine {
             request_hash,
             owner: c.node_id.clone(),
         };
+        let (lifecycle, pool) = (c.lifecycle.clone(), pool.clone());
+        let received_at = sub.received_at;
         let accepted = c
-            .lifecycle
-            .accept(
-                pool,
-                new,
-                ticket.pending,
-                ticket.slot,
-                sub.received_at,
-                sub.request_id,
-            )
-            .await?;
+            .runtime
+            .spawn(async move {
+                lifecycle
+                    .accept(
+                        &pool,
+                        new,
+                        ticket.pending,
+                        ticket.slot,
+                        received_at,
+                        sub.request_id,
+                    )
+                    .await
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("storing the task failed: {e}")))??;
         match accepted {
             Accepted::New(task) => Ok(Submitted {
                 task,

@@ -87,14 +87,38 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     result
 }
 
+/// Threads of the engine's own runtime.
+const ENGINE_THREADS: usize = 2;
+
 async fn serve(cfg: Config, args: ServeArgs) -> Result<(), String> {
     let listener = listen(&cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
-    let store = Store::connect(&cfg.database)
+    // The engine (the store's writer, the dispatchers, every run) gets a
+    // runtime of its own. HTTP connections live on this one; under a flood
+    // of thousands of them its queues hold thousands of ready tasks, and a
+    // commit or a start woken behind them would wait seconds. On its own
+    // threads the work already accepted keeps finishing at its own pace
+    // while the flood is refused here (issue 13: completions before
+    // admissions).
+    let engine_rt = EngineRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(ENGINE_THREADS)
+            .thread_name("swarmd-engine")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the engine's runtime: {e}"))?,
+    ));
+    let engine = engine_rt
+        .handle()
+        .spawn(async move {
+            let store = Store::connect(&cfg.database)
+                .await
+                .map_err(|e| e.to_string())?;
+            Engine::start(cfg, store).await.map_err(|e| e.to_string())
+        })
         .await
-        .map_err(|e| e.to_string())?;
-    let engine = Engine::start(cfg, store).await.map_err(|e| e.to_string())?;
+        .map_err(|e| format!("starting the engine failed: {e}"))??;
     #[cfg(unix)]
     tokio::spawn(reload_on_hangup(engine.clone(), args));
     #[cfg(not(unix))]
@@ -102,6 +126,28 @@ async fn serve(cfg: Config, args: ServeArgs) -> Result<(), String> {
     swarm_server::serve(listener, engine, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
+}
+
+/// The engine's runtime, shut down without blocking when dropped: by then
+/// the engine has shut down (`serve` waits for it), and a runtime must not
+/// be dropped the blocking way inside another one.
+struct EngineRuntime(Option<tokio::runtime::Runtime>);
+
+impl EngineRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until dropped")
+            .handle()
+    }
+}
+
+impl Drop for EngineRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// On SIGHUP, reads the configuration again (file, env, flags, as at
