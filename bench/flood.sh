@@ -10,7 +10,7 @@
 #   - the backlog left when the load stopped and how long it took to drain.
 # With OLD=path/to/an/older/swarmd, each step runs that binary too, right
 # after this one, for a side-by-side table. ROUNDS (default 3) alternates
-# the binaries; the table shows medians.
+# the binaries; the table shows medians. Writes bench/results/flood.md.
 #
 #   bench/flood.sh                         # this build
 #   OLD=/tmp/old/swarmd bench/flood.sh     # side by side
@@ -66,7 +66,8 @@ for round in $(seq "$rounds"); do
         [ -n "$old" ] && run old "$old" "$c" "$round"
     done
 done
-python3 - "$dir" "$rounds" "$duration" "$conns" "${old:+old}" <<'PY'
+mkdir -p bench/results
+python3 - "$dir" "$rounds" "$duration" "$conns" "${old:+old}" > bench/results/flood.md <<'PY'
 import statistics, sys
 d, rounds, duration, conns, has_old = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].split(), sys.argv[5] == "old"
 labels = ["new"] + (["old"] if has_old else [])
@@ -97,3 +98,4 @@ for c in conns:
               f"| **{med([x['goodput'] for x in rs]):,.0f}** | {med([x['lat'][0] for x in rs]):.1f} / {med([x['lat'][2] for x in rs]):.1f} "
               f"| {med([x['left'] for x in rs]):,.0f} | {med([x['drain'] for x in rs]):.1f} | {med([x['other'] for x in rs]):,.0f}, {med([x['err'] for x in rs]):,.0f} |")
 PY
+cat bench/results/flood.md

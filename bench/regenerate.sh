@@ -40,6 +40,10 @@ order=(
     monitoring-on
     monitoring-off
     balancing
+    flood
+    chaos
+    retention
+    neighbours
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
@@ -54,12 +58,17 @@ for name in "${selected[@]}"; do
         monitoring-off) ;;
         # Four sim-backends and a swarmd per policy: a side-by-side table, not a scenario result.
         balancing) bench/balancing.sh > /dev/null ;;
+        # Issue 13: side-by-side tables of their own, not scenario results.
+        flood) bench/flood.sh > /dev/null ;;
+        chaos) bench/chaos.sh > /dev/null ;;
+        retention) bench/retention-soak.sh > /dev/null ;;
+        neighbours) bench/pg-neighbours.sh > /dev/null ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac
 done
 results=()
 for name in "${order[@]}"; do
-    [ "$name" = balancing ] && continue # not a bench result; its table is shown below
+    case "$name" in balancing | flood | chaos | retention | neighbours) continue ;; esac # tables shown below
     [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
 done
 {
@@ -78,5 +87,16 @@ done
         echo
         cat bench/results/balancing.md
     fi
+    for part in "flood:A flood of submissions, side by side (\`bench/flood.sh\`)" \
+        "chaos:Database faults under load (\`bench/chaos.sh\`, the chaos tests)" \
+        "retention-soak:Retention keeps the tables flat (\`bench/retention-soak.sh\`)" \
+        "pg-neighbours:Other sessions on the same PostgreSQL (\`bench/pg-neighbours.sh\`)"; do
+        if [ -f "bench/results/${part%%:*}.md" ]; then
+            echo
+            echo "### ${part#*:}"
+            echo
+            cat "bench/results/${part%%:*}.md"
+        fi
+    done
 } > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -161,21 +161,30 @@ impl Outbox for StoreOutbox {
         let store = self.0.clone();
         Box::pin(async move {
             let id = TaskId::new().to_string();
-            store
-                .outbox_insert(OutboxRow {
-                    id: id.clone(),
-                    task_id: msg.task_id.to_string(),
-                    tenant: msg.tenant,
-                    sender: msg.from,
-                    recipients: msg.to,
-                    cc: msg.cc,
-                    subject: msg.subject,
-                    body: msg.body,
-                    created_at: now_ms(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(id)
+            let row = OutboxRow {
+                id: id.clone(),
+                task_id: msg.task_id.to_string(),
+                tenant: msg.tenant,
+                sender: msg.from,
+                recipients: msg.to,
+                cc: msg.cc,
+                subject: msg.subject,
+                body: msg.body,
+                created_at: now_ms(),
+            };
+            // A database that is down is no reason to fail the message:
+            // the write (idempotent by id) waits for it. The task's deadline
+            // bounds the wait, since the run drops this future at it.
+            loop {
+                match store.outbox_insert(row.clone()).await {
+                    Ok(()) => return Ok(id),
+                    Err(e) if e.is_unavailable() => {
+                        store.health().wait_up().await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         })
     }
 }
