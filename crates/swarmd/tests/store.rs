@@ -418,6 +418,45 @@ async fn own_unfinished_rows_can_be_reclaimed(backend: Backend) {
     );
 }
 
+async fn connect_errors_say_where_and_why(backend: Backend) {
+    if backend != Backend::Postgres {
+        return;
+    }
+    let Some(admin) = support::pg_url() else {
+        return;
+    };
+    // Nothing listens on this port.
+    let port = support::free_port();
+    let refused = DatabaseConfig {
+        url: format!("postgres://postgres@127.0.0.1:{port}/test"),
+        acquire_timeout_ms: 2_000,
+        ..DatabaseConfig::default()
+    };
+    let asked = std::time::Instant::now();
+    let err = Store::connect(&refused).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("connection refused"),
+        "{err}"
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(2),
+        "at once, not after the acquire timeout"
+    );
+    // A database that does not exist: the server's words, without the
+    // driver's source line.
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let missing = DatabaseConfig {
+        url: format!("{base}/no_such_database_here"),
+        ..DatabaseConfig::default()
+    };
+    let err = Store::connect(&missing).await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"no_such_database_here\" does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains(" at line "), "{err}");
+}
+
 async fn second_process_on_one_sqlite_file_is_refused(backend: Backend) {
     if backend != Backend::Sqlite {
         return;
@@ -443,5 +482,6 @@ on_both_backends!(
     writes_repeated_after_a_lost_answer_are_harmless,
     retention_deletes_only_old_finished_work,
     own_unfinished_rows_can_be_reclaimed,
+    connect_errors_say_where_and_why,
     second_process_on_one_sqlite_file_is_refused,
 );
