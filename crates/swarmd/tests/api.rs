@@ -121,6 +121,57 @@ async fn text_with_nul_is_refused_with_its_field(backend: Backend) {
     );
 }
 
+async fn finished_work_past_retention_is_deleted(backend: Backend) {
+    let Some(s) = server(backend, "[database]\nretention = \"1s\"\n").await else {
+        return;
+    };
+    for i in 0..5 {
+        s.run_ok("echo", json!({ "n": i })).await;
+    }
+    s.run_ok(
+        "email",
+        json!({"to": "ops@example.com", "subject": "Weekly report", "body": "all fine"}),
+    )
+    .await;
+    // A task still queued stays, however old it gets.
+    let waiting = s.occupy("sim", 30_000).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = s.get("/api/status").await.body;
+        let r = &st["database"]["retention"];
+        if r["deleted_tasks"] == 6 && r["deleted_outbox"] == 1 {
+            assert_eq!(r["keep_s"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never ran: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = s.get("/api/tasks").await;
+    let left: Vec<&str> = list.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [waiting.as_str()], "{}", list.text);
+    assert_eq!(
+        s.get("/api/outbox").await.body["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let m = s.get("/metrics").await.text;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("swarmd_db_retention_deleted_total{table=\"tasks\"} 6")),
+        "{m}"
+    );
+}
+
 async fn child_tasks_count_in_their_department(backend: Backend) {
     let Some(s) = server(backend, "").await else {
         return;
@@ -922,6 +973,7 @@ on_both_backends!(
     submit_echo_with_wait_returns_the_result,
     text_with_nul_is_refused_with_its_field,
     child_tasks_count_in_their_department,
+    finished_work_past_retention_is_deleted,
     submit_without_wait_is_accepted_then_finishes,
     prototype_task_endpoint_answers_the_same,
     unknown_and_malformed_ids_are_404,

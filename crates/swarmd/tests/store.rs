@@ -457,6 +457,32 @@ async fn connect_errors_say_where_and_why(backend: Backend) {
     assert!(!err.contains(" at line "), "{err}");
 }
 
+async fn pg_sessions_carry_statement_timeouts(backend: Backend) {
+    if backend != Backend::Postgres {
+        return;
+    }
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    // A 1 ms statement_timeout cannot even migrate the schema: the setting
+    // is on the pool's sessions.
+    let cfg = DatabaseConfig {
+        url: db.url.clone(),
+        statement_timeout_ms: 1,
+        ..DatabaseConfig::default()
+    };
+    let err = Store::connect(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("statement timeout"), "{err}");
+    // The defaults migrate fine.
+    let cfg = DatabaseConfig {
+        url: db.url.clone(),
+        ..DatabaseConfig::default()
+    };
+    Store::connect(&cfg)
+        .await
+        .expect("connect with the default timeouts");
+}
+
 async fn second_process_on_one_sqlite_file_is_refused(backend: Backend) {
     if backend != Backend::Sqlite {
         return;
@@ -483,5 +509,6 @@ on_both_backends!(
     retention_deletes_only_old_finished_work,
     own_unfinished_rows_can_be_reclaimed,
     connect_errors_say_where_and_why,
+    pg_sessions_carry_statement_timeouts,
     second_process_on_one_sqlite_file_is_refused,
 );
