@@ -46,11 +46,11 @@ run() { # $1 = label, $2 = binary, $3 = connections, $4 = round
     wrk -t2 -c"$3" -d"${duration}s" --timeout 10s -s bench/flood.lua "http://127.0.0.1:$port/api/tasks" > "$out.wrk" 2>&1 || true
     local done_at_end
     done_at_end=$(status_field succeeded)
-    # The server's own handling time of POST /api/tasks (from the moment
-    # the handler runs, so without the wait for a worker thread that a
-    # closed loop of thousands of connections adds): its histogram.
+    # The server's own handling time of refused submissions (from the
+    # moment the handler runs, so without the wait for a worker thread that
+    # a closed loop of thousands of connections adds): their histogram.
     curl -s "http://127.0.0.1:$port/metrics" | grep '^swarmd_http_request_duration_seconds_bucket' |
-        grep 'route="/api/tasks"' | grep 'method="POST"' > "$out.hist" || true
+        grep 'route="/api/tasks"' | grep 'method="POST"' | grep 'status="503"' > "$out.hist" || true
     local t0 left
     t0=$(date +%s.%N)
     left=$(( $(status_field queued) + $(status_field running) ))
@@ -101,19 +101,22 @@ def read(label, c, r):
         for le, n in buckets:
             if total and n >= p * total:
                 return le * 1000
-        return float("nan")
+        return None
     return dict(acc=acc, ref=ref, other=other, lat=lat, err=sum(err), goodput=done / duration,
                 left=int(open(base + ".left").read()), drain=float(open(base + ".drain").read()),
                 handled=(q(0.5), q(0.99)))
 med = lambda xs: statistics.median(xs)
-print("| connections | build | accepted/s | refused/s | goodput during the load (finished/s) | p50 / p99 answer ms (wrk) | p50 / p99 server handling ms (at most) | left when the load stopped | drained in s | other answers, socket errors |")
+def fmt(xs):
+    xs = [x for x in xs if x is not None]
+    return f"{med(xs):g}" if xs else "–"
+print("| connections | build | accepted/s | refused/s | goodput during the load (finished/s) | p50 / p99 answer ms (wrk) | refusals: p50 / p99 server handling ms (at most) | left when the load stopped | drained in s | other answers, socket errors |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for c in conns:
     for label in labels:
         rs = [read(label, c, r) for r in range(1, rounds + 1)]
         print(f"| {int(c):,} | {label} | {med([x['acc'] for x in rs]) / duration:,.0f} | {med([x['ref'] for x in rs]) / duration:,.0f} "
               f"| **{med([x['goodput'] for x in rs]):,.0f}** | {med([x['lat'][0] for x in rs]):.1f} / {med([x['lat'][2] for x in rs]):.1f} "
-              f"| {med([x['handled'][0] for x in rs]):g} / {med([x['handled'][1] for x in rs]):g} "
+              f"| {fmt([x['handled'][0] for x in rs])} / {fmt([x['handled'][1] for x in rs])} "
               f"| {med([x['left'] for x in rs]):,.0f} | {med([x['drain'] for x in rs]):.1f} | {med([x['other'] for x in rs]):,.0f}, {med([x['err'] for x in rs]):,.0f} |")
 PY
 cat bench/results/flood.md

@@ -69,7 +69,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "swarmd_http_request_duration_seconds",
-        "HTTP request handling time, by route template and method.",
+        "HTTP request handling time, by route template, method and status (an acknowledgement and a refusal cost very different times).",
     ),
     ("swarmd_pool_accepted_total", "Tasks accepted by a pool."),
     (
@@ -464,6 +464,7 @@ impl Metrics {
                             vec![
                                 Label::new("method", method.to_string()),
                                 Label::new("route", route.to_string()),
+                                Label::new("status", status.to_string()),
                             ],
                         ),
                     };
@@ -896,9 +897,13 @@ mod tests {
             let want = format!("swarmd_http_requests_total{{{line}{n}");
             assert!(text.contains(&want), "{want} in\n{text}");
         }
-        let count =
-            r#"swarmd_http_request_duration_seconds_count{method="GET",route="/api/tasks"} 3"#;
-        assert!(text.contains(count), "{text}");
+        for (line, n) in [
+            (r#"method="GET",route="/api/tasks",status="200"} "#, 2),
+            (r#"method="GET",route="/api/tasks",status="404"} "#, 1),
+        ] {
+            let want = format!("swarmd_http_request_duration_seconds_count{{{line}{n}");
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
     }
 
     #[test]
