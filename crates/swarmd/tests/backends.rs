@@ -14,13 +14,12 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
-use support::{Backend, TestServer, agent_py, python_available};
+use support::{Backend, TestServer, agent_py, require_python3};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
 async fn a_process_pool_runs_tasks_on_python_workers() {
-    if !python_available() {
-        return;
-    }
+    require_python3();
     let cfg = format!(
         "[pools.py]\nagent = \"process\"\n[pools.py.process]\ncommand = [\"python3\", \"{}\"]\nworkers = 2\n",
         agent_py()
