@@ -484,6 +484,13 @@ async fn a_hanging_worker_is_timed_out_and_replaced() {
         )
         .await;
     assert_eq!(hung.body["status"], "timed_out", "{}", hung.text);
+    // As examples/python-agent/README.md says: the task's deadline ended it.
+    assert_eq!(
+        hung.body["error"]["code"], "deadline_exceeded",
+        "{}",
+        hung.text
+    );
+    assert_eq!(hung.body["error"]["stage"], "run", "{}", hung.text);
     // The one worker was killed and replaced: the next task runs.
     s.run_ok("py", json!({"n": 2})).await;
     let view = instances(&s, "py").await;
