@@ -1,6 +1,6 @@
-//! The binary's own messages, run as a user would: a client command that
-//! cannot reach its server says why, and a server whose port is taken says
-//! how to choose another.
+//! The binary's own messages, run as a user would: `--help` lists every
+//! command, a client command that cannot reach its server says why, and a
+//! server whose port is taken says how to choose another.
 
 mod support;
 
@@ -21,6 +21,39 @@ fn swarmd(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_command_with_a_description() {
+    let out = swarmd(&["--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The first line is the binary's own description.
+    assert!(help.starts_with("SwarmDirector: "), "{help}");
+    let commands = help
+        .split_once("Commands:\n")
+        .unwrap_or_else(|| panic!("no Commands section in:\n{help}"))
+        .1;
+    for name in [
+        "serve",
+        "submit",
+        "status",
+        "top",
+        "bench",
+        "bench-report",
+        "hash-key",
+        "sim-backend",
+    ] {
+        let line = commands
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("`{name}` is not listed in:\n{help}"));
+        let description = line.trim_start().trim_start_matches(name).trim();
+        assert!(
+            description.len() > 10,
+            "`{name}` has no description: {line:?}"
+        );
+    }
 }
 
 #[test]
