@@ -363,3 +363,66 @@ async fn without_a_key_the_page_asks_for_one_and_with_key_in_the_url_it_polls() 
     assert!(polls >= 3, "the page polled {polls} times with the key");
     assert!(!page.dom.contains("needs an API key"), "{}", page.dom);
 }
+
+/// The name column fits the names of the open rows, and a name is never
+/// broken inside a word: `communications` is shown whole, and a name too
+/// long for any column is cut with an ellipsis and whole in its tooltip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
+async fn pool_names_are_never_broken_inside_a_word() {
+    const LONG: &str = "an-unusually-long-department-name-for-one-column";
+    let browser = chromium();
+    let s = server(&format!("[pools.{LONG}]\nagent = \"echo\"\n")).await;
+    // Work in both while the page polls, so both rows open.
+    let client = s.client.clone();
+    let url = s.url("/api/tasks");
+    let load = tokio::spawn(async move {
+        let email = json!({"type": "email", "args": {"to": "ops@example.com", "body": "db down"}});
+        let echo = json!({"type": LONG});
+        loop {
+            let _ = client.post(&url).json(&email).send().await;
+            let _ = client.post(&url).json(&echo).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let scratch = Scratch::new("names");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 4_000).await;
+    load.abort();
+    let dom = &page.dom;
+    // Each `<div class="name" …>text</div>`: its attributes and its text.
+    let names: Vec<(HashMap<String, String>, String)> = dom
+        .match_indices("<div class=\"name\"")
+        .map(|(i, _)| {
+            let rest = &dom[i..];
+            let open_end = rest.find('>').expect("the tag ends");
+            let text_end = rest.find("</div>").expect("the div ends");
+            let attrs = tags(&rest[..=open_end], "div").remove(0);
+            (attrs, rest[open_end + 1..text_end].to_string())
+        })
+        .collect();
+    let name = |text: &str| {
+        names
+            .iter()
+            .find(|(_, t)| t == text)
+            .map(|(a, _)| a.clone())
+            .unwrap_or_else(|| panic!("no name {text} in:\n{dom}"))
+    };
+    let comms = name("communications");
+    assert_eq!(
+        comms.get("data-fit").map(String::as_str),
+        Some("whole"),
+        "{comms:?}\n{dom}"
+    );
+    assert!(!comms.contains_key("title"), "{comms:?}");
+    let long = name(LONG);
+    assert_eq!(
+        long.get("data-fit").map(String::as_str),
+        Some("clipped"),
+        "{long:?}"
+    );
+    assert_eq!(long.get("title").map(String::as_str), Some(LONG));
+    eprintln!("screenshot: {}", page.png.display());
+}
