@@ -304,7 +304,17 @@ async fn a_full_queue_is_overload() {
     t2.cancel();
     assert_eq!(first.await.unwrap().unwrap_err().code(), "cancelled");
     assert_eq!(second.await.unwrap().unwrap_err().code(), "cancelled");
-    wait_for(|| agent.stats().alive == 1, "worker replaced").await;
+    // Replaced: the killed worker counted as alive until it was reaped, so
+    // wait for the restart, not only for a live worker.
+    wait_for(
+        || {
+            let s = agent.stats();
+            s.restarts == 1 && s.alive == 1
+        },
+        "worker replaced",
+    )
+    .await;
+    wait_for(|| agent.stats().waiting == 0, "the waiting task taken").await;
     // The waiting task was skipped, not run (running it would have killed
     // a second worker, as its caller is gone).
     tokio::time::sleep(Duration::from_millis(200)).await;
