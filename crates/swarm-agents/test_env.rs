@@ -13,11 +13,17 @@
 //! test runs, and one whose need is missing fails.
 //!
 //! The answer is kept until something it depends on changes: the
-//! variables read here (`SWARMD_TEST_PG_URL`, `SWARMD_TEST_CHROMIUM`,
-//! `PATH`, `SWARMD_TEST_REQUIRE_ALL`), the programs and module found, and,
-//! while something is missing, the directories on `PATH` and Python's
-//! script directories (installing a program, or `pip install aiosmtpd`,
-//! which adds an `aiosmtpd` command, changes one of them).
+//! variables `SWARMD_TEST_PG_URL`, `SWARMD_TEST_CHROMIUM` and
+//! `SWARMD_TEST_REQUIRE_ALL`, the programs and module found, and, while
+//! something is missing, the directories on `PATH` and Python's script
+//! directories (installing a program, or `pip install aiosmtpd`, which adds
+//! an `aiosmtpd` command, changes one of them). `PATH` itself is not
+//! watched, so activating a virtualenv does not rebuild the crates.
+//!
+//! Release builds do not look at all: the server people run has no use
+//! for the answer, and watching would rebuild it whenever the answer might
+//! change. `cargo test --release` therefore runs every test, as with
+//! `SWARMD_TEST_REQUIRE_ALL=1`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -73,11 +79,15 @@ pub fn report(needs: &[Need]) {
         "cargo::rustc-check-cfg=cfg(test_missing, values({}))",
         values.join(", ")
     );
+    if std::env::var("PROFILE").as_deref() == Ok("release") {
+        // Something to watch, or Cargo reruns this on any change in the crate.
+        println!("cargo::rerun-if-changed=build.rs");
+        return;
+    }
     println!("cargo::rerun-if-env-changed=SWARMD_TEST_REQUIRE_ALL");
     if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
         return;
     }
-    println!("cargo::rerun-if-env-changed=PATH");
     let mut watch = BTreeSet::new();
     let mut missing_any = false;
     for &need in needs {
