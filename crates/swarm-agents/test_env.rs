@@ -99,10 +99,12 @@ pub fn report(needs: &[Need]) {
             Need::Python3 => seen(&mut watch, python3()),
             Need::Aiosmtpd => match python3() {
                 Some(py) => {
-                    // While it is missing, the directories its command
-                    // would be installed to.
-                    watch.extend(python_script_dirs(&py));
-                    seen(&mut watch, module_file(&py, "aiosmtpd"))
+                    let found = seen(&mut watch, module_file(&py, "aiosmtpd"));
+                    if !found {
+                        // Where `pip install aiosmtpd` puts its command.
+                        watch.extend(python_script_dirs(&py));
+                    }
+                    found
                 }
                 None => false,
             },
