@@ -47,6 +47,9 @@
 //!   the supervisor through a small bounded channel.
 //! - Only the worker process itself is killed, not processes it started;
 //!   wrapper scripts should `exec` the real worker.
+//! - Each worker runs in its own process group, so a terminal's Ctrl-C
+//!   reaches the server, which drains (running tasks finish), and not the
+//!   workers, which would otherwise die mid-task and be restarted.
 //! - Processes are started on first use or by [`ProcessAgent::start`], not
 //!   by [`ProcessAgent::new`], so configuration can be checked outside a
 //!   Tokio runtime. Dropping the agent stops the workers: stdin is closed
@@ -425,6 +428,11 @@ async fn supervise(shared: Arc<Shared>, slot: usize) {
                     }
                     End::Died(why) => {
                         let status = w.reap().await;
+                        if shared.shutdown.is_cancelled() {
+                            // We are stopping: no warning, no restart.
+                            debug!(worker = slot, pid, "process worker {why} ({status})");
+                            return;
+                        }
                         warn!(
                             worker = slot,
                             pid, "process worker {why} ({status}); restarting in {backoff:?}"
@@ -504,6 +512,12 @@ impl Worker {
             .stderr(Stdio::piped())
             // If the supervisor is dropped (runtime shutdown) the process goes too.
             .kill_on_drop(true);
+        // Its own process group: Ctrl-C in a terminal signals the whole
+        // foreground group, and a worker killed by it mid-task would fail
+        // its task and be logged as a crash while the server is draining.
+        // The server stops its workers itself.
+        #[cfg(unix)]
+        cmd.process_group(0);
         if let Some(cwd) = &cfg.cwd {
             cmd.current_dir(cwd);
         }

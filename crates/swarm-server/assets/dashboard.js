@@ -441,7 +441,35 @@
     return out.map((c) => c.chart);
   }
 
+  // The name column is as wide as the longest name of an open row (rows
+  // share it, so their charts line up): at least LABEL_MIN px, at most
+  // LABEL_MAX px or LABEL_SHARE of the window, whichever is less. A name
+  // that still does not fit is cut with an ellipsis, whole in its tooltip;
+  // `data-fit` says which (`whole` or `clipped`).
+  const LABEL_MIN = 150;
+  const LABEL_MAX = 280;
+  const LABEL_SHARE = 0.22;
+  const LABEL_PAD = 6; // .label's horizontal padding, and a pixel of rounding
+  let labelW = 0;
+  function fitLabels() {
+    const names = document.querySelectorAll("main .row:not(.idle) .label .name");
+    let w = LABEL_MIN;
+    for (const n of names) w = Math.max(w, n.scrollWidth + LABEL_PAD);
+    w = Math.max(LABEL_MIN, Math.min(w, LABEL_MAX, Math.round(window.innerWidth * LABEL_SHARE)));
+    if (w !== labelW) {
+      labelW = w;
+      document.querySelector("main").style.setProperty("--label-w", `${w}px`);
+    }
+    for (const n of names) {
+      const clipped = n.scrollWidth > n.clientWidth;
+      n.dataset.fit = clipped ? "clipped" : "whole";
+      if (clipped) n.title = n.textContent;
+      else n.removeAttribute("title");
+    }
+  }
+
   function drawAll() {
+    fitLabels();
     const now = performance.now() / 1000;
     for (const c of allCharts()) c.draw(now);
   }

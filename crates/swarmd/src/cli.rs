@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// SwarmDirector: a swarm of AI agents behind an HTTP API that stays fast,
 /// fair and correct when many requests arrive at once.
 #[derive(Debug, Parser)]
-#[command(name = "swarmd", version, about, long_about = None)]
+// No bare `about`: it would take Cargo.toml's `description` instead of the
+// doc comment above.
+#[command(name = "swarmd", version, long_about = None)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -22,18 +24,24 @@ pub(crate) enum Command {
     Submit(SubmitArgs),
     /// Print a running server's pools, database pool and uptime.
     Status(StatusArgs),
-    /// `status`, redrawn live with per-pool rates (tasks done, rejections,
-    /// timeouts per second) until Ctrl-C.
+    /// Show `status` live, with per-pool rates, until Ctrl-C.
+    ///
+    /// Redraws the `status` picture every `--interval`, with tasks done,
+    /// rejections and timeouts per second for each pool.
     Top(TopArgs),
-    /// Measure a server: closed or open loop, sweeps, HDR latency percentiles,
-    /// JSON/Markdown/SVG results.
+    /// Measure a server (or any HTTP endpoint) under load.
+    ///
+    /// Closed or open loop, sweeps, HDR latency percentiles, JSON, Markdown
+    /// and SVG results.
     Bench(Box<BenchArgs>),
     /// Print Markdown tables from `swarmd bench --out` results.
     BenchReport(BenchReportArgs),
     /// Print the SHA-256 of an API key, for `key_sha256` in `[[tenants]]`.
     HashKey(HashKeyArgs),
-    /// Run a simulated LLM provider (OpenAI-compatible) that saturates, rate
-    /// limits and fails like a real one, for benchmarks and agent tests.
+    /// Run a simulated LLM provider (OpenAI-compatible).
+    ///
+    /// It saturates, rate limits and fails like a real one, for benchmarks
+    /// and agent tests.
     SimBackend(SimBackendArgs),
 }
 

@@ -1,6 +1,7 @@
 //! `swarmd submit`, `swarmd status`, `swarmd top`, `swarmd hash-key`.
 
 use std::collections::BTreeMap;
+use std::error::Error as _;
 use std::io::Read;
 use std::time::Duration;
 
@@ -30,6 +31,69 @@ pub(crate) fn http_client(args: &ClientArgs, timeout: Duration) -> Result<reqwes
 
 fn url(args: &ClientArgs, path: &str) -> String {
     format!("{}{path}", args.server.trim_end_matches('/'))
+}
+
+/// How long `status` and `top` wait for an answer.
+pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `cannot reach <server>: <why>` for a request that got no answer.
+/// reqwest's own message (`error sending request for url (…)`) only says
+/// that something failed; the cause is further down the error's source
+/// chain: a refused connection, a name that does not resolve, a timeout.
+pub(crate) fn unreachable(server: &str, timeout: Duration, e: &reqwest::Error) -> String {
+    let mut causes: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut next = e.source();
+    while let Some(c) = next {
+        causes.push(c);
+        next = c.source();
+    }
+    let io_kind = causes
+        .iter()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    // The innermost cause names the failure most precisely.
+    let detail = causes
+        .last()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| e.to_string());
+    let url = e.url();
+    let host = url.and_then(|u| u.host_str()).unwrap_or(server);
+    let at = match url.and_then(|u| u.port_or_known_default()) {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    use std::io::ErrorKind as K;
+    let why = if e.is_builder() {
+        format!("`{server}` is not a usable URL ({detail}); give one like http://127.0.0.1:8080")
+    } else if e.is_timeout() || io_kind == Some(K::TimedOut) {
+        format!(
+            "timed out: no answer within {} (is {at} the swarmd server?)",
+            humantime::format_duration(timeout)
+        )
+    } else if causes.iter().any(|c| c.to_string() == "dns error") {
+        // hyper-util's connector wraps a failed name lookup as "dns error".
+        format!("the name `{host}` did not resolve ({detail})")
+    } else if io_kind == Some(K::ConnectionRefused) {
+        format!(
+            "connection refused at {at}: nothing listens there (is `swarmd serve` running, \
+             and are --server / SWARMD_URL right?)"
+        )
+    } else if matches!(
+        io_kind,
+        Some(K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe)
+    ) {
+        format!("{at} closed the connection without an answer ({detail}); is it a swarmd server?")
+    } else if let Some(kind @ (K::NetworkUnreachable | K::HostUnreachable)) = io_kind {
+        format!("{at} cannot be reached: {kind} ({detail})")
+    } else {
+        let chain: Vec<String> = causes.iter().map(|c| c.to_string()).collect();
+        if chain.is_empty() {
+            e.to_string()
+        } else {
+            chain.join(": ")
+        }
+    };
+    format!("cannot reach {server}: {why}")
 }
 
 /// Turns a response into its JSON body, or an error that carries the server's
@@ -77,13 +141,14 @@ pub(crate) async fn submit(a: SubmitArgs) -> Result<(), String> {
     if a.wait {
         body.insert("wait_ms".into(), json!(a.wait_ms));
     }
-    let client = http_client(&a.client, Duration::from_millis(a.wait_ms + 30_000))?;
+    let timeout = Duration::from_millis(a.wait_ms + 30_000);
+    let client = http_client(&a.client, timeout)?;
     let resp = client
         .post(url(&a.client, "/api/tasks"))
         .json(&Value::Object(body))
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", a.client.server))?;
+        .map_err(|e| unreachable(&a.client.server, timeout, &e))?;
     let (_, task) = json_or_error(resp).await?;
     println!(
         "{}",
@@ -99,7 +164,8 @@ pub(crate) async fn submit(a: SubmitArgs) -> Result<(), String> {
     }
 }
 
-/// `GET /api/status`.
+/// `GET /api/status`, with a client from [`http_client`] built with
+/// [`STATUS_TIMEOUT`].
 pub(crate) async fn fetch_status(
     client: &reqwest::Client,
     args: &ClientArgs,
@@ -108,12 +174,12 @@ pub(crate) async fn fetch_status(
         .get(url(args, "/api/status"))
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
+        .map_err(|e| unreachable(&args.server, STATUS_TIMEOUT, &e))?;
     Ok(json_or_error(resp).await?.1)
 }
 
 pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
-    let client = http_client(&a.client, Duration::from_secs(10))?;
+    let client = http_client(&a.client, STATUS_TIMEOUT)?;
     let s = fetch_status(&client, &a.client).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -306,6 +372,55 @@ pub(crate) fn hash_key(a: HashKeyArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `unreachable` says for a GET of `server` with `timeout`.
+    async fn why(server: &str, timeout: Duration) -> String {
+        swarm_agents::install_crypto_provider();
+        let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
+        let e = client
+            .get(format!("{server}/api/status"))
+            .send()
+            .await
+            .expect_err("the request fails");
+        unreachable(server, timeout, &e)
+    }
+
+    #[tokio::test]
+    async fn unreachable_says_refused_timed_out_or_unresolved() {
+        // Refused: a port that was free a moment ago, with nothing on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = format!("http://127.0.0.1:{port}");
+        let m = why(&server, Duration::from_secs(5)).await;
+        assert!(
+            m.starts_with(&format!(
+                "cannot reach {server}: connection refused at 127.0.0.1:{port}"
+            )),
+            "{m}"
+        );
+        assert!(!m.contains("error sending request"), "{m}");
+
+        // Timed out: a listener that accepts and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = format!("http://{}", silent.local_addr().unwrap());
+        let m = why(&server, Duration::from_millis(300)).await;
+        assert!(m.contains("timed out: no answer within 300ms"), "{m}");
+        drop(silent);
+
+        // Not resolved: `.invalid` never resolves (RFC 6761).
+        let m = why("http://swarmd.invalid:8080", Duration::from_secs(10)).await;
+        assert!(
+            m.contains("the name `swarmd.invalid` did not resolve"),
+            "{m}"
+        );
+
+        // Not a URL at all.
+        let m = why("127.0.0.1:8080", Duration::from_secs(5)).await;
+        assert!(m.contains("is not a usable URL"), "{m}");
+    }
 
     fn status(uptime_s: f64, pools: &[(&str, u64, u64, u64)]) -> Value {
         json!({

@@ -77,6 +77,26 @@ pub(crate) async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     }))
 }
 
+/// `cannot listen on <addr>: …`, with what to do where there is something
+/// to do; `how` names the settings that choose the address.
+pub(crate) fn listen_error(addr: &str, e: &std::io::Error, how: &str) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::AddrInUse => format!(
+            "cannot listen on {addr}: the address is already in use (another swarmd, \
+             or another program, listens there); choose another with {how}"
+        ),
+        K::PermissionDenied => format!(
+            "cannot listen on {addr}: permission denied (ports below 1024 need \
+             privileges); choose another with {how}"
+        ),
+        K::AddrNotAvailable => format!(
+            "cannot listen on {addr}: not an address of this machine; choose another with {how}"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    }
+}
+
 pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     // The configuration comes first: it says where spans go. Its errors
     // are returned, not logged, so nothing is lost before logging starts.
@@ -91,9 +111,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
 const ENGINE_THREADS: usize = 2;
 
 async fn serve(cfg: Config, args: ServeArgs) -> Result<(), String> {
-    let listener = listen(&cfg.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
+    let listener = listen(&cfg.server.listen).await.map_err(|e| {
+        listen_error(
+            &cfg.server.listen,
+            &e,
+            "--listen or SWARMD_LISTEN (or `listen` under [server] in the config file)",
+        )
+    })?;
     // The engine (the store's writer, the dispatchers, every run) gets a
     // runtime of its own. HTTP connections live on this one; under a flood
     // of thousands of them its queues hold thousands of ready tasks, and a

@@ -26,7 +26,7 @@ pub(crate) async fn run(a: SimBackendArgs) -> Result<(), String> {
         .map_err(|e| format!("invalid sim-backend settings: {e}"))?;
     let listener = crate::serve::listen(&a.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+        .map_err(|e| crate::serve::listen_error(&a.listen, &e, "--listen"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!(
         "sim-backend listening on {addr} (POST /v1/chat/completions, POST /work, GET /stats)"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cli::TopArgs;
-use crate::client::{fetch_status, http_client, pool_rates, render_status};
+use crate::client::{STATUS_TIMEOUT, fetch_status, http_client, pool_rates, render_status};
 
 /// Shows the cursor again however `top` ends (Ctrl-C, an error, the last
 /// iteration).
@@ -66,7 +66,7 @@ pub(crate) async fn run(a: TopArgs) -> Result<(), String> {
     if a.iterations == Some(0) {
         return Err("--iterations must be at least 1".into());
     }
-    let client = http_client(&a.client, Duration::from_secs(10))?;
+    let client = http_client(&a.client, STATUS_TIMEOUT)?;
     let term = Terminal::open(std::io::stdout().is_terminal());
     let polls = async {
         let mut ticker = tokio::time::interval(interval);

@@ -931,9 +931,7 @@ async fn graceful_stop_and_restart_keep_queued_tasks(backend: Backend) {
 }
 
 async fn communications_deliver_over_a_real_smtp_server(backend: Backend) {
-    let Some(smtp) = support::smtp_server::SmtpServer::start() else {
-        return;
-    };
+    let smtp = support::smtp_server::SmtpServer::start();
     let cfg = format!(
         "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nfrom = \"Swarm <swarm@example.com>\"\n",
         smtp.port()
@@ -990,6 +988,7 @@ on_both_backends!(
     health_ready_and_status,
     queue_bound_refuses_with_retry_after,
     communications_workflow_end_to_end,
+    #[needs("aiosmtpd", "needs aiosmtpd: pip install aiosmtpd")]
     communications_deliver_over_a_real_smtp_server,
     hundred_concurrent_communications_tasks_succeed,
     graceful_stop_and_restart_keep_queued_tasks,

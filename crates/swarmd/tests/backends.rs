@@ -14,13 +14,62 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
-use support::{Backend, TestServer, agent_py, python_available};
+use support::{Backend, TestServer, agent_py, require_python3};
+
+/// The first block fenced as ```` ```lang ```` in `text`.
+fn fenced<'a>(text: &'a str, lang: &str) -> &'a str {
+    let open = format!("```{lang}\n");
+    let start = text
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {lang} block"))
+        + open.len();
+    let len = text[start..].find("```").expect("the block ends");
+    &text[start..start + len]
+}
+
+/// `examples/python-agent/README.md` shows a real configuration: taken
+/// from the README as it stands, it runs the README's example request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
+async fn the_python_agent_readme_config_runs_its_example() {
+    require_python3();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/examples/python-agent/README.md"))
+        .expect("the python-agent README");
+    // The README runs swarmd from the repository's root; tests run elsewhere.
+    let toml = fenced(&readme, "toml");
+    assert!(toml.contains("cwd = \".\""), "{toml}");
+    let toml = toml.replace("cwd = \".\"", &format!("cwd = {root:?}"));
+    let s = TestServer::start(Backend::Sqlite, &toml).await.unwrap();
+    let curl = fenced(&readme, "sh");
+    let body = curl
+        .split_once("-d '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(body, _)| body)
+        .unwrap_or_else(|| panic!("no -d '…' in {curl}"));
+    let r = s
+        .post(
+            "/api/tasks",
+            &serde_json::from_str(body).expect("JSON body"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.body["result"]["type"], "py", "{}", r.text);
+    assert_eq!(
+        r.body["result"]["echo"],
+        json!({"progress": 2}),
+        "{}",
+        r.text
+    );
+    let st = s.get("/api/status").await;
+    assert_eq!(support::pool(&st.body, "py")["workers"]["workers"], 4);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
 async fn a_process_pool_runs_tasks_on_python_workers() {
-    if !python_available() {
-        return;
-    }
+    require_python3();
     let cfg = format!(
         "[pools.py]\nagent = \"process\"\n[pools.py.process]\ncommand = [\"python3\", \"{}\"]\nworkers = 2\n",
         agent_py()

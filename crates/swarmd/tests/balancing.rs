@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Backend, TestServer, agent_py, free_port, python_available};
+use support::{Backend, TestServer, agent_py, free_port, require_python3};
 
 /// A directory for one test, removed when dropped.
 struct TempDir(PathBuf);
@@ -469,10 +469,9 @@ async fn sighup_reloads_the_instance_lists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
 async fn a_hanging_worker_is_timed_out_and_replaced() {
-    if !python_available() {
-        return;
-    }
+    require_python3();
     let agent = agent_py();
     let cfg = format!(
         "[pools.py]\nagent = \"process\"\n[pools.py.process]\ncommand = [\"python3\", \"{agent}\"]\nworkers = 1\n"
@@ -485,6 +484,13 @@ async fn a_hanging_worker_is_timed_out_and_replaced() {
         )
         .await;
     assert_eq!(hung.body["status"], "timed_out", "{}", hung.text);
+    // As examples/python-agent/README.md says: the task's deadline ended it.
+    assert_eq!(
+        hung.body["error"]["code"], "deadline_exceeded",
+        "{}",
+        hung.text
+    );
+    assert_eq!(hung.body["error"]["stage"], "run", "{}", hung.text);
     // The one worker was killed and replaced: the next task runs.
     s.run_ok("py", json!({"n": 2})).await;
     let view = instances(&s, "py").await;

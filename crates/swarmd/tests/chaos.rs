@@ -65,8 +65,8 @@ enum Db {
 impl Db {
     /// A database on a fresh server of the test's own, used by swarmd as an
     /// ordinary role (so it gets no reserved slots).
-    async fn pg(max_connections: u32) -> Option<Db> {
-        let cluster = PgCluster::start(max_connections)?;
+    async fn pg(max_connections: u32) -> Db {
+        let cluster = PgCluster::start(max_connections);
         let name = "chaos".to_string();
         for sql in [
             "CREATE ROLE swarmd LOGIN",
@@ -75,7 +75,7 @@ impl Db {
         ] {
             cluster.exec("postgres", sql).await;
         }
-        Some(Db::Pg { cluster, name })
+        Db::Pg { cluster, name }
     }
 
     fn sqlite(dir: PathBuf, mount: Option<PathBuf>) -> Db {
@@ -535,9 +535,13 @@ async fn end(load: Load) -> Vec<Answer> {
 // === the scenarios ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "pg_server",
+    ignore = "needs PostgreSQL's server programs (initdb, pg_ctl)"
+)]
 async fn pg_connections_terminated_four_times_a_second() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(db) = Db::pg(40).await else { return };
+    let db = Db::pg(40).await;
     let (mut node, load) = begin(&db, "terminate").await;
     let start = load.now_ms();
     let mut killed = 0;
@@ -568,9 +572,13 @@ async fn pg_connections_terminated_four_times_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "pg_server",
+    ignore = "needs PostgreSQL's server programs (initdb, pg_ctl)"
+)]
 async fn pg_stopped_for_five_seconds() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(db) = Db::pg(40).await else { return };
+    let db = Db::pg(40).await;
     let (mut node, load) = begin(&db, "stop").await;
     let start = load.now_ms();
     db.cluster().stop();
@@ -623,9 +631,13 @@ async fn pg_stopped_for_five_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "pg_server",
+    ignore = "needs PostgreSQL's server programs (initdb, pg_ctl)"
+)]
 async fn pg_all_but_two_connection_slots_held() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(db) = Db::pg(24).await else { return };
+    let db = Db::pg(24).await;
     let (mut node, load) = begin(&db, "slots").await;
     let start = load.now_ms();
     let mut admin = db.cluster().admin("postgres").await;
@@ -687,9 +699,13 @@ async fn killed_again_and_again(db: Db, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "pg_server",
+    ignore = "needs PostgreSQL's server programs (initdb, pg_ctl)"
+)]
 async fn pg_swarmd_killed_twenty_times() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(db) = Db::pg(40).await else { return };
+    let db = Db::pg(40).await;
     killed_again_and_again(db, "(d) swarmd kill -9 every 2-5 s, 20 times (PostgreSQL)").await;
 }
 
@@ -710,6 +726,10 @@ async fn sqlite_swarmd_killed_twenty_times() {
 /// database that is already open, so it is no fault). Needs a tmpfs of its
 /// own, so root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "root",
+    ignore = "needs root to mount a tmpfs of its own"
+)]
 async fn sqlite_disk_full_for_five_seconds() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = std::env::temp_dir().join(unique("swarmd-chaos-full"));
@@ -721,12 +741,8 @@ async fn sqlite_disk_full_for_five_seconds() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("cannot mount a tmpfs for the disk-full test but SWARMD_TEST_REQUIRE_ALL=1");
-        }
-        eprintln!("SKIPPED: SQLite disk-full test (needs root to mount a tmpfs)");
         let _ = std::fs::remove_dir_all(&dir);
-        return;
+        support::needs::missing("a tmpfs of its own", "run the tests as root");
     }
     let db = Db::sqlite(dir.clone(), Some(dir.clone()));
     let (mut node, load) = begin(&db, "full").await;

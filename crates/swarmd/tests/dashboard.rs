@@ -8,7 +8,7 @@
 //! screenshot and prints the DOM, where each chart carries `data-points`
 //! and `data-max[-<line>]`, and `<body>` carries `data-polls`.
 //!
-//! Without Chromium the browser tests are skipped, unless
+//! Without Chromium the browser tests are reported as ignored, unless
 //! `SWARMD_TEST_REQUIRE_ALL=1` (CI), where that is a failure.
 
 mod support;
@@ -33,27 +33,25 @@ async fn server(extra: &str) -> TestServer {
 }
 
 /// The browser to drive: `SWARMD_TEST_CHROMIUM`, else the first of the
-/// usual names on `PATH`; `None` (skip) when there is none.
-fn chromium() -> Option<PathBuf> {
+/// usual names on `PATH` (the same search as `test_env.rs`, which marks
+/// these tests ignored when it finds none); without one the test fails.
+fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("SWARMD_TEST_CHROMIUM").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
+        return PathBuf::from(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         for name in ["chromium", "chromium-browser", "google-chrome"] {
             let p = dir.join(name);
             if p.is_file() {
-                return Some(p);
+                return p;
             }
         }
     }
-    if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!(
-            "Chromium is not installed but SWARMD_TEST_REQUIRE_ALL=1 (apt-get install chromium)"
-        );
-    }
-    eprintln!("SKIPPED: dashboard browser test (install chromium, or set SWARMD_TEST_CHROMIUM)");
-    None
+    support::needs::missing(
+        "Chromium",
+        "apt-get install chromium, or set SWARMD_TEST_CHROMIUM",
+    )
 }
 
 /// A scratch directory, removed at the end unless the test failed (then
@@ -255,10 +253,12 @@ async fn the_page_is_served_without_a_key_with_strict_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
 async fn the_page_polls_and_charts_a_busy_pool() {
-    let Some(browser) = chromium() else {
-        return;
-    };
+    let browser = chromium();
     let s = server(BUSY).await;
     let load = keep_busy(&s);
     // Let a queue build first, so every poll the page makes sees work.
@@ -333,10 +333,12 @@ async fn the_page_polls_and_charts_a_busy_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
 async fn without_a_key_the_page_asks_for_one_and_with_key_in_the_url_it_polls() {
-    let Some(browser) = chromium() else {
-        return;
-    };
+    let browser = chromium();
     let key = "dash-secret";
     let cfg = format!(
         "[[tenants]]\nname = \"acme\"\nkey_sha256 = \"{}\"\n",
@@ -360,4 +362,67 @@ async fn without_a_key_the_page_asks_for_one_and_with_key_in_the_url_it_polls() 
     let polls = polls(&page.dom);
     assert!(polls >= 3, "the page polled {polls} times with the key");
     assert!(!page.dom.contains("needs an API key"), "{}", page.dom);
+}
+
+/// The name column fits the names of the open rows, and a name is never
+/// broken inside a word: `communications` is shown whole, and a name too
+/// long for any column is cut with an ellipsis and whole in its tooltip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
+async fn pool_names_are_never_broken_inside_a_word() {
+    const LONG: &str = "an-unusually-long-department-name-for-one-column";
+    let browser = chromium();
+    let s = server(&format!("[pools.{LONG}]\nagent = \"echo\"\n")).await;
+    // Work in both while the page polls, so both rows open.
+    let client = s.client.clone();
+    let url = s.url("/api/tasks");
+    let load = tokio::spawn(async move {
+        let email = json!({"type": "email", "args": {"to": "ops@example.com", "body": "db down"}});
+        let echo = json!({"type": LONG});
+        loop {
+            let _ = client.post(&url).json(&email).send().await;
+            let _ = client.post(&url).json(&echo).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let scratch = Scratch::new("names");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 4_000).await;
+    load.abort();
+    let dom = &page.dom;
+    // Each `<div class="name" …>text</div>`: its attributes and its text.
+    let names: Vec<(HashMap<String, String>, String)> = dom
+        .match_indices("<div class=\"name\"")
+        .map(|(i, _)| {
+            let rest = &dom[i..];
+            let open_end = rest.find('>').expect("the tag ends");
+            let text_end = rest.find("</div>").expect("the div ends");
+            let attrs = tags(&rest[..=open_end], "div").remove(0);
+            (attrs, rest[open_end + 1..text_end].to_string())
+        })
+        .collect();
+    let name = |text: &str| {
+        names
+            .iter()
+            .find(|(_, t)| t == text)
+            .map(|(a, _)| a.clone())
+            .unwrap_or_else(|| panic!("no name {text} in:\n{dom}"))
+    };
+    let comms = name("communications");
+    assert_eq!(
+        comms.get("data-fit").map(String::as_str),
+        Some("whole"),
+        "{comms:?}\n{dom}"
+    );
+    assert!(!comms.contains_key("title"), "{comms:?}");
+    let long = name(LONG);
+    assert_eq!(
+        long.get("data-fit").map(String::as_str),
+        Some("clipped"),
+        "{long:?}"
+    );
+    assert_eq!(long.get("title").map(String::as_str), Some(LONG));
+    eprintln!("screenshot: {}", page.png.display());
 }

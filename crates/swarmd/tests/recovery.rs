@@ -232,3 +232,93 @@ async fn sigterm_drains_running_tasks(backend: Backend) {
 }
 
 on_both_backends!(killed_server_loses_no_task, sigterm_drains_running_tasks);
+
+/// Ctrl-C in a terminal signals the whole foreground process group. The
+/// server drains; its Python workers are in groups of their own, so the
+/// running task finishes on its worker instead of dying with it, and the
+/// log has no worker "restarting" while the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
+async fn ctrl_c_drains_a_task_on_a_python_worker() {
+    use std::os::unix::process::CommandExt;
+    support::require_python3();
+    let f = Fixture::new(Backend::Sqlite, "ctrl-c").await.unwrap();
+    std::fs::write(
+        &f.config,
+        format!(
+            "[pools.py]\nagent = \"process\"\n[pools.py.process]\n\
+             command = [\"python3\", \"{}\"]\nworkers = 1\n",
+            support::agent_py()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(&f.log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_swarmd"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", f.port)])
+        .args(["--database-url", &f.db.url, "--log", "info"])
+        .arg("--config")
+        .arg(&f.config)
+        .env_remove("SWARMD_NODE_ID")
+        // Like a shell's job: the server leads a process group of its own.
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn swarmd");
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{}", f.port),
+    };
+    server.wait_healthy(&f.client).await;
+    // Wait for the worker, so the task below is the one that is running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = get(&f.client, format!("{}/api/status", server.base)).await;
+        if support::pool(&st, "py")["workers"]["alive"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never started: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = f
+        .submit(&server, json!({"type": "py", "args": {"sleep_ms": 1500}}))
+        .await;
+    while count_status(
+        &f.client,
+        &server.base,
+        std::slice::from_ref(&id),
+        "running",
+    )
+    .await
+        != 1
+    {
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let group = format!("-{}", server.child.id());
+    let status = Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (exit, server) = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        (server.child.wait(), server)
+    })
+    .await
+    .unwrap();
+    assert!(exit.unwrap().success(), "clean exit after Ctrl-C");
+    drop(server);
+    let text = std::fs::read_to_string(&f.log).unwrap_or_default();
+    assert!(!text.contains("restarting"), "{text}");
+    let warned = text
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains("process worker"));
+    assert!(!warned, "{text}");
+
+    // The task finished during the drain, on its first attempt.
+    let again = f.start().await;
+    let t = get(&f.client, format!("{}/api/tasks/{id}", again.base)).await;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    assert_eq!(t["attempts"], 1, "{t}");
+}

@@ -1,17 +1,20 @@
 //! A real SMTP server for tests: Python's `aiosmtpd` writing every message
 //! it accepts into a maildir.
 //!
-//! Self-contained (std only) so any test crate can include it with
-//! `#[path = ".../tests/support/smtp_server.rs"] mod smtp_server;`.
+//! Std only, so any test crate can include it with
+//! `#[path = ".../tests/support/smtp_server.rs"] mod smtp_server;`, next to
+//! `needs.rs` included as a sibling module `needs`.
 //!
-//! [`SmtpServer::start`] returns `None` when `aiosmtpd` is not installed
-//! (`pip install aiosmtpd`), after printing `SKIPPED: aiosmtpd not installed`,
-//! so a test can return early; with `SWARMD_TEST_REQUIRE_ALL=1` it panics
-//! instead, so CI cannot skip silently. The server process is killed and its
-//! directory removed when the [`SmtpServer`] is dropped.
+//! A test using it carries
+//! `#[cfg_attr(test_missing = "aiosmtpd", ignore = "needs aiosmtpd: pip install aiosmtpd")]`,
+//! so without `aiosmtpd` it is reported as ignored; run anyway,
+//! [`SmtpServer::start`] fails it (see `needs.rs`). The server process is
+//! killed and its directory removed when the [`SmtpServer`] is dropped.
 
 // Each test binary that includes this file uses a different subset of it.
 #![allow(dead_code)]
+
+use super::needs;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,25 +31,9 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     /// Starts the server on a free port and waits until it accepts
-    /// connections. `None`: aiosmtpd is not installed (test skipped).
-    /// Panics if it is installed but does not come up.
-    pub fn start() -> Option<SmtpServer> {
-        let installed = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !installed {
-            if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-                panic!(
-                    "aiosmtpd not installed and SWARMD_TEST_REQUIRE_ALL=1 (pip install aiosmtpd)"
-                );
-            }
-            eprintln!("SKIPPED: aiosmtpd not installed (pip install aiosmtpd)");
-            return None;
-        }
+    /// connections. Panics if aiosmtpd is not installed or does not come up.
+    pub fn start() -> SmtpServer {
+        needs::require_aiosmtpd();
 
         let dir = unique_temp_dir();
         std::fs::create_dir_all(&dir).expect("create the server's temp dir");
@@ -72,7 +59,7 @@ impl SmtpServer {
         let start = Instant::now();
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+                return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("aiosmtpd exited before accepting connections: {status}");

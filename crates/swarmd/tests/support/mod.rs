@@ -2,6 +2,8 @@
 //! file or a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+#[path = "../../../swarm-agents/tests/support/needs.rs"]
+pub mod needs;
 #[path = "../../../swarm-agents/tests/support/smtp_server.rs"]
 pub mod smtp_server;
 
@@ -27,13 +29,20 @@ pub enum Backend {
     Postgres,
 }
 
-/// Generates one test per backend from `async fn name(backend: Backend)`.
+/// Generates one test per backend from `async fn name(backend: Backend)`:
+/// `sqlite::name` and `postgres::name`. Without PostgreSQL
+/// (`SWARMD_TEST_PG_URL` unset) the `postgres` half is reported as ignored.
+/// A test that needs more from outside Rust says so before its name, e.g.
+/// `#[needs("aiosmtpd", "needs aiosmtpd: pip install aiosmtpd")] name`
+/// (the `cfg(test_missing = …)` value from `build.rs`, and the reason shown):
+/// both halves are then ignored without it.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[needs($what:literal, $why:literal)])? $name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[cfg_attr(test_missing = $what, ignore = $why)])?
                 async fn $name() {
                     super::$name(super::support::Backend::Sqlite).await
                 }
@@ -42,6 +51,12 @@ macro_rules! on_both_backends {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    test_missing = "postgres",
+                    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+                )]
+                // One reason is enough (a second `ignore` is an error).
+                $(#[cfg_attr(all(test_missing = $what, not(test_missing = "postgres")), ignore = $why)])?
                 async fn $name() {
                     super::$name(super::support::Backend::Postgres).await
                 }
@@ -61,18 +76,15 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{n}_{nanos}", std::process::id())
 }
 
-/// The PostgreSQL URL tests use, or a skip notice. In CI
-/// (`SWARMD_TEST_REQUIRE_ALL=1`) a missing URL fails the test instead.
-pub fn pg_url() -> Option<String> {
+/// The PostgreSQL URL tests use (`SWARMD_TEST_PG_URL`). Without it the
+/// PostgreSQL tests are reported as ignored; one run anyway fails here.
+pub fn pg_url() -> String {
     match std::env::var("SWARMD_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-                panic!("SWARMD_TEST_PG_URL is not set but SWARMD_TEST_REQUIRE_ALL=1");
-            }
-            eprintln!("SKIPPED: PostgreSQL test (set SWARMD_TEST_PG_URL to run it)");
-            None
-        }
+        Ok(u) if !u.is_empty() => u,
+        _ => needs::missing(
+            "PostgreSQL",
+            "set SWARMD_TEST_PG_URL, e.g. postgres://postgres@127.0.0.1:5432/test",
+        ),
     }
 }
 
@@ -84,7 +96,9 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A fresh database, or `None` when the backend is not available here.
+    /// A fresh database. Always `Some`: a backend missing here fails the
+    /// test instead (see [`pg_url`]); the `Option` stays so that the tests'
+    /// `let Some(..) = … else` need not all change.
     pub async fn new(backend: Backend) -> Option<Self> {
         match backend {
             Backend::Sqlite => {
@@ -97,7 +111,7 @@ impl TestDb {
                 })
             }
             Backend::Postgres => {
-                let admin = pg_url()?;
+                let admin = pg_url();
                 let name = unique("swarmd_t").to_lowercase();
                 let mut conn = connect_pg(&admin).await;
                 sqlx::Executor::execute(
@@ -189,8 +203,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with `extra` TOML merged over the defaults, or `None`
-    /// when the backend is not available.
+    /// Starts a server with `extra` TOML merged over the defaults. Always
+    /// `Some`, as [`TestDb::new`].
     pub async fn start(backend: Backend, extra: &str) -> Option<Self> {
         let db = TestDb::new(backend).await?;
         Some(Self::start_on(db, extra).await)
@@ -453,20 +467,10 @@ impl Reply {
     }
 }
 
-/// Whether `python3` runs here; without it, tests that need it skip, unless
-/// `SWARMD_TEST_REQUIRE_ALL=1` (CI), where that is a failure.
-pub fn python_available() -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("SWARMD_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("python3 not found and SWARMD_TEST_REQUIRE_ALL=1");
-        }
-        eprintln!("SKIPPED: python3 not found");
-    }
-    ok
+/// `python3` runs here, or the test fails (tests that need it are ignored
+/// without it: `#[cfg_attr(test_missing = "python3", ignore = "needs python3")]`).
+pub fn require_python3() {
+    needs::require_python3();
 }
 
 /// The example Python worker (`examples/python-agent/agent.py`).
