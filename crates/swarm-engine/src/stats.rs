@@ -156,8 +156,8 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("swarmd_db_outages_total", "Database outages since start."),
     (
-        "swarmd_db_down_seconds_total",
-        "Time the database took no writes, the current outage included.",
+        "swarmd_db_down_seconds",
+        "Seconds since start the database took no writes, the current outage included (only grows).",
     ),
     (
         "swarmd_db_write_retries_total",
@@ -620,7 +620,7 @@ impl Metrics {
             .set(if d.available { 1.0 } else { 0.0 });
         m.counter_at("swarmd_db_outages_total", &[], d.health.outages);
         m.counter_at("swarmd_db_write_retries_total", &[], d.write_retries);
-        m.gauge("swarmd_db_down_seconds_total", &[])
+        m.gauge("swarmd_db_down_seconds", &[])
             .set(d.health.down_ms_total as f64 / 1e3);
         for (table, n) in [
             ("tasks", d.retention.deleted_tasks),
