@@ -12,6 +12,12 @@
 //! transitions that must be stored wait for [`Health::wait_up`] between
 //! retries instead of spinning; `/ready` reports it. The outage is logged
 //! once when it starts and once when it ends, never per task.
+//!
+//! A database can flap: with its disk full, SQLite still commits the tiny
+//! probe in a page's slack while a real batch fails again a moment later.
+//! A failure within [`FLAP_WINDOW`] of recovering continues the outage it
+//! followed (one outage in the count, one ERROR line; each relapse is a
+//! WARN), so a flapping database reads as one incident, not many.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,10 +26,13 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How often the writer probes a database it found down.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// A failure this soon after recovering continues the same outage.
+pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(5);
 
 /// The database's availability; cheap to clone.
 #[derive(Clone, Debug)]
@@ -35,12 +44,20 @@ pub struct Health {
 struct Inner {
     /// `true` while writes commit.
     up: watch::Sender<bool>,
-    /// When the current outage began and why, while down.
-    outage: Mutex<Option<(Instant, String)>>,
+    /// The outage now and the last recovery.
+    state: Mutex<State>,
     /// Outages since start.
     outages: AtomicU64,
     /// Their total length, ms.
     down_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the current spell of failing writes began and why, while down.
+    outage: Option<(Instant, String)>,
+    /// When writes last came back, to tell a relapse from a new outage.
+    recovered_at: Option<Instant>,
 }
 
 /// Availability as `/api/status` shows it.
@@ -71,7 +88,7 @@ impl Health {
         Self {
             inner: Arc::new(Inner {
                 up: watch::Sender::new(true),
-                outage: Mutex::new(None),
+                state: Mutex::new(State::default()),
                 outages: AtomicU64::new(0),
                 down_ms: AtomicU64::new(0),
             }),
@@ -91,13 +108,22 @@ impl Health {
     }
 
     /// Records that writes fail for `reason`; logs only when this starts an
-    /// outage.
+    /// outage (or, as a WARN, resumes one that ended moments ago).
     pub(crate) fn down(&self, reason: &str) {
-        let mut outage = self.lock();
-        if outage.is_none() {
-            *outage = Some((Instant::now(), reason.to_string()));
+        let mut st = self.lock();
+        if st.outage.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        st.outage = Some((now, reason.to_string()));
+        self.inner.up.send_replace(false);
+        let relapse = st
+            .recovered_at
+            .is_some_and(|at| now.duration_since(at) < FLAP_WINDOW);
+        if relapse {
+            warn!(reason, "database failing again right after it came back");
+        } else {
             self.inner.outages.fetch_add(1, Ordering::Relaxed);
-            self.inner.up.send_replace(false);
             error!(
                 reason,
                 "database unavailable: submissions get 503 and outcomes are kept until it answers"
@@ -107,10 +133,11 @@ impl Health {
 
     /// Records that a write committed; logs when this ends an outage.
     pub(crate) fn up(&self) {
-        let mut outage = self.lock();
-        if let Some((since, reason)) = outage.take() {
+        let mut st = self.lock();
+        if let Some((since, reason)) = st.outage.take() {
             let ms = since.elapsed().as_millis() as u64;
             self.inner.down_ms.fetch_add(ms, Ordering::Relaxed);
+            st.recovered_at = Some(Instant::now());
             self.inner.up.send_replace(true);
             info!(down_ms = ms, after = %reason, "database reachable again");
         }
@@ -118,7 +145,8 @@ impl Health {
 
     /// The figures for `/api/status`.
     pub fn snapshot(&self) -> HealthSnapshot {
-        let outage = self.lock();
+        let st = self.lock();
+        let outage = &st.outage;
         let current = outage
             .as_ref()
             .map_or(0, |(since, _)| since.elapsed().as_millis() as u64);
@@ -131,10 +159,10 @@ impl Health {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
-        // One assignment per critical section: a poisoned lock still holds
-        // a consistent value.
-        self.inner.outage.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // No code that can panic runs under the lock: a poisoned lock still
+        // holds a consistent value.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -173,5 +201,23 @@ mod tests {
             1,
             "an up without an outage is no event"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relapse_soon_after_recovery_is_the_same_outage() {
+        let h = Health::new();
+        h.down("disk full");
+        tokio::time::advance(Duration::from_millis(250)).await;
+        h.up();
+        tokio::time::advance(FLAP_WINDOW - Duration::from_millis(1)).await;
+        h.down("disk full");
+        assert!(!h.is_up(), "a relapse is still down");
+        tokio::time::advance(Duration::from_millis(750)).await;
+        h.up();
+        let s = h.snapshot();
+        assert_eq!((s.outages, s.down_ms_total), (1, 1000));
+        tokio::time::advance(FLAP_WINDOW).await;
+        h.down("connection refused");
+        assert_eq!(h.snapshot().outages, 2, "after the window it is new");
     }
 }
