@@ -6,6 +6,7 @@
 #
 #   bench/regenerate.sh                 # all scenarios
 #   bench/regenerate.sh echo-sqlite     # just these (others keep their last results)
+#   bench/regenerate.sh report          # run nothing, only reassemble BENCHMARKS.md
 #
 # Run it on an otherwise idle machine: the generator and the server share it.
 # PostgreSQL scenarios use SWARMD_BENCH_PG_URL (default: the local test server).
@@ -54,6 +55,7 @@ for name in "${selected[@]}"; do
         # One script measures both, on one server.
         health-idle) bench/health-under-cpu.sh ;;
         health-cpu-load) ;;
+        report) ;;
         monitoring-on) ROUNDS=8 bench/monitoring-overhead.sh > /dev/null ;;
         monitoring-off) ;;
         # Four sim-backends and a swarmd per policy: a side-by-side table, not a scenario result.
