@@ -466,6 +466,9 @@ pub struct Task {
     pub finished_at: Option<i64>,
     /// How many times an instance started it (more than one after recovery).
     pub attempts: i32,
+    /// The node that started each attempt, oldest first (on a cluster, a
+    /// task taken over after its node died names both).
+    pub nodes: Vec<String>,
     /// Per-stage latencies.
     pub timings: Timings,
 }
@@ -498,6 +501,7 @@ impl Serialize for Task {
             started_at: Option<String>,
             finished_at: Option<String>,
             attempts: i32,
+            nodes: &'a [String],
             timings: &'a Timings,
         }
         View {
@@ -521,6 +525,7 @@ impl Serialize for Task {
             started_at: self.started_at.map(rfc3339),
             finished_at: self.finished_at.map(rfc3339),
             attempts: self.attempts,
+            nodes: &self.nodes,
             timings: &self.timings,
         }
         .serialize(s)
@@ -673,6 +678,7 @@ mod tests {
             started_at: Some(1),
             finished_at: None,
             attempts: 1,
+            nodes: Vec::new(),
             timings: Timings {
                 run_ms: Some(1.5),
                 ..Default::default()

@@ -38,6 +38,7 @@ use crate::stats::Metrics;
 use crate::status::{DatabaseStatus, Status};
 use crate::upkeep::governor::Governor;
 use crate::upkeep::heartbeat::{Cluster, Heartbeat};
+use crate::upkeep::peers::{PeerStats, Peers};
 use crate::upkeep::retention::{Retention, RetentionStats};
 use crate::watch::Watch;
 
@@ -133,6 +134,8 @@ struct Core {
     alerts: Arc<Alerts>,
     /// What retention deleted.
     retention: Arc<RetentionStats>,
+    /// What the cluster loop did (claims, takeovers, live peers).
+    peers: Arc<PeerStats>,
     /// Prometheus metrics.
     metrics: Arc<Metrics>,
     /// Start time, for uptime.
@@ -254,6 +257,12 @@ impl Engine {
             .node_id
             .clone()
             .unwrap_or_else(|| default_node_id(store.backend(), &cfg.server.listen));
+        swarm_store::cluster::check_node_id(&node_id).map_err(EngineError::Internal)?;
+        // The liveness lock first: a previous process with this id must be
+        // dead before this one takes back what it left.
+        let lock = store
+            .lock_node(&node_id, &cfg.server.listen, Duration::from_secs(5))
+            .await?;
         let cpu = CpuPool::new(
             cfg.cpu_pool.threads_or_default(),
             cfg.cpu_pool.queue,
@@ -322,20 +331,43 @@ impl Engine {
             resources,
             alerts: Arc::default(),
             retention: Arc::default(),
+            peers: Arc::default(),
             metrics,
             started: Instant::now(),
             background: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
         });
-        core.lifecycle.recover().await?;
+        core.lifecycle.recover(&core.cfg.server.listen).await?;
         let engine = Engine { core };
-        engine.spawn_loops(env);
+        engine.spawn_loops(env, lock);
         Ok(engine)
     }
 
     /// The dispatchers and the upkeep loops.
-    fn spawn_loops(&self, env: Arc<RunEnv>) {
+    fn spawn_loops(&self, env: Arc<RunEnv>, lock: Option<swarm_store::cluster::NodeLock>) {
         let c = &self.core;
+        if let Some(lock) = lock {
+            // A cluster-wide limit starts at nothing here: the first round
+            // of the cluster loop, at once, leases this node's part.
+            for pool in c.pools.iter() {
+                if pool.limiter().config().scope == swarm_sched::limit::Scope::Cluster {
+                    pool.limiter().set_share(Some(0));
+                }
+            }
+            c.background.spawn(
+                Peers {
+                    store: c.store.clone(),
+                    hub: c.hub.clone(),
+                    lifecycle: c.lifecycle.clone(),
+                    pools: c.pools.clone(),
+                    node_id: c.node_id.clone(),
+                    lock,
+                    shutdown: c.shutdown.clone(),
+                    stats: c.peers.clone(),
+                }
+                .run(),
+            );
+        }
         let stop = c.shutdown.draining().clone();
         for pool in c.pools.iter() {
             c.background.spawn(
@@ -351,6 +383,7 @@ impl Engine {
         c.background.spawn(
             Heartbeat {
                 store: c.store.clone(),
+                pools: c.pools.clone(),
                 node_id: c.node_id.clone(),
                 lease_ms: c.cfg.database.lease_ms,
                 stop: stop.clone(),
@@ -497,6 +530,7 @@ impl Engine {
             started_at: None,
             finished_at: None,
             attempts: 0,
+            nodes: Vec::new(),
             // `admission_ms` is set as the row is written (lifecycle).
             timings: Timings::default(),
         };
@@ -711,6 +745,45 @@ impl Engine {
             &self.alerts(),
             &self.core.store.pool_stats(),
         ))
+    }
+
+    /// Every node on this database (`GET /api/nodes`): id, address,
+    /// heartbeat age, whether its process is alive (it holds its liveness
+    /// lock), its per-department load, and this node's cluster counts.
+    pub async fn nodes(&self) -> Result<Value, EngineError> {
+        let c = &self.core;
+        let now = now_ms();
+        let rows = c.store.nodes().await?;
+        let nodes: Vec<Value> = rows
+            .into_iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "address": n.address,
+                    "alive": n.alive,
+                    "left": n.heartbeat_at == 0,
+                    "heartbeat_age_ms": (n.heartbeat_at > 0).then(|| (now - n.heartbeat_at).max(0)),
+                    "started_at": swarm_core::clock::rfc3339(n.started_at),
+                    "pid": n.pid,
+                    "version": n.version,
+                    "this": n.node_id == c.node_id,
+                    "pools": n.load,
+                })
+            })
+            .collect();
+        let p = &c.peers;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(json!({
+            "node_id": c.node_id,
+            "backend": c.store.backend().as_str(),
+            "nodes": nodes,
+            "this_node": {
+                "live_peers": get(&p.peers),
+                "claimed": get(&p.claimed),
+                "claimed_from_here": get(&p.claimed_from_us),
+                "taken_over": get(&p.rescued),
+            },
+        }))
     }
 
     /// Whether the database takes writes and answers.

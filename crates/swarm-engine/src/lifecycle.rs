@@ -314,6 +314,9 @@ impl Lifecycle {
                 running.instance = Some(instance.to_string());
                 running.started_at = Some(at);
                 running.attempts = attempts as i32;
+                if running.nodes.len() < attempts as usize {
+                    running.nodes.push(self.node_id.clone());
+                }
                 running.timings.queue_ms = Some(waited(queued));
                 self.hub.publish(running.clone());
                 let cancel = self.hub.cancel_token(id).unwrap_or_default();
@@ -663,8 +666,10 @@ impl Lifecycle {
 
     /// At start: takes back every unfinished task this node owned (a
     /// previous run of it died or stopped) and queues it.
-    pub(crate) async fn recover(&self) -> Result<usize, EngineError> {
-        self.store.register_node(&self.node_id, now_ms()).await?;
+    pub(crate) async fn recover(&self, address: &str) -> Result<usize, EngineError> {
+        self.store
+            .register_node(&self.node_id, now_ms(), address)
+            .await?;
         let tasks = self.store.claim_at_start(&self.node_id).await?;
         let mut n = 0;
         for t in tasks {

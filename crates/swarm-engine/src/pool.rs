@@ -440,6 +440,32 @@ impl Pool {
         Some(item)
     }
 
+    /// Stored tasks waiting in the queue.
+    pub(crate) fn queued_len(&self) -> usize {
+        lock(&self.queues).tasks.len()
+    }
+
+    /// Runs this pool could start now beyond what its queue already holds:
+    /// the limit less those running and those queued (0 when backlogged).
+    pub(crate) fn spare(&self) -> usize {
+        let limiter = self.limiter();
+        limiter
+            .limit()
+            .saturating_sub(limiter.in_flight())
+            .saturating_sub(self.queued_len())
+    }
+
+    /// What other nodes see of this pool (the `load` of `GET /api/nodes`).
+    pub(crate) fn load(&self) -> serde_json::Value {
+        let limiter = self.limiter();
+        serde_json::json!({
+            "queued": self.queued_len(),
+            "running": self.running_count(),
+            "limit": limiter.limit(),
+            "in_flight": limiter.in_flight(),
+        })
+    }
+
     /// Takes a queued task out, if it is here.
     pub(crate) fn remove_queued(&self, id: TaskId) -> Option<Queued> {
         lock(&self.queues)

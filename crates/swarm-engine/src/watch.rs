@@ -167,6 +167,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             attempts: 1,
+            nodes: Vec::new(),
             timings: Timings::default(),
         }
     }

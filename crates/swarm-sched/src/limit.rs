@@ -113,6 +113,6 @@ mod law;
 mod limiter;
 mod sample;
 
-pub use config::{Algorithm, LimitConfig};
+pub use config::{Algorithm, LimitConfig, Scope};
 pub use limiter::{Limiter, LimiterSnapshot, Permit};
 pub use sample::{Classify, Outcome, Sample};

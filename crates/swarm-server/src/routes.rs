@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/status", get(system::status))
         .route("/api/alerts", get(system::alerts))
+        .route("/api/nodes", get(system::nodes))
         .route("/metrics", get(system::metrics))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))

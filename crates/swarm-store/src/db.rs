@@ -54,10 +54,10 @@ impl Db {
 /// The columns every task read selects, in [`task_from_row`]'s order.
 pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, department, agent, instance, \
      title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings";
+     created_at, started_at, finished_at, attempts, timings, nodes";
 
 fn migrations(backend: Backend) -> Migrator {
-    let files: [(i64, &str, &str); 2] = match backend {
+    let files: [(i64, &str, &str); 3] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -68,6 +68,11 @@ fn migrations(backend: Backend) -> Migrator {
                 2,
                 "retention",
                 include_str!("../migrations/sqlite/0002_retention.sql"),
+            ),
+            (
+                3,
+                "cluster",
+                include_str!("../migrations/sqlite/0003_cluster.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -80,6 +85,11 @@ fn migrations(backend: Backend) -> Migrator {
                 2,
                 "retention",
                 include_str!("../migrations/postgres/0002_retention.sql"),
+            ),
+            (
+                3,
+                "cluster",
+                include_str!("../migrations/postgres/0003_cluster.sql"),
             ),
         ],
     };
@@ -213,6 +223,7 @@ pub(crate) fn task_from_row<'r, R>(row: &'r R) -> Result<Task, StoreError>
 where
     R: Row,
     usize: ColumnIndex<R>,
+    for<'a> &'a str: ColumnIndex<R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
     Option<String>: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
@@ -254,8 +265,23 @@ where
         started_at: row.try_get(17)?,
         finished_at: row.try_get(18)?,
         attempts: attempts as i32,
+        // Read by name: statements that do not select it (older column
+        // lists) leave it empty rather than failing the read.
+        nodes: row
+            .try_get::<String, _>("nodes")
+            .map(|n| split_nodes(&n))
+            .unwrap_or_default(),
         timings: serde_json::from_str::<Timings>(&timings).unwrap_or_default(),
     })
+}
+
+/// The `nodes` column: node ids, comma-separated (node ids cannot hold a
+/// comma; the configuration refuses one).
+fn split_nodes(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn parse_json(id: &str, what: &str, text: &str) -> Result<Value, StoreError> {
@@ -273,12 +299,15 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
 /// start again (same `started_at`, after a commit whose answer was lost)
 /// finds its own row and does not count a second attempt.
 pub(crate) const SQL_START: &str = "UPDATE tasks SET status = 'running', instance = $2, started_at = $3, \
-     attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END \
+     attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END, \
+     nodes = CASE WHEN status = 'queued' THEN (CASE WHEN nodes = '' THEN $4 ELSE nodes || ',' || $4 END) ELSE nodes END \
      WHERE id = $1 AND owner = $4 AND (status = 'queued' OR (status = 'running' AND started_at = $3)) \
      RETURNING attempts";
 /// [`SQL_START`] for many tasks: `(id, instance, started_at, owner)` rows.
 pub(crate) const SQL_START_MANY_HEAD: &str = "UPDATE tasks SET status = 'running', instance = v.column2, \
-     started_at = v.column3, attempts = tasks.attempts + CASE WHEN tasks.status = 'queued' THEN 1 ELSE 0 END FROM (";
+     started_at = v.column3, attempts = tasks.attempts + CASE WHEN tasks.status = 'queued' THEN 1 ELSE 0 END, \
+     nodes = CASE WHEN tasks.status = 'queued' THEN (CASE WHEN tasks.nodes = '' THEN v.column4 \
+       ELSE tasks.nodes || ',' || v.column4 END) ELSE tasks.nodes END FROM (";
 pub(crate) const SQL_START_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 AND tasks.owner = v.column4 \
      AND (tasks.status = 'queued' OR (tasks.status = 'running' AND tasks.started_at = v.column3)) \
      RETURNING tasks.id, tasks.attempts";
@@ -308,11 +337,13 @@ pub(crate) const SQL_REQUEUE: &str =
 pub(crate) const SQL_CANCEL_REQUEST: &str = "UPDATE tasks SET cancel_requested = TRUE \
      WHERE id = $1 AND status IN ('queued', 'running')";
 
-pub(crate) const SQL_NODE_REGISTER: &str = "INSERT INTO nodes (node_id, started_at, heartbeat_at, pid, version) \
-     VALUES ($1, $2, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET started_at = excluded.started_at, \
-     heartbeat_at = excluded.heartbeat_at, pid = excluded.pid, version = excluded.version";
+pub(crate) const SQL_NODE_REGISTER: &str = "INSERT INTO nodes (node_id, started_at, heartbeat_at, pid, version, address) \
+     VALUES ($1, $2, $2, $3, $4, $5) ON CONFLICT (node_id) DO UPDATE SET started_at = excluded.started_at, \
+     heartbeat_at = excluded.heartbeat_at, pid = excluded.pid, version = excluded.version, \
+     address = excluded.address";
 
-pub(crate) const SQL_HEARTBEAT: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE node_id = $1";
+pub(crate) const SQL_HEARTBEAT: &str =
+    "UPDATE nodes SET heartbeat_at = $2, load = $3 WHERE node_id = $1";
 
 pub(crate) const SQL_NODE_LEAVE: &str = "UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1";
 
@@ -339,30 +370,30 @@ pub(crate) const SQL_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 
 pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, request_hash \
+     created_at, started_at, finished_at, attempts, timings, request_hash, nodes \
      FROM tasks WHERE tenant = $1 AND idempotency_key = $2";
 
 pub(crate) const SQL_GET: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, nodes FROM tasks WHERE id = $1";
 
 /// [`SQL_GET`] and the owning node (column 21).
 pub(crate) const SQL_GET_OWNED: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, owner FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, owner, nodes FROM tasks WHERE id = $1";
 
 /// Startup claim on SQLite: one process owns the file (see the lock file),
 /// so everything unfinished is ours.
 pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
      WHERE status IN ('queued', 'running') RETURNING id, tenant, type, status, priority, \
      department, agent, instance, title, description, args, result, error, idempotency_key, \
-     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
 
 /// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
 pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
      WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
 
 /// The ids of this node's unfinished tasks (the sweep compares them with
 /// what the node holds in memory).
@@ -375,7 +406,7 @@ pub(crate) const SQL_RECLAIM_HEAD: &str = "UPDATE tasks SET status = 'queued' WH
 pub(crate) const SQL_RECLAIM_MID: &str = " AND status IN ('queued', 'running') AND id IN (";
 pub(crate) const SQL_RECLAIM_TAIL: &str = " RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
 
 /// Rescue on PostgreSQL: unfinished tasks of nodes whose heartbeat stopped.
 /// `SKIP LOCKED` lets several live nodes rescue concurrently without
@@ -387,7 +418,7 @@ pub(crate) const SQL_RESCUE_PG: &str = "UPDATE tasks SET status = 'queued', owne
        ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED) \
      RETURNING id, tenant, type, status, priority, department, agent, instance, title, \
      description, args, result, error, idempotency_key, timeout_ms, deadline_at, created_at, \
-     started_at, finished_at, attempts, timings";
+     started_at, finished_at, attempts, timings, nodes";
 
 /// Uses the partial index of flagged rows only (migration 0002), so the
 /// heartbeat's poll stays small however many tasks there are.

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cluster;
 mod db;
 pub mod error;
 pub mod health;
@@ -220,23 +221,36 @@ impl Store {
         self.write(|r| Op::Outbox(Box::new(row), r)).await
     }
 
-    /// Registers this node (or refreshes its registration after a restart).
-    pub async fn register_node(&self, node: &str, at: i64) -> Result<(), StoreError> {
+    /// Registers this node (or refreshes its registration after a restart);
+    /// `address` is where it serves HTTP, for `GET /api/nodes`.
+    pub async fn register_node(
+        &self,
+        node: &str,
+        at: i64,
+        address: &str,
+    ) -> Result<(), StoreError> {
         with_db!(&self.inner.db, p => sqlx::query(db::SQL_NODE_REGISTER)
             .bind(node.to_string())
             .bind(at)
             .bind(std::process::id() as i64)
             .bind(env!("CARGO_PKG_VERSION"))
+            .bind(address.to_string())
             .execute(p)
             .await
             .map(|_| ()))?;
         Ok(())
     }
 
-    /// Renews this node's heartbeat.
-    pub async fn heartbeat(&self, node: &str, at: i64) -> Result<(), StoreError> {
+    /// Renews this node's heartbeat and publishes its load (JSON).
+    pub async fn heartbeat(&self, node: &str, at: i64, load: String) -> Result<(), StoreError> {
         let node = node.to_string();
-        self.write(|reply| Op::Heartbeat { node, at, reply }).await
+        self.write(|reply| Op::Heartbeat {
+            node,
+            at,
+            load,
+            reply,
+        })
+        .await
     }
 
     /// Marks this node as gone, so others may take its queued tasks at once.

@@ -51,6 +51,9 @@ use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow, Pruned};
 /// PostgreSQL's bind-parameter limits.
 const CHUNK: usize = 500;
 
+/// Batches in flight at once on PostgreSQL (see [`Writer::run`]).
+const PIPELINE: usize = 4;
+
 /// Runs of a batch that failed for a transient reason before the database
 /// is declared down (a pool timeout declares it at once: it already waited).
 const ATTEMPTS: u32 = 3;
@@ -80,6 +83,8 @@ pub(crate) enum Op {
     Heartbeat {
         node: String,
         at: i64,
+        /// The node's per-department load, JSON, for other nodes to read.
+        load: String,
         reply: Reply<()>,
     },
     Outbox(Box<OutboxRow>, Reply<()>),
@@ -198,16 +203,37 @@ struct Failed {
 
 impl Writer {
     /// Runs until every sender is gone, then returns.
+    ///
+    /// On PostgreSQL up to [`PIPELINE`] batches are in flight at once, each
+    /// on its own connection: a batch spends most of its time waiting for
+    /// round trips and the commit's flush, and the next batch need not wait
+    /// for them. That is safe because no op depends on another op that has
+    /// not been answered yet (a start is sent only after its task's insert
+    /// is acknowledged, a finish only after its start), and the guards on
+    /// state and owner settle the races that remain. SQLite admits one
+    /// writer at a time, so there the writer commits one batch at a time.
     pub(crate) async fn run(mut self) {
+        let depth = match self.db {
+            Db::Pg(_) => PIPELINE,
+            Db::Sqlite(_) => 1,
+        };
+        let mut inflight: tokio::task::JoinSet<Option<StoreError>> = tokio::task::JoinSet::new();
         let mut batch: Vec<Op> = Vec::with_capacity(self.batch_max);
         loop {
             let down = !self.health.is_up();
+            let room = inflight.len() < depth;
             let first = tokio::select! {
                 biased;
-                Some(op) = self.lanes.urgent.recv() => op,
-                Some(op) = self.lanes.admit.recv() => op,
-                Some(op) = self.lanes.background.recv() => op,
-                _ = tokio::time::sleep(PROBE_EVERY), if down => {
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Ok(Some(e)) = done {
+                        self.fail_waiting_admissions(&e);
+                    }
+                    continue;
+                }
+                Some(op) = self.lanes.urgent.recv(), if room => op,
+                Some(op) = self.lanes.admit.recv(), if room => op,
+                Some(op) = self.lanes.background.recv(), if room => op,
+                _ = tokio::time::sleep(PROBE_EVERY), if down && inflight.is_empty() => {
                     self.probe().await;
                     continue;
                 }
@@ -218,7 +244,19 @@ impl Writer {
             };
             batch.push(first);
             self.fill(&mut batch);
-            self.commit(std::mem::take(&mut batch)).await;
+            let ctx = Commit {
+                db: self.db.clone(),
+                stats: self.stats.clone(),
+                health: self.health.clone(),
+            };
+            let ops = std::mem::take(&mut batch);
+            if depth == 1 {
+                if let Some(e) = ctx.commit(ops).await {
+                    self.fail_waiting_admissions(&e);
+                }
+            } else {
+                inflight.spawn(ctx.commit(ops));
+            }
         }
     }
 
@@ -243,78 +281,6 @@ impl Writer {
         {
             batch.push(op);
         }
-    }
-
-    /// Commits `batch` and answers every op in it.
-    async fn commit(&mut self, batch: Vec<Op>) {
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .ops
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match self.run_with_retries(&batch).await {
-            Ok(answers) => {
-                for (op, a) in batch.into_iter().zip(answers) {
-                    op.send(Ok(a));
-                }
-            }
-            Err(e) if e.is_unavailable() => {
-                for op in batch {
-                    op.send(Err(e.clone()));
-                }
-                self.fail_waiting_admissions(&e);
-            }
-            Err(e) if batch.len() == 1 => {
-                for op in batch {
-                    op.send(Err(e.clone()));
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, ops = batch.len(), "batched write failed; retrying ops one by one");
-                for op in batch {
-                    let answer = self
-                        .run_with_retries(std::slice::from_ref(&op))
-                        .await
-                        .and_then(|mut v| v.pop().ok_or_else(mismatch));
-                    if let Err(e) = &answer
-                        && e.is_unavailable()
-                    {
-                        self.fail_waiting_admissions(e);
-                    }
-                    op.send(answer);
-                }
-            }
-        }
-    }
-
-    /// Runs `ops` in one transaction, again on a fresh connection after a
-    /// transient failure; marks the database down if that keeps failing.
-    async fn run_with_retries(&mut self, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
-        let mut in_doubt = false;
-        for attempt in 1..=ATTEMPTS {
-            match apply(&self.db, ops, &self.stats).await {
-                // Only the probe ends an outage: a batch that wrote nothing
-                // (a refused start, say) commits even on a full disk.
-                Ok(answers) => return Ok(answers),
-                Err(f) if is_transient(&f.error) => {
-                    in_doubt |= f.at_commit;
-                    let waited = matches!(f.error, sqlx::Error::PoolTimedOut);
-                    if attempt == ATTEMPTS || waited {
-                        let reason = describe(&f.error);
-                        self.health.down(&reason);
-                        return Err(if in_doubt {
-                            StoreError::InDoubt(reason)
-                        } else {
-                            StoreError::Unavailable(reason)
-                        });
-                    }
-                    debug!(error = %f.error, attempt, "write failed for a transient reason; running it again");
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-                Err(f) => return Err(StoreError::from(f.error)),
-            }
-        }
-        unreachable!("the last attempt returns")
     }
 
     /// The database is down: submissions waiting for the writer are
@@ -353,6 +319,92 @@ impl Writer {
             Ok(()) => self.health.up(),
             Err(e) => debug!(error = %describe(&e), "database probe failed"),
         }
+    }
+}
+
+/// What one batch's commit needs; cloned per batch so batches can run side
+/// by side.
+struct Commit {
+    db: Db,
+    stats: Arc<WriterStats>,
+    health: Health,
+}
+
+impl Commit {
+    /// Commits `batch` and answers every op in it.
+    async fn commit(self, batch: Vec<Op>) -> Option<StoreError> {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match self.run_with_retries(&batch).await {
+            Ok(answers) => {
+                for (op, a) in batch.into_iter().zip(answers) {
+                    op.send(Ok(a));
+                }
+                None
+            }
+            Err(e) if e.is_unavailable() => {
+                for op in batch {
+                    op.send(Err(e.clone()));
+                }
+                Some(e)
+            }
+            Err(e) if batch.len() == 1 => {
+                for op in batch {
+                    op.send(Err(e.clone()));
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, ops = batch.len(), "batched write failed; retrying ops one by one");
+                let mut unavailable = None;
+                for op in batch {
+                    let answer = self
+                        .run_with_retries(std::slice::from_ref(&op))
+                        .await
+                        .and_then(|mut v| v.pop().ok_or_else(mismatch));
+                    if let Err(e) = &answer
+                        && e.is_unavailable()
+                    {
+                        unavailable = Some(e.clone());
+                    }
+                    op.send(answer);
+                }
+                unavailable
+            }
+        }
+    }
+
+    /// Runs `ops` in one transaction, again on a fresh connection after a
+    /// transient failure; marks the database down if that keeps failing.
+    async fn run_with_retries(&self, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+        let mut in_doubt = false;
+        for attempt in 1..=ATTEMPTS {
+            match apply(&self.db, ops, &self.stats).await {
+                // Only the probe ends an outage: a batch that wrote nothing
+                // (a refused start, say) commits even on a full disk.
+                Ok(answers) => return Ok(answers),
+                Err(f) if is_transient(&f.error) => {
+                    in_doubt |= f.at_commit;
+                    let waited = matches!(f.error, sqlx::Error::PoolTimedOut);
+                    if attempt == ATTEMPTS || waited {
+                        let reason = describe(&f.error);
+                        self.health.down(&reason);
+                        return Err(if in_doubt {
+                            StoreError::InDoubt(reason)
+                        } else {
+                            StoreError::Unavailable(reason)
+                        });
+                    }
+                    debug!(error = %f.error, attempt, "write failed for a transient reason; running it again");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(f) => return Err(StoreError::from(f.error)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 }
 
@@ -591,10 +643,11 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
                             .await?;
                         Answer::Bool(done.rows_affected() > 0)
                     }
-                    Op::Heartbeat { node, at, .. } => {
+                    Op::Heartbeat { node, at, load, .. } => {
                         sqlx::query(db::SQL_HEARTBEAT)
                             .bind(node.clone())
                             .bind(*at)
+                            .bind(load.clone())
                             .execute(&mut *tx)
                             .await?;
                         Answer::Unit

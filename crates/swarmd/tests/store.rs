@@ -44,6 +44,7 @@ fn task(tenant: &str, key: Option<&str>) -> Task {
         started_at: None,
         finished_at: None,
         attempts: 0,
+        nodes: Vec::new(),
         timings: Timings::default(),
     }
 }
@@ -260,8 +261,8 @@ async fn rescue_takes_a_dead_nodes_tasks(backend: Backend) {
         return;
     };
     let now = now_ms();
-    store.register_node("dead", now - 60_000).await.unwrap();
-    store.register_node("alive", now).await.unwrap();
+    store.register_node("dead", now - 60_000, "").await.unwrap();
+    store.register_node("alive", now, "").await.unwrap();
     let (a, b) = (task("a", None), task("a", None));
     let (ida, idb) = (a.id, b.id);
     store.insert(new(a, None, "dead")).await.unwrap();

@@ -109,6 +109,7 @@ impl Fx {
             started_at: None,
             finished_at: None,
             attempts: 0,
+            nodes: Vec::new(),
             timings: Timings::default(),
         }
     }

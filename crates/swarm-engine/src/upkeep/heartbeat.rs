@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 
 use crate::hub::Hub;
 use crate::lifecycle::{Cancelled, Lifecycle};
+use crate::pool::Pools;
 
 /// Most tasks taken over per rescue pass.
 const RESCUE_BATCH: i64 = 1000;
@@ -34,9 +35,11 @@ const RESCUE_BATCH: i64 = 1000;
 /// The sweep's period when nothing asked for it sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Renews this node's lease.
+/// Renews this node's lease and publishes its load.
 pub(crate) struct Heartbeat {
     pub(crate) store: Store,
+    /// Whose load it publishes (`GET /api/nodes`).
+    pub(crate) pools: Arc<Pools>,
     pub(crate) node_id: String,
     pub(crate) lease_ms: u64,
     pub(crate) stop: CancellationToken,
@@ -51,7 +54,13 @@ impl Heartbeat {
                 _ = ticker.tick() => {}
                 _ = self.stop.cancelled() => return,
             }
-            if let Err(e) = self.store.heartbeat(&self.node_id, now_ms()).await {
+            let load: serde_json::Map<String, serde_json::Value> = self
+                .pools
+                .iter()
+                .map(|p| (p.name().to_string(), p.load()))
+                .collect();
+            let load = serde_json::Value::Object(load).to_string();
+            if let Err(e) = self.store.heartbeat(&self.node_id, now_ms(), load).await {
                 // The outage itself is logged once by the store.
                 debug!(error = %e, "heartbeat failed");
             }
@@ -59,8 +68,10 @@ impl Heartbeat {
     }
 }
 
+/// A third of the lease, so two beats may be lost; at most a second, so
+/// the load other nodes read is fresh.
 fn period(lease_ms: u64) -> Duration {
-    Duration::from_millis((lease_ms / 3).max(100))
+    Duration::from_millis((lease_ms / 3).clamp(100, 1_000))
 }
 
 /// Cancel requests, rescue and the sweep.

@@ -21,6 +21,21 @@ pub enum Algorithm {
     Vegas,
 }
 
+/// Where a limit holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Each process has the whole limit.
+    #[default]
+    Node,
+    /// One limit for every process sharing the database: each holds a
+    /// part of it (`Limiter::set_share`), which whoever runs the
+    /// processes leases and rebalances. With an adaptive law the cluster's
+    /// limit is `max` (`initial` for `fixed`); each process's law can only
+    /// lower its own part.
+    Cluster,
+}
+
 /// Settings of one limiter. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +68,9 @@ pub struct LimitConfig {
     /// Grow multiplicatively from `initial` until the first congestion
     /// signal, and again after a collapse (TCP slow start).
     pub slow_start: bool,
+    /// One limit per process (`node`, the default) or one for all
+    /// processes on the database (`cluster`).
+    pub scope: Scope,
 }
 
 impl Default for LimitConfig {
@@ -69,6 +87,7 @@ impl Default for LimitConfig {
             long_window: 600,
             probe_interval_ms: 30_000,
             slow_start: true,
+            scope: Scope::Node,
         }
     }
 }
@@ -82,6 +101,15 @@ impl LimitConfig {
             min: 1,
             max: n.max(1),
             ..Self::default()
+        }
+    }
+
+    /// The cluster-wide limit of a `scope = "cluster"` limiter: the
+    /// constant of a fixed law, else the ceiling.
+    pub fn cluster_limit(&self) -> usize {
+        match self.algorithm {
+            Algorithm::Fixed => self.initial,
+            _ => self.max,
         }
     }
 

@@ -34,6 +34,9 @@ struct Shared {
 struct State {
     law: Law,
     cap: Option<usize>,
+    /// This node's part of a limit shared with other nodes; unlike `cap` it
+    /// may be 0 (the other nodes hold every permit).
+    share: Option<usize>,
     in_flight: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
@@ -47,7 +50,8 @@ struct Waiter {
 impl State {
     fn limit(&self) -> usize {
         let l = self.law.limit();
-        self.cap.map_or(l, |c| l.min(c))
+        let l = self.cap.map_or(l, |c| l.min(c));
+        self.share.map_or(l, |s| l.min(s))
     }
 }
 
@@ -87,6 +91,7 @@ impl Limiter {
                 state: Mutex::new(State {
                     law,
                     cap: None,
+                    share: None,
                     in_flight: 0,
                     waiters: VecDeque::new(),
                     next_id: 0,
@@ -157,6 +162,26 @@ impl Limiter {
         let mut st = self.shared.lock();
         st.cap = cap.map(|c| c.max(1));
         self.shared.wake(&mut st);
+    }
+
+    /// Sets this limiter's part of a limit shared with other processes (a
+    /// cluster-wide limit leased from a database); `None` removes it.
+    ///
+    /// Unlike [`set_cap`](Self::set_cap) a share may be 0: when the other
+    /// holders have every permit this one must start nothing. Lowering it
+    /// revokes nothing; new grants stop until in-flight work falls below it.
+    pub fn set_share(&self, share: Option<usize>) {
+        let mut st = self.shared.lock();
+        st.share = share;
+        self.shared.wake(&mut st);
+    }
+
+    /// The law's own limit, under the cap but before any share: what this
+    /// limiter would run alone.
+    pub fn own_limit(&self) -> usize {
+        let st = self.shared.lock();
+        let l = st.law.limit();
+        st.cap.map_or(l, |c| l.min(c))
     }
 
     /// A point-in-time view.
@@ -388,6 +413,30 @@ mod tests {
         drop(held);
         assert_eq!((l.in_flight(), l.waiting()), (0, 0));
         assert!(l.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_zero_grants_nothing_until_raised() {
+        let l = fixed(4);
+        l.set_share(Some(0));
+        assert_eq!((l.limit(), l.own_limit()), (0, 4));
+        assert!(l.try_acquire().is_none(), "a zero share starts nothing");
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!((l.in_flight(), l.waiting()), (0, 1));
+        l.set_share(Some(1));
+        let p = waiter.await.unwrap();
+        assert_eq!(l.in_flight(), 1);
+        assert!(
+            l.try_acquire().is_none(),
+            "the share, not the law, bounds it"
+        );
+        l.set_share(None);
+        assert!(l.try_acquire().is_some());
+        drop(p);
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,14 @@ pub(crate) async fn status(State(app): State<AppState>, _caller: Caller) -> Json
     Json(v)
 }
 
+/// `GET /api/nodes`: the nodes sharing this database and their load.
+pub(crate) async fn nodes(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(app.engine.nodes().await?))
+}
+
 /// `GET /api/alerts`: alerts firing now and recently, and how often each
 /// has fired.
 pub(crate) async fn alerts(State(app): State<AppState>, _caller: Caller) -> Json<Value> {

@@ -1,0 +1,374 @@
+//! The cluster, seen from one node: liveness, failover and shared work
+//! (PostgreSQL only; see `swarm_store::cluster` for the SQL).
+//!
+//! One loop ([`Peers`]) does, every [`TICK`] and on each notification:
+//! - **keeps this node's liveness lock** (a session advisory lock on a
+//!   connection of its own) and takes it again if that connection died;
+//! - **failover**: a node whose lock is free is dead (PostgreSQL released
+//!   the lock when its connection closed, which a `SIGKILL` does at once);
+//!   after it has been seen dead for [`DEAD_AFTER`] (long enough for a live
+//!   node whose lock connection broke to take it again), its unfinished
+//!   tasks are taken over. The heartbeat lease (`upkeep::heartbeat`) stays
+//!   the fallback for a node alive but cut off from the database;
+//! - **shared work**: a node with more queued tasks in a department than it
+//!   can start announces a backlog (`NOTIFY swarmd_backlog`, at most once a
+//!   tick per department, and only while other nodes are alive); a node
+//!   with spare capacity in that department claims queued tasks from the
+//!   others (`FOR UPDATE SKIP LOCKED`, most urgent first), at most its
+//!   spare, and tells their old owner (`NOTIFY swarmd_claimed`), which drops
+//!   its copies. While a backlog was heard recently, spare capacity is
+//!   filled again every tick; otherwise a node does no cluster reads per
+//!   task, so a lone node or a cluster that keeps up pays nothing.
+//! - **draining** (SIGTERM): the node stops starting stored tasks, so its
+//!   queue is all backlog, and announces it until the others have taken it.
+//!
+//! What stays per node: the fair queue's order and CoDel see only the tasks
+//! a node holds. A claim takes the most urgent tasks first, so priorities
+//! hold across nodes, but tenant fairness across nodes is only as fair as
+//! the spread of submissions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use swarm_sched::limit::Scope;
+use swarm_store::Store;
+use swarm_store::cluster::{
+    CHANNEL_BACKLOG, Claimed, NodeLock, Notice, Notifications, PermitRound,
+};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+use crate::pool::Pools;
+use crate::shutdown::Shutdown;
+
+/// How often the loop looks: lock, dead nodes, backlogs, spare capacity.
+pub(crate) const TICK: Duration = Duration::from_millis(200);
+
+/// How long a node must be seen without its lock before its tasks are
+/// taken: a live node whose lock connection broke takes it again within a
+/// tick.
+pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(500);
+
+/// A backlog announcement keeps a department worth claiming from for this
+/// long (it is renewed every tick while the backlog lasts).
+const HEARD_FOR: Duration = Duration::from_secs(1);
+
+/// Most tasks taken from dead nodes per pass.
+const RESCUE_BATCH: i64 = 1000;
+
+/// A node's part of a cluster-wide limit that it has not renewed for this
+/// long is free for the others (a node killed returns its part then).
+pub(crate) const PERMIT_LEASE: Duration = Duration::from_secs(2);
+
+/// How often the count of live peers is refreshed.
+const PEERS_EVERY: Duration = Duration::from_secs(1);
+
+/// The cluster loop of one node.
+pub(crate) struct Peers {
+    pub(crate) store: Store,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) pools: Arc<Pools>,
+    pub(crate) node_id: String,
+    pub(crate) lock: NodeLock,
+    pub(crate) shutdown: Shutdown,
+    /// Lifetime counts, for `/api/status`.
+    pub(crate) stats: Arc<PeerStats>,
+}
+
+/// What the cluster loop has done.
+#[derive(Debug, Default)]
+pub(crate) struct PeerStats {
+    pub(crate) claimed: std::sync::atomic::AtomicU64,
+    pub(crate) claimed_from_us: std::sync::atomic::AtomicU64,
+    pub(crate) rescued: std::sync::atomic::AtomicU64,
+    pub(crate) peers: std::sync::atomic::AtomicU64,
+}
+
+impl Peers {
+    pub(crate) async fn run(mut self) {
+        let stopped = self.shutdown.stopped().clone();
+        let mut notices: Option<Notifications> = None;
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut suspects: HashMap<String, Instant> = HashMap::new();
+        let mut heard: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut peers = 0usize;
+        let mut peers_at: Option<Instant> = None;
+        let mut lock_lost = false;
+        let mut leased_at: Option<Instant> = None;
+        loop {
+            if notices.is_none() && self.store.health().is_up() {
+                match self.store.notifications().await {
+                    Ok(n) => {
+                        notices = n;
+                        // Anything sent before we listened is gone: look.
+                        self.mark_all(&mut heard);
+                    }
+                    Err(e) => debug!(error = %e, "cannot listen for cluster notifications yet"),
+                }
+            }
+            let notice = tokio::select! {
+                _ = stopped.cancelled() => break,
+                _ = ticker.tick() => None,
+                n = next(&mut notices) => Some(n),
+            };
+            match notice {
+                None => {}
+                Some(Ok(Notice::Backlog { department, node })) => {
+                    if node == self.node_id {
+                        continue;
+                    }
+                    heard.insert(department.clone(), Instant::now());
+                    self.fill(&department).await;
+                    continue;
+                }
+                Some(Ok(Notice::Claimed(c))) => {
+                    if c.from == self.node_id {
+                        self.drop_claimed(&c);
+                    }
+                    continue;
+                }
+                Some(Ok(Notice::Reconnected)) => {
+                    self.mark_all(&mut heard);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "cluster notifications lost; listening again");
+                    notices = None;
+                    tokio::time::sleep(TICK).await;
+                    continue;
+                }
+            }
+
+            // --- a tick ---
+            if !self.store.health().is_up() {
+                continue;
+            }
+            let held = self.lock.keep().await;
+            if held == lock_lost {
+                if held {
+                    info!(node = %self.node_id, "liveness lock held again");
+                } else {
+                    warn!(node = %self.node_id, "lost the liveness lock's connection; other nodes may take this node's tasks");
+                }
+                lock_lost = !held;
+            }
+            if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
+                if let Ok(n) = self.store.live_peers(&self.node_id).await {
+                    peers = n;
+                    self.stats
+                        .peers
+                        .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                peers_at = Some(Instant::now());
+            }
+            self.lease_limits(&mut leased_at).await;
+            self.failover(&mut suspects).await;
+            if peers == 0 {
+                continue;
+            }
+            self.announce().await;
+            let now = Instant::now();
+            heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
+            let departments: Vec<String> = heard.keys().cloned().collect();
+            for d in departments {
+                self.fill(&d).await;
+            }
+        }
+        if let Some(n) = notices.take() {
+            drop(n);
+        }
+        if let Err(e) = self.store.release_permits(&self.node_id).await {
+            debug!(error = %e, "could not give back cluster permits; they expire");
+        }
+        self.lock.release().await;
+    }
+
+    /// One round of every cluster-wide limit: this node's fair part of each,
+    /// as much as the other nodes leave free. A node that cannot renew for
+    /// half the permit lease starts nothing more until it can: the others
+    /// will soon count its part as free.
+    async fn lease_limits(&self, leased_at: &mut Option<Instant>) {
+        let mut ok = true;
+        for p in self.pools.iter() {
+            let limiter = p.limiter();
+            if limiter.config().scope != Scope::Cluster {
+                continue;
+            }
+            let round = PermitRound {
+                limit: limiter.config().cluster_limit(),
+                // No more than this node's own law would run.
+                demand: (limiter.in_flight() + p.queued_len()).min(limiter.own_limit()),
+                in_flight: limiter.in_flight(),
+                lease_ms: PERMIT_LEASE.as_millis() as i64,
+            };
+            match self
+                .store
+                .lease_permits(&self.node_id, p.name(), round)
+                .await
+            {
+                Ok(share) => limiter.set_share(share),
+                Err(e) => {
+                    ok = false;
+                    debug!(error = %e, pool = p.name(), "renewing cluster permits failed");
+                }
+            }
+        }
+        if ok {
+            *leased_at = Some(Instant::now());
+        } else if leased_at.is_none_or(|t| t.elapsed() >= PERMIT_LEASE / 2) {
+            for p in self.pools.iter() {
+                if p.limiter().config().scope == Scope::Cluster {
+                    p.limiter().set_share(Some(0));
+                }
+            }
+        }
+    }
+
+    fn mark_all(&self, heard: &mut BTreeMap<String, Instant>) {
+        let now = Instant::now();
+        for p in self.pools.iter() {
+            heard.insert(p.name().to_string(), now);
+        }
+    }
+
+    /// Takes over the tasks of nodes that have been dead for [`DEAD_AFTER`].
+    async fn failover(&self, suspects: &mut HashMap<String, Instant>) {
+        let dead = match self.store.dead_nodes(&self.node_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(error = %e, "reading dead nodes failed");
+                return;
+            }
+        };
+        let now = Instant::now();
+        suspects.retain(|n, _| dead.contains(n));
+        let mut due = Vec::new();
+        for node in dead {
+            let since = *suspects.entry(node.clone()).or_insert(now);
+            if now.duration_since(since) >= DEAD_AFTER {
+                due.push(node);
+            }
+        }
+        if due.is_empty() || self.shutdown.is_draining() {
+            return;
+        }
+        match self
+            .store
+            .rescue_from(&self.node_id, &due, RESCUE_BATCH)
+            .await
+        {
+            Ok(tasks) => {
+                let mut n = 0;
+                for t in tasks {
+                    n += usize::from(self.lifecycle.adopt(t).await);
+                }
+                if n > 0 {
+                    self.stats
+                        .rescued
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    info!(count = n, nodes = ?due, "took over the tasks of dead nodes");
+                }
+            }
+            Err(e) => debug!(error = %e, "taking over dead nodes' tasks failed"),
+        }
+    }
+
+    /// Announces every department whose queue holds more than it starts.
+    /// While draining, every queued task is backlog.
+    async fn announce(&self) {
+        let draining = self.shutdown.is_draining();
+        for p in self.pools.iter() {
+            let queued = p.queued_len();
+            if queued == 0 {
+                continue;
+            }
+            let backlogged = draining || p.limiter().in_flight() >= p.limiter().limit();
+            let payload = swarm_store::cluster::backlog_payload(p.name(), &self.node_id);
+            if backlogged && let Err(e) = self.store.notify(CHANNEL_BACKLOG, &payload).await {
+                debug!(error = %e, "announcing a backlog failed");
+            }
+        }
+    }
+
+    /// Claims other nodes' queued tasks of `department`, up to this node's
+    /// spare capacity there.
+    async fn fill(&self, department: &str) {
+        if self.shutdown.is_draining() {
+            return;
+        }
+        let Some(pool) = self.pools.get(department) else {
+            return;
+        };
+        let spare = pool.spare();
+        if spare == 0 {
+            return;
+        }
+        let claimed = match self
+            .store
+            .claim_queued(&self.node_id, department, spare as i64)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, department, "claiming queued tasks failed");
+                return;
+            }
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let mut by_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for c in claimed {
+            by_owner
+                .entry(c.from)
+                .or_default()
+                .push(c.task.id.to_string());
+            self.lifecycle.adopt(c.task).await;
+        }
+        for (from, ids) in by_owner {
+            self.stats
+                .claimed
+                .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            debug!(department, from = %from, count = ids.len(), "claimed queued tasks");
+            let note = Claimed {
+                from,
+                by: self.node_id.clone(),
+                ids,
+            };
+            if let Err(e) = self.store.notify_claimed(&note).await {
+                // The old owner finds out when its start is refused.
+                debug!(error = %e, "announcing a claim failed");
+            }
+        }
+    }
+
+    /// Another node took these of our queued tasks: drop our copies.
+    fn drop_claimed(&self, c: &Claimed) {
+        let mut n = 0u64;
+        for id in &c.ids {
+            let Ok(id) = id.parse() else { continue };
+            for p in self.pools.iter() {
+                if p.remove_queued(id).is_some() {
+                    self.hub.forget(id);
+                    n += 1;
+                    break;
+                }
+            }
+        }
+        self.stats
+            .claimed_from_us
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn next(n: &mut Option<Notifications>) -> Result<Notice, swarm_store::StoreError> {
+    match n {
+        Some(n) => n.next().await,
+        None => std::future::pending().await,
+    }
+}
