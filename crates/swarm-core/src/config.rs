@@ -133,6 +133,9 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSync,
     /// Most writes folded into one transaction by the group-commit writer.
     pub batch_max: usize,
+    /// PostgreSQL: group commits in flight at once, each on its own
+    /// connection (1: one at a time). SQLite always commits one at a time.
+    pub write_pipeline: usize,
     /// How long a node's claim on its tasks lasts without a heartbeat; after
     /// it, another node (sharing PostgreSQL) takes the tasks over.
     pub lease_ms: u64,
@@ -220,6 +223,7 @@ impl Default for DatabaseConfig {
             max_lifetime_ms: 1_800_000,
             sqlite_synchronous: SqliteSync::Normal,
             batch_max: 512,
+            write_pipeline: 4,
             lease_ms: 30_000,
             retention: Retention::DEFAULT,
             statement_timeout_ms: 30_000,
@@ -682,6 +686,12 @@ impl Config {
             return Err(cfg_err(
                 "database.min_connections",
                 "must not exceed database.max_connections",
+            ));
+        }
+        if self.database.write_pipeline == 0 || self.database.write_pipeline > 64 {
+            return Err(cfg_err(
+                "database.write_pipeline",
+                "must be between 1 and 64",
             ));
         }
         if self.database.batch_max == 0 {

@@ -136,6 +136,8 @@ struct Core {
     retention: Arc<RetentionStats>,
     /// What the cluster loop did (claims, takeovers, live peers).
     peers: Arc<PeerStats>,
+    /// Outstanding tasks per tenant (shared with admission and lifecycle).
+    tenants: Arc<TenantLedger>,
     /// Prometheus metrics.
     metrics: Arc<Metrics>,
     /// Start time, for uptime.
@@ -317,7 +319,8 @@ impl Engine {
         ));
         let cfg = Arc::new(cfg);
         let core = Arc::new(Core {
-            admission: Admission::new(&cfg, tenants, resources.clone(), store.clone()),
+            admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
+            tenants,
             director: Director::new(&cfg),
             global: Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight)),
             cfg,
@@ -360,6 +363,7 @@ impl Engine {
                     hub: c.hub.clone(),
                     lifecycle: c.lifecycle.clone(),
                     pools: c.pools.clone(),
+                    tenants: c.tenants.clone(),
                     node_id: c.node_id.clone(),
                     lock,
                     shutdown: c.shutdown.clone(),

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Queued plus running tasks per tenant on this node.
+/// Queued plus running tasks per tenant on this node, and, on a cluster,
+/// what the other nodes last said they hold (so a quota counts them all).
 #[derive(Debug, Default)]
 pub(crate) struct TenantLedger {
     counts: Mutex<HashMap<Arc<str>, usize>>,
+    elsewhere: Mutex<HashMap<String, usize>>,
 }
 
 /// One outstanding task of a tenant; gives its count back when dropped, so
@@ -47,8 +49,14 @@ impl TenantLedger {
         tenant: &str,
         max: usize,
     ) -> Result<TenantSlot, usize> {
+        let others = if max == usize::MAX {
+            0
+        } else {
+            let e = self.elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+            e.get(tenant).copied().unwrap_or(0)
+        };
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.get(tenant).copied().unwrap_or(0);
+        let n = m.get(tenant).copied().unwrap_or(0) + others;
         if n >= max {
             return Err(n);
         }
@@ -68,6 +76,17 @@ impl TenantLedger {
     pub(crate) fn take(self: &Arc<Self>, tenant: &str) -> TenantSlot {
         self.try_take(tenant, usize::MAX)
             .expect("an unbounded take cannot fail")
+    }
+
+    /// This node's outstanding tasks per tenant (what it tells the others).
+    pub(crate) fn snapshot(&self) -> HashMap<String, usize> {
+        let m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// What the other nodes hold per tenant, as they last published it.
+    pub(crate) fn set_elsewhere(&self, counts: HashMap<String, usize>) {
+        *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) = counts;
     }
 
     /// Outstanding tasks of `tenant`.

@@ -507,12 +507,16 @@
   let lastOk = null;
 
   async function fetchStatus() {
+    return fetchJson("api/status");
+  }
+
+  async function fetchJson(path) {
     const headers = { Accept: "application/json" };
     if (key) headers.Authorization = `Bearer ${key}`;
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
     try {
-      const r = await fetch("api/status", { headers, cache: "no-store", signal: ctl.signal });
+      const r = await fetch(path, { headers, cache: "no-store", signal: ctl.signal });
       if (!r.ok) {
         let message = r.statusText || "error";
         try {
@@ -558,6 +562,51 @@
     setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - started)));
   }
 
+  // --- nodes (a cluster on PostgreSQL) ---
+
+  // One line per node on the database: alive or dead, heartbeat age, and
+  // the departments it runs or queues work in. Shown only on PostgreSQL,
+  // where several nodes can share the database.
+  function renderNodes(n) {
+    const sec = $("nodes");
+    if (!n || n.backend !== "postgres" || !Array.isArray(n.nodes)) {
+      sec.hidden = true;
+      return;
+    }
+    sec.hidden = false;
+    sec.replaceChildren();
+    const h = document.createElement("h2");
+    h.textContent = `nodes · ${n.nodes.filter((x) => x.alive).length} alive of ${n.nodes.length}`;
+    sec.append(h);
+    const table = document.createElement("table");
+    for (const node of n.nodes) {
+      const tr = document.createElement("tr");
+      tr.dataset.node = node.node_id;
+      tr.className = node.left ? "left" : node.alive ? "alive" : "dead";
+      const busy = Object.entries(node.pools || {})
+        .filter(([, p]) => p.running > 0 || p.queued > 0)
+        .map(([name, p]) => `${name} ${p.running}/${p.limit} +${p.queued}`)
+        .join(", ");
+      const state = node.left ? "left" : node.alive ? `alive · beat ${node.heartbeat_age_ms} ms ago` : "dead";
+      for (const text of [(node.this ? "▸ " : "") + node.node_id, node.address, state, busy || "idle"]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      table.append(tr);
+    }
+    sec.append(table);
+  }
+
+  async function pollNodes() {
+    try {
+      renderNodes(await fetchJson("api/nodes"));
+    } catch (_) {
+      // The status poll reports errors; an older server has no /api/nodes.
+    }
+    setTimeout(pollNodes, 2 * POLL_MS);
+  }
+
   // --- key form ---
 
   $("key").value = key;
@@ -573,4 +622,5 @@
   window.addEventListener("resize", drawAll);
 
   poll();
+  pollNodes();
 })();

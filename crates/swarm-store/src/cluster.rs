@@ -96,6 +96,8 @@ pub enum Notice {
         department: String,
         /// The node that has it.
         node: String,
+        /// That node is shutting down: take all of it, not just what fits.
+        draining: bool,
     },
     /// Tasks moved between nodes.
     Claimed(Claimed),
@@ -125,11 +127,14 @@ impl Notifications {
             };
             match n.channel() {
                 CHANNEL_BACKLOG => {
-                    let (department, node) =
-                        n.payload().split_once('\n').unwrap_or((n.payload(), ""));
+                    let mut parts = n.payload().split('\n');
+                    let department = parts.next().unwrap_or("").to_string();
+                    let node = parts.next().unwrap_or("").to_string();
+                    let draining = parts.next() == Some("draining");
                     return Ok(Notice::Backlog {
-                        department: department.to_string(),
-                        node: node.to_string(),
+                        department,
+                        node,
+                        draining,
                     });
                 }
                 CHANNEL_CLAIMED => {
@@ -212,8 +217,12 @@ async fn try_lock(
 
 /// The payload of a backlog announcement (department names and node ids
 /// hold no newline).
-pub fn backlog_payload(department: &str, node: &str) -> String {
-    format!("{department}\n{node}")
+pub fn backlog_payload(department: &str, node: &str, draining: bool) -> String {
+    if draining {
+        format!("{department}\n{node}\ndraining")
+    } else {
+        format!("{department}\n{node}")
+    }
 }
 
 /// A node id may not hold a comma: the `nodes` column of a task lists them
@@ -243,6 +252,12 @@ const SQL_LIVE_PEERS: &str = "SELECT count(*) FROM nodes n WHERE n.node_id <> $1
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND l.classid = $2 AND int8(l.objid) = n.lock_key AND l.objsubid = 2)";
 
+/// The tenant counts of the other live nodes.
+const SQL_PEER_TENANTS: &str = "SELECT n.tenants FROM nodes n WHERE n.node_id <> $1 AND n.heartbeat_at > 0 \
+     AND n.tenants <> '{}' AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND l.classid = $2 AND int8(l.objid) = n.lock_key AND l.objsubid = 2)";
+
 const SQL_NODES: &str = "SELECT n.node_id, n.address, n.started_at, n.heartbeat_at, n.pid, n.version, n.load, \
      EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -269,6 +284,7 @@ const SQL_RESCUE_FROM: &str = "WITH c AS MATERIALIZED (SELECT id FROM tasks \
 /// (seen here: a claim of 4 took 15).
 const SQL_CLAIM: &str = "WITH c AS MATERIALIZED (SELECT id, owner FROM tasks \
        WHERE department = $2 AND status = 'queued' AND owner IS NOT NULL AND owner <> $1 \
+         AND ($4::text IS NULL OR owner = $4) \
        ORDER BY priority, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE tasks t SET owner = $1 FROM c WHERE t.id = c.id AND t.status = 'queued' RETURNING ";
 
@@ -413,13 +429,14 @@ impl Store {
         Ok(tasks)
     }
 
-    /// Moves up to `limit` of other nodes' queued tasks of `department` to
-    /// `me`, most urgent first.
+    /// Moves up to `limit` of other nodes' queued tasks of `department`
+    /// (only `from`'s, if given) to `me`, most urgent first.
     pub async fn claim_queued(
         &self,
         me: &str,
         department: &str,
         limit: i64,
+        from: Option<&str>,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         let Db::Pg(pool) = &self.inner.db else {
             return Ok(Vec::new());
@@ -432,6 +449,7 @@ impl Store {
             .bind(me)
             .bind(department)
             .bind(limit)
+            .bind(from)
             .fetch_all(pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -606,6 +624,38 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some(share))
+    }
+
+    /// Publishes this node's outstanding tasks per tenant and returns the
+    /// sums over the other live nodes (tenant quotas count the cluster).
+    /// Empty on SQLite.
+    pub async fn exchange_tenants(
+        &self,
+        me: &str,
+        mine: &std::collections::HashMap<String, usize>,
+    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let Db::Pg(pool) = &self.inner.db else {
+            return Ok(Default::default());
+        };
+        sqlx::query("UPDATE nodes SET tenants = $2 WHERE node_id = $1")
+            .bind(me)
+            .bind(db::to_json(mine))
+            .execute(pool)
+            .await?;
+        let rows: Vec<String> = sqlx::query_scalar(SQL_PEER_TENANTS)
+            .bind(me)
+            .bind(LOCK_NAMESPACE)
+            .fetch_all(pool)
+            .await?;
+        let mut sums = std::collections::HashMap::new();
+        for text in rows {
+            let one: std::collections::HashMap<String, usize> =
+                serde_json::from_str(&text).unwrap_or_default();
+            for (tenant, n) in one {
+                *sums.entry(tenant).or_insert(0) += n;
+            }
+        }
+        Ok(sums)
     }
 
     /// Gives up this node's parts of every cluster-wide limit (shutdown).

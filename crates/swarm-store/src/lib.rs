@@ -99,6 +99,7 @@ impl Store {
                     background: background_rx,
                 },
                 batch_max: cfg.batch_max,
+                pipeline: cfg.write_pipeline.max(1),
                 stats: stats.clone(),
                 health: health.clone(),
             }

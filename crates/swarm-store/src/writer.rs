@@ -51,9 +51,6 @@ use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow, Pruned};
 /// PostgreSQL's bind-parameter limits.
 const CHUNK: usize = 500;
 
-/// Batches in flight at once on PostgreSQL (see [`Writer::run`]).
-const PIPELINE: usize = 4;
-
 /// Runs of a batch that failed for a transient reason before the database
 /// is declared down (a pool timeout declares it at once: it already waited).
 const ATTEMPTS: u32 = 3;
@@ -188,6 +185,8 @@ pub(crate) struct Writer {
     pub(crate) lanes: Lanes,
     /// Most ops in one transaction.
     pub(crate) batch_max: usize,
+    /// Batches in flight at once on PostgreSQL (`database.write_pipeline`).
+    pub(crate) pipeline: usize,
     /// Its figures.
     pub(crate) stats: Arc<WriterStats>,
     /// Marked down when batches keep failing, up when one commits.
@@ -204,7 +203,7 @@ struct Failed {
 impl Writer {
     /// Runs until every sender is gone, then returns.
     ///
-    /// On PostgreSQL up to [`PIPELINE`] batches are in flight at once, each
+    /// On PostgreSQL up to `database.write_pipeline` (default 4) batches are in flight at once, each
     /// on its own connection: a batch spends most of its time waiting for
     /// round trips and the commit's flush, and the next batch need not wait
     /// for them. That is safe because no op depends on another op that has
@@ -214,7 +213,7 @@ impl Writer {
     /// writer at a time, so there the writer commits one batch at a time.
     pub(crate) async fn run(mut self) {
         let depth = match self.db {
-            Db::Pg(_) => PIPELINE,
+            Db::Pg(_) => self.pipeline,
             Db::Sqlite(_) => 1,
         };
         let mut inflight: tokio::task::JoinSet<Option<StoreError>> = tokio::task::JoinSet::new();

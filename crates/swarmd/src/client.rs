@@ -180,13 +180,83 @@ pub(crate) async fn fetch_status(
 
 pub(crate) async fn status(a: StatusArgs) -> Result<(), String> {
     let client = http_client(&a.client, STATUS_TIMEOUT)?;
-    let s = fetch_status(&client, &a.client).await?;
+    let mut s = fetch_status(&client, &a.client).await?;
+    // The cluster's nodes, from `GET /api/nodes` (a database read, so not
+    // part of `/api/status`).
+    let nodes = match client.get(url(&a.client, "/api/nodes")).send().await {
+        Ok(resp) => json_or_error(resp).await.ok().map(|(_, v)| v),
+        Err(_) => None,
+    };
     if a.json {
+        if let Some(n) = nodes {
+            s["cluster"] = n;
+        }
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return Ok(());
     }
     print!("{}", render_status(&s, None));
+    if let Some(n) = &nodes {
+        print!("{}", render_nodes(n));
+    }
     Ok(())
+}
+
+/// The nodes section of `swarmd status`: one line per node sharing the
+/// database, with its heartbeat age and, per department, what it runs and
+/// queues against its limit (its part, for a cluster-wide limit).
+pub(crate) fn render_nodes(n: &Value) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let Some(nodes) = n["nodes"].as_array() else {
+        return o;
+    };
+    let _ = writeln!(
+        o,
+        "nodes ({} on this database; this node claimed {}, gave {}, took over {})",
+        nodes.len(),
+        n["this_node"]["claimed"],
+        n["this_node"]["claimed_from_here"],
+        n["this_node"]["taken_over"],
+    );
+    for node in nodes {
+        let state = if node["left"].as_bool() == Some(true) {
+            "left".to_string()
+        } else if node["alive"].as_bool() == Some(true) {
+            format!("alive, beat {} ms ago", node["heartbeat_age_ms"])
+        } else {
+            "DEAD".to_string()
+        };
+        let mut busy = Vec::new();
+        if let Some(pools) = node["pools"].as_object() {
+            for (name, p) in pools {
+                let (run, queued) = (
+                    p["running"].as_u64().unwrap_or(0),
+                    p["queued"].as_u64().unwrap_or(0),
+                );
+                if run > 0 || queued > 0 {
+                    busy.push(format!("{name} {run}/{} +{queued}", p["limit"]));
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "  {}{:<20} {:<22} {:<28} {}",
+            if node["this"].as_bool() == Some(true) {
+                "*"
+            } else {
+                " "
+            },
+            node["node_id"].as_str().unwrap_or("?"),
+            node["address"].as_str().unwrap_or(""),
+            state,
+            if busy.is_empty() {
+                "idle".to_string()
+            } else {
+                busy.join(", ")
+            }
+        );
+    }
+    o
 }
 
 /// One pool's rates between two polls, per second (`swarmd top`).
@@ -452,6 +522,33 @@ mod tests {
         assert!(pool_rates(&b, &a).is_empty());
         let restarted_counters = status(14.0, &[("sim", 3, 0, 0)]);
         assert!(pool_rates(&b, &restarted_counters).is_empty());
+    }
+
+    #[test]
+    fn nodes_show_liveness_and_busy_departments() {
+        let n = serde_json::json!({
+            "this_node": {"claimed": 3, "claimed_from_here": 1, "taken_over": 0},
+            "nodes": [
+                {"node_id": "n1", "address": "127.0.0.1:8081", "alive": true, "left": false,
+                 "heartbeat_age_ms": 120, "this": true,
+                 "pools": {"llm": {"running": 4, "queued": 7, "limit": 4}, "echo": {"running": 0, "queued": 0, "limit": 1024}}},
+                {"node_id": "n2", "address": "127.0.0.1:8082", "alive": false, "left": false,
+                 "heartbeat_age_ms": 9000, "this": false, "pools": {}},
+            ]
+        });
+        let out = render_nodes(&n);
+        assert!(
+            out.contains("2 on this database; this node claimed 3"),
+            "{out}"
+        );
+        assert!(out.contains("*n1"), "{out}");
+        assert!(out.contains("alive, beat 120 ms ago"), "{out}");
+        assert!(out.contains("llm 4/4 +7"), "{out}");
+        assert!(
+            !out.contains("echo"),
+            "idle departments are left out: {out}"
+        );
+        assert!(out.contains("DEAD"), "{out}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - a backlog accepted by one node drains on all three (shared work);
 //! - a `scope = "cluster"` limit of N is never exceeded cluster-wide, by
 //!   the provider's own count (`swarmd sim-backend`'s `inflight_max`);
+//! - `[admission] tenant_max_outstanding` counts the whole cluster;
 //! - `kill -9` of a random node, 30 times during a stream of submissions:
 //!   every acknowledged task ends with exactly one stored outcome (a trigger
 //!   logs every terminal write), and the killed node's tasks are taken over
@@ -91,6 +92,15 @@ impl Node {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM; returns the process, still draining.
+    fn sigterm(&mut self) -> Child {
+        let c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c
     }
 
     fn log_text(&self) -> String {
@@ -231,6 +241,17 @@ impl Cluster {
         .expect("outcome log");
     }
 
+    async fn get(&self, node: usize, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.nodes[node].base()))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
     async fn submit(&self, node: usize, body: &Value) -> Result<String, String> {
         let r = self
             .client
@@ -288,6 +309,28 @@ impl Cluster {
     }
 }
 
+/// `SELECT key, count` rows as a map.
+async fn counts(conn: &mut PgConnection, sql: &'static str) -> HashMap<String, i64> {
+    sqlx::query(sql)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect()
+}
+
+/// Unfinished tasks `node` owns.
+async fn held_by(conn: &mut PgConnection, node: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(node)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
@@ -337,25 +380,9 @@ async fn a_backlog_accepted_by_one_node_drains_on_all_three() {
         );
     }
     // The task itself says where it ran, and the nodes say what they did.
-    let task: Value = c
-        .client
-        .get(format!("{}/api/tasks/{}", c.nodes[1].base(), ids[149]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = c.get(1, &format!("/api/tasks/{}", ids[149])).await;
     assert_eq!(task["nodes"].as_array().map(Vec::len), Some(1), "{task}");
-    let nodes: Value = c
-        .client
-        .get(format!("{}/api/nodes", c.nodes[0].base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = c.get(0, "/api/nodes").await;
     let listed = nodes["nodes"].as_array().expect("nodes");
     assert_eq!(listed.len(), 3, "{nodes}");
     for n in listed {
@@ -398,14 +425,11 @@ async fn a_cluster_wide_limit_holds_across_three_nodes() {
     let max = stats["inflight_max"].as_u64().expect("inflight_max");
     let served = stats["served"].as_u64().expect("served");
     let mut conn = c.conn().await;
-    let per_node: HashMap<String, i64> =
-        sqlx::query("SELECT nodes, count(*) FROM tasks WHERE status = 'succeeded' GROUP BY nodes")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-            .collect();
+    let per_node = counts(
+        &mut conn,
+        "SELECT nodes, count(*) FROM tasks WHERE status = 'succeeded' GROUP BY nodes",
+    )
+    .await;
     println!(
         "CLUSTER limit: 300 tasks on 3 nodes, limit {LIMIT} cluster-wide: provider saw at most {max} \
          in flight, served {served}; ran per node {per_node:?}"
@@ -425,6 +449,119 @@ async fn a_cluster_wide_limit_holds_across_three_nodes() {
     for n in ["n1", "n2", "n3"] {
         assert!(per_node.get(n).copied().unwrap_or(0) >= 30, "{per_node:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "postgres",
+    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+)]
+async fn a_tenant_quota_counts_the_tasks_on_every_node() {
+    let c = Cluster::start(
+        "quota",
+        "[admission]\ntenant_max_outstanding = 10\n[pools.slow]\nagent = \"sim\"\nconcurrency = 2\n\
+         [pools.slow.queue]\ntarget_delay_ms = 0\n",
+    )
+    .await;
+    let body = json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 20_000}, "timeout_ms": 120_000});
+    for _ in 0..6 {
+        c.submit(0, &body).await.expect("within the quota");
+    }
+    // The nodes exchange their counts every 200 ms.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        match c.submit(1, &body).await {
+            Ok(_) => accepted += 1,
+            Err(e) => refused.push(e),
+        }
+    }
+    println!("CLUSTER quota: 6 on n1, then n2 accepted {accepted} of 6 (quota 10 cluster-wide)");
+    assert_eq!(accepted, 4, "the quota of 10 counts n1's 6: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.starts_with("429") && e.contains("tenant_quota")),
+        "{refused:?}"
+    );
+}
+
+/// A rolling restart: SIGTERM hands the node's queued tasks to the others
+/// at once, while its running tasks finish where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "postgres",
+    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+)]
+async fn sigterm_hands_queued_tasks_to_the_other_nodes_at_once() {
+    let mut c = Cluster::start(
+        "drain",
+        "[pools.slow]\nagent = \"sim\"\nconcurrency = 2\n[pools.slow.queue]\ntarget_delay_ms = 0\n\
+         [server]\nshutdown_grace_ms = 20000\n",
+    )
+    .await;
+    // n2 and n3 are busy for a moment with their own work, so n1 keeps a
+    // backlog of its own until it is told to stop.
+    for node in [1, 2] {
+        for _ in 0..2 {
+            c.submit(node, &json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 1500}, "timeout_ms": 120_000}))
+                .await
+                .expect("accepted");
+        }
+    }
+    for _ in 0..30 {
+        c.submit(0, &json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 1500}, "timeout_ms": 120_000}))
+            .await
+            .expect("accepted");
+    }
+    let mut conn = c.conn().await;
+    let before = held_by(&mut conn, "n1").await;
+    let child = c.nodes[0].sigterm();
+    let asked = Instant::now();
+    // Its queued tasks leave at once; only the two it runs stay with it.
+    loop {
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE owner = 'n1' AND status = 'queued'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{queued} tasks still queued on the draining node after 5 s\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handed = asked.elapsed();
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        child.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM\n{}", c.logs());
+    c.settle(Duration::from_secs(60)).await;
+    let ran = counts(
+        &mut conn,
+        "SELECT nodes, count(*) FROM tasks WHERE status = 'succeeded' GROUP BY nodes",
+    )
+    .await;
+    println!(
+        "CLUSTER sigterm: n1 held {before}, its queued tasks were all taken within {} ms; ran {ran:?}",
+        handed.as_millis()
+    );
+    assert_eq!(ran.values().sum::<i64>(), 34, "{ran:?}");
+    assert!(
+        ran.get("n1").copied().unwrap_or(0) <= 4,
+        "the draining node started no new work: {ran:?}"
+    );
+    c.nodes.remove(0);
 }
 
 /// Kill -9 a random node 30 times while tasks stream in; measure how long
@@ -499,24 +636,12 @@ async fn kill_nine_thirty_times_loses_nothing_and_fails_over_in_seconds() {
         *down.lock().unwrap() = Some(victim);
         let id = cl.nodes[victim].id.clone();
         let mut conn = cl.conn().await;
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(&id)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+        let held = held_by(&mut conn, &id).await;
         cl.nodes[victim].kill9();
         let killed = Instant::now();
         // Stranded until no unfinished task names the dead node.
         loop {
-            let left: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(&id)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+            let left = held_by(&mut conn, &id).await;
             if left == 0 {
                 break;
             }
@@ -539,14 +664,11 @@ async fn kill_nine_thirty_times_loses_nothing_and_fails_over_in_seconds() {
     c.settle(Duration::from_secs(90)).await;
     let acked = acked.lock().unwrap().clone();
     let mut conn = c.conn().await;
-    let outcomes: HashMap<String, i64> =
-        sqlx::query("SELECT id, count(*) FROM outcome_log GROUP BY id")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-            .collect();
+    let outcomes = counts(
+        &mut conn,
+        "SELECT id, count(*) FROM outcome_log GROUP BY id",
+    )
+    .await;
     for id in &acked {
         assert_eq!(
             outcomes.get(id).copied(),

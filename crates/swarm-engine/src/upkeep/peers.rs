@@ -19,8 +19,14 @@
 //!   its copies. While a backlog was heard recently, spare capacity is
 //!   filled again every tick; otherwise a node does no cluster reads per
 //!   task, so a lone node or a cluster that keeps up pays nothing.
-//! - **draining** (SIGTERM): the node stops starting stored tasks, so its
-//!   queue is all backlog, and announces it until the others have taken it.
+//! - **tenant quotas**: while other nodes are alive, each tick publishes
+//!   this node's outstanding tasks per tenant and reads the others' sums,
+//!   so `max_outstanding` counts the cluster (to within what the nodes
+//!   admit in one tick);
+//! - **draining** (SIGTERM): the node stops starting stored tasks and
+//!   announces its queue as draining; the others take all of it, not only
+//!   what fits their spare capacity, so a rolling restart leaves nothing
+//!   waiting for the node's exit.
 //!
 //! What stays per node: the fair queue's order and CoDel see only the tasks
 //! a node holds. A claim takes the most urgent tasks first, so priorities
@@ -40,6 +46,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
+use crate::ledger::TenantLedger;
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::shutdown::Shutdown;
@@ -56,6 +63,9 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(500);
 /// long (it is renewed every tick while the backlog lasts).
 const HEARD_FOR: Duration = Duration::from_secs(1);
 
+/// Most tasks taken from a draining node per announcement.
+const DRAIN_BATCH: usize = 500;
+
 /// Most tasks taken from dead nodes per pass.
 const RESCUE_BATCH: i64 = 1000;
 
@@ -63,8 +73,9 @@ const RESCUE_BATCH: i64 = 1000;
 /// long is free for the others (a node killed returns its part then).
 pub(crate) const PERMIT_LEASE: Duration = Duration::from_secs(2);
 
-/// How often the count of live peers is refreshed.
-const PEERS_EVERY: Duration = Duration::from_secs(1);
+/// How often the count of live peers is refreshed: every tick, so a node
+/// that joins is counted (and counts the others' tenants) at once.
+const PEERS_EVERY: Duration = TICK;
 
 /// The cluster loop of one node.
 pub(crate) struct Peers {
@@ -72,6 +83,8 @@ pub(crate) struct Peers {
     pub(crate) hub: Arc<Hub>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) pools: Arc<Pools>,
+    /// Tenant quotas count the other nodes' tasks too.
+    pub(crate) tenants: Arc<TenantLedger>,
     pub(crate) node_id: String,
     pub(crate) lock: NodeLock,
     pub(crate) shutdown: Shutdown,
@@ -118,12 +131,20 @@ impl Peers {
             };
             match notice {
                 None => {}
-                Some(Ok(Notice::Backlog { department, node })) => {
+                Some(Ok(Notice::Backlog {
+                    department,
+                    node,
+                    draining,
+                })) => {
                     if node == self.node_id {
                         continue;
                     }
                     heard.insert(department.clone(), Instant::now());
-                    self.fill(&department).await;
+                    if draining {
+                        self.take_from_draining(&department, &node).await;
+                    } else {
+                        self.fill(&department).await;
+                    }
                     continue;
                 }
                 Some(Ok(Notice::Claimed(c))) => {
@@ -169,7 +190,16 @@ impl Peers {
             self.lease_limits(&mut leased_at).await;
             self.failover(&mut suspects).await;
             if peers == 0 {
+                self.tenants.set_elsewhere(HashMap::new());
                 continue;
+            }
+            match self
+                .store
+                .exchange_tenants(&self.node_id, &self.tenants.snapshot())
+                .await
+            {
+                Ok(elsewhere) => self.tenants.set_elsewhere(elsewhere),
+                Err(e) => debug!(error = %e, "exchanging tenant counts failed"),
             }
             self.announce().await;
             let now = Instant::now();
@@ -288,7 +318,7 @@ impl Peers {
                 continue;
             }
             let backlogged = draining || p.limiter().in_flight() >= p.limiter().limit();
-            let payload = swarm_store::cluster::backlog_payload(p.name(), &self.node_id);
+            let payload = swarm_store::cluster::backlog_payload(p.name(), &self.node_id, draining);
             if backlogged && let Err(e) = self.store.notify(CHANNEL_BACKLOG, &payload).await {
                 debug!(error = %e, "announcing a backlog failed");
             }
@@ -308,9 +338,24 @@ impl Peers {
         if spare == 0 {
             return;
         }
+        self.claim(department, spare, None).await;
+    }
+
+    /// A node shutting down announced its queue: take it all (up to a
+    /// batch per announcement), so it leaves nothing waiting for its exit.
+    async fn take_from_draining(&self, department: &str, node: &str) {
+        if self.shutdown.is_draining() || self.pools.get(department).is_none() {
+            return;
+        }
+        self.claim(department, DRAIN_BATCH, Some(node)).await;
+    }
+
+    /// Claims up to `limit` queued tasks of `department` from other nodes
+    /// (only `from`'s, if given), queues them here and tells their owners.
+    async fn claim(&self, department: &str, limit: usize, from: Option<&str>) {
         let claimed = match self
             .store
-            .claim_queued(&self.node_id, department, spare as i64)
+            .claim_queued(&self.node_id, department, limit as i64, from)
             .await
         {
             Ok(c) => c,

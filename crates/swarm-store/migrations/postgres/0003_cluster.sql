@@ -9,6 +9,10 @@
 ALTER TABLE nodes ADD COLUMN address TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN load TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE nodes ADD COLUMN lock_key BIGSERIAL;
+-- Its outstanding (queued + running) tasks per tenant, renewed every few
+-- hundred milliseconds while other nodes are alive, so tenant quotas count
+-- the whole cluster.
+ALTER TABLE nodes ADD COLUMN tenants TEXT NOT NULL DEFAULT '{}';
 
 -- The nodes that started each attempt, comma-separated, oldest first.
 ALTER TABLE tasks ADD COLUMN nodes TEXT NOT NULL DEFAULT '';

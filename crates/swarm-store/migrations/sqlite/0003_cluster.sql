@@ -3,6 +3,7 @@
 ALTER TABLE nodes ADD COLUMN address TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN load TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE nodes ADD COLUMN lock_key INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN tenants TEXT NOT NULL DEFAULT '{}';
 
 -- The nodes that started each attempt, comma-separated, oldest first.
 ALTER TABLE tasks ADD COLUMN nodes TEXT NOT NULL DEFAULT '';
