@@ -786,6 +786,9 @@ impl Engine {
                 "claimed": get(&p.claimed),
                 "claimed_from_here": get(&p.claimed_from_us),
                 "taken_over": get(&p.rescued),
+                // Outstanding tasks per tenant on the other nodes, as this
+                // node counts them against tenant quotas.
+                "tenants_elsewhere": c.tenants.elsewhere(),
             },
         }))
     }

@@ -84,6 +84,14 @@ impl TenantLedger {
         m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    /// What the other nodes hold per tenant, as this node last read it.
+    pub(crate) fn elsewhere(&self) -> HashMap<String, usize> {
+        self.elsewhere
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// What the other nodes hold per tenant, as they last published it.
     pub(crate) fn set_elsewhere(&self, counts: HashMap<String, usize>) {
         *self.elsewhere.lock().unwrap_or_else(|p| p.into_inner()) = counts;

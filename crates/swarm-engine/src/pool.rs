@@ -445,16 +445,6 @@ impl Pool {
         lock(&self.queues).tasks.len()
     }
 
-    /// Runs this pool could start now beyond what its queue already holds:
-    /// the limit less those running and those queued (0 when backlogged).
-    pub(crate) fn spare(&self) -> usize {
-        let limiter = self.limiter();
-        limiter
-            .limit()
-            .saturating_sub(limiter.in_flight())
-            .saturating_sub(self.queued_len())
-    }
-
     /// What other nodes see of this pool (the `load` of `GET /api/nodes`).
     pub(crate) fn load(&self) -> serde_json::Value {
         let limiter = self.limiter();

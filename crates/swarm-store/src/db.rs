@@ -408,17 +408,13 @@ pub(crate) const SQL_RECLAIM_TAIL: &str = " RETURNING id, tenant, type, status, 
      priority, department, agent, instance, title, description, args, result, error, \
      idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
 
-/// Rescue on PostgreSQL: unfinished tasks of nodes whose heartbeat stopped.
-/// `SKIP LOCKED` lets several live nodes rescue concurrently without
-/// taking the same task twice.
-pub(crate) const SQL_RESCUE_PG: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
-     WHERE id IN (SELECT t.id FROM tasks t LEFT JOIN nodes n ON n.node_id = t.owner \
-       WHERE t.status IN ('queued', 'running') \
-         AND (t.owner IS NULL OR (t.owner <> $1 AND (n.node_id IS NULL OR n.heartbeat_at < $2))) \
-       ORDER BY t.id LIMIT $3 FOR UPDATE OF t SKIP LOCKED) \
-     RETURNING id, tenant, type, status, priority, department, agent, instance, title, \
-     description, args, result, error, idempotency_key, timeout_ms, deadline_at, created_at, \
-     started_at, finished_at, attempts, timings, nodes";
+/// Rescue on PostgreSQL, first step: other nodes whose heartbeat stopped
+/// and that still own unfinished tasks (the owned-rows index answers the
+/// `EXISTS`). Their tasks are then taken with `SKIP LOCKED`, so several
+/// live nodes can rescue at once without taking a task twice.
+pub(crate) const SQL_STALE_NODES_PG: &str = "SELECT n.node_id FROM nodes n \
+     WHERE n.node_id <> $1 AND n.heartbeat_at < $2 \
+       AND EXISTS (SELECT 1 FROM tasks t WHERE t.owner = n.node_id AND t.status IN ('queued', 'running'))";
 
 /// Uses the partial index of flagged rows only (migration 0002), so the
 /// heartbeat's poll stays small however many tasks there are.

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod batch;
 pub mod cluster;
 mod db;
 pub mod error;
@@ -288,7 +289,8 @@ impl Store {
 
     /// Takes up to `limit` unfinished tasks of nodes whose last heartbeat is
     /// older than `stale_before` (PostgreSQL; on SQLite there are no other
-    /// nodes and this returns nothing).
+    /// nodes and this returns nothing). The stale nodes are found first in
+    /// the small `nodes` table, so a deep backlog is never scanned for them.
     pub async fn rescue(
         &self,
         node: &str,
@@ -297,15 +299,17 @@ impl Store {
     ) -> Result<Vec<Task>, StoreError> {
         match &self.inner.db {
             Db::Sqlite(_) => Ok(Vec::new()),
-            Db::Pg(p) => sqlx::query(db::SQL_RESCUE_PG)
-                .bind(node.to_string())
-                .bind(stale_before)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(task_from_row)
-                .collect(),
+            Db::Pg(p) => {
+                let stale: Vec<String> = sqlx::query_scalar(db::SQL_STALE_NODES_PG)
+                    .bind(node.to_string())
+                    .bind(stale_before)
+                    .fetch_all(p)
+                    .await?;
+                if stale.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.rescue_from(node, &stale, limit).await
+            }
         }
     }
 

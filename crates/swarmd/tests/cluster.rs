@@ -27,6 +27,10 @@ use tokio::sync::Mutex;
 
 const TERMINAL: &str = "('succeeded', 'failed', 'timed_out', 'cancelled')";
 
+/// One cluster at a time: three nodes each already share two cores, and
+/// the kill test's timings should not depend on what else runs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
 /// One node: a `swarmd serve` child process with its own id, port and log.
 struct Node {
     id: String,
@@ -186,17 +190,21 @@ struct Cluster {
     config: PathBuf,
     nodes: Vec<Node>,
     client: reqwest::Client,
+    /// Last, so it is released after the nodes are gone.
+    _one: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     async fn start(name: &str, config: &str) -> Cluster {
         swarm_agents::install_crypto_provider();
+        let one = ONE_AT_A_TIME.lock().await;
         let db = TestDb::new(Backend::Postgres).await.expect("database");
         let dir = std::env::temp_dir().join(support::unique(&format!("swarmd-cluster-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("swarmd.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut c = Cluster {
+            _one: one,
             nodes: ["n1", "n2", "n3"]
                 .iter()
                 .map(|id| Node::new(id, &dir))
@@ -467,8 +475,33 @@ async fn a_tenant_quota_counts_the_tasks_on_every_node() {
     for _ in 0..6 {
         c.submit(0, &body).await.expect("within the quota");
     }
-    // The nodes exchange their counts every 200 ms.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The nodes exchange their counts every 200 ms: wait until n2 counts
+    // n1's six, however claims spread them meanwhile (a task that just
+    // moved counts on both sides for a round: the error is on the safe side).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut steady = 0;
+    while steady < 3 {
+        let n = c.get(1, "/api/nodes").await;
+        let elsewhere = n["this_node"]["tenants_elsewhere"]["default"]
+            .as_u64()
+            .unwrap_or(0);
+        let here: u64 = n["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|x| x["this"] == true)
+            .map(|x| {
+                x["pools"]["slow"]["queued"].as_u64().unwrap_or(0)
+                    + x["pools"]["slow"]["running"].as_u64().unwrap_or(0)
+            })
+            .sum();
+        steady = if elsewhere + here == 6 { steady + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "n2 never counted n1's six tasks: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let mut accepted = 0;
     let mut refused = Vec::new();
     for _ in 0..6 {

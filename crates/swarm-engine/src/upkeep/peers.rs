@@ -59,6 +59,11 @@ pub(crate) const TICK: Duration = Duration::from_millis(200);
 /// tick.
 pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(500);
 
+/// How often spare capacity is looked for while another node is backlogged:
+/// a node draining a backlog of 50 ms tasks, 32 at once, frees a slot every
+/// 1.6 ms, so a tick-long wait would leave most of its capacity idle.
+const REFILL: Duration = Duration::from_millis(5);
+
 /// A backlog announcement keeps a department worth claiming from for this
 /// long (it is renewed every tick while the backlog lasts).
 const HEARD_FOR: Duration = Duration::from_secs(1);
@@ -128,6 +133,13 @@ impl Peers {
                 _ = stopped.cancelled() => break,
                 _ = ticker.tick() => None,
                 n = next(&mut notices) => Some(n),
+                // While another node is backlogged, capacity freed here is
+                // refilled at once, not at the next tick: looking costs
+                // nothing (memory), claiming a read only when there is room.
+                _ = tokio::time::sleep(REFILL), if !heard.is_empty() => {
+                    self.fill_heard(&mut heard).await;
+                    continue;
+                }
             };
             match notice {
                 None => {}
@@ -142,8 +154,8 @@ impl Peers {
                     heard.insert(department.clone(), Instant::now());
                     if draining {
                         self.take_from_draining(&department, &node).await;
-                    } else {
-                        self.fill(&department).await;
+                    } else if self.fill(&department).await == Some(false) {
+                        heard.remove(&department);
                     }
                     continue;
                 }
@@ -189,8 +201,11 @@ impl Peers {
             }
             self.lease_limits(&mut leased_at).await;
             self.failover(&mut suspects).await;
+            let now = Instant::now();
+            heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
             if peers == 0 {
                 self.tenants.set_elsewhere(HashMap::new());
+                heard.clear();
                 continue;
             }
             match self
@@ -202,12 +217,7 @@ impl Peers {
                 Err(e) => debug!(error = %e, "exchanging tenant counts failed"),
             }
             self.announce().await;
-            let now = Instant::now();
-            heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
-            let departments: Vec<String> = heard.keys().cloned().collect();
-            for d in departments {
-                self.fill(&d).await;
-            }
+            self.fill_heard(&mut heard).await;
         }
         if let Some(n) = notices.take() {
             drop(n);
@@ -259,6 +269,8 @@ impl Peers {
         }
     }
 
+    /// After notices may have been missed: every department is worth a
+    /// look.
     fn mark_all(&self, heard: &mut BTreeMap<String, Instant>) {
         let now = Instant::now();
         for p in self.pools.iter() {
@@ -325,20 +337,44 @@ impl Peers {
         }
     }
 
+    /// [`fill`](Self::fill)s every department a backlog was heard in; one
+    /// whose claim found nothing is forgotten until announced again, so a
+    /// stale hint costs one read, not one every [`REFILL`].
+    async fn fill_heard(&self, heard: &mut BTreeMap<String, Instant>) {
+        let mut empty = Vec::new();
+        for d in heard.keys() {
+            if self.fill(d).await == Some(false) {
+                empty.push(d.clone());
+            }
+        }
+        for d in empty {
+            heard.remove(&d);
+        }
+    }
+
     /// Claims other nodes' queued tasks of `department`, up to this node's
-    /// spare capacity there.
-    async fn fill(&self, department: &str) {
+    /// spare capacity there. `None` when it did not look (no room, or
+    /// draining); else whether it found any.
+    async fn fill(&self, department: &str) -> Option<bool> {
         if self.shutdown.is_draining() {
-            return;
+            return None;
         }
-        let Some(pool) = self.pools.get(department) else {
-            return;
-        };
-        let spare = pool.spare();
-        if spare == 0 {
-            return;
+        let pool = self.pools.get(department)?;
+        // Room for the free slots and a buffer of half the limit, claimed
+        // only once a quarter of the limit is wanted: fewer, larger claims
+        // (each is a statement on the owner's rows), and the buffer keeps
+        // the slots busy between them.
+        let limit = pool.limiter().limit();
+        let want = (limit + limit / 2)
+            .saturating_sub(pool.limiter().in_flight())
+            .saturating_sub(pool.queued_len());
+        if want == 0 || want < (limit / 4).max(1) {
+            return None;
         }
-        self.claim(department, spare, None).await;
+        // From any other node: the newest queued tasks, which the claim
+        // takes, are the backlogged node's fresh submissions, not another
+        // claimer's small buffer of older ones.
+        Some(self.claim(department, want, None).await > 0)
     }
 
     /// A node shutting down announced its queue: take it all (up to a
@@ -347,12 +383,14 @@ impl Peers {
         if self.shutdown.is_draining() || self.pools.get(department).is_none() {
             return;
         }
-        self.claim(department, DRAIN_BATCH, Some(node)).await;
+        self.claim(department, DRAIN_BATCH, Some(&[node.to_string()]))
+            .await;
     }
 
     /// Claims up to `limit` queued tasks of `department` from other nodes
     /// (only `from`'s, if given), queues them here and tells their owners.
-    async fn claim(&self, department: &str, limit: usize, from: Option<&str>) {
+    /// Returns how many it took.
+    async fn claim(&self, department: &str, limit: usize, from: Option<&[String]>) -> usize {
         let claimed = match self
             .store
             .claim_queued(&self.node_id, department, limit as i64, from)
@@ -361,11 +399,12 @@ impl Peers {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, department, "claiming queued tasks failed");
-                return;
+                return 0;
             }
         };
-        if claimed.is_empty() {
-            return;
+        let n = claimed.len();
+        if n == 0 {
+            return 0;
         }
         let mut by_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for c in claimed {
@@ -390,6 +429,7 @@ impl Peers {
                 debug!(error = %e, "announcing a claim failed");
             }
         }
+        n
     }
 
     /// Another node took these of our queued tasks: drop our copies.
