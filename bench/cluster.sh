@@ -62,8 +62,6 @@ stop_nodes() {
 sql() { psql -qtA "$url" -c "$1"; }
 
 {
-echo "# The cluster on PostgreSQL (\`bench/cluster.sh\`)"
-echo
 echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; PostgreSQL $(psql -qtA "$pg_admin" -c 'SHOW server_version'),"
 echo "\`synchronous_commit = $(psql -qtA "$pg_admin" -c 'SHOW synchronous_commit')\`, \`max_wal_size = $(psql -qtA "$pg_admin" -c 'SHOW max_wal_size')\`; load generator, nodes and database share the machine."
 echo
@@ -82,6 +80,11 @@ echo)
                 pg-1) a=(--database postgres --config "$dir/p1.toml") ;;
                 pg-4) a=(--database postgres --config "$dir/p4.toml") ;;
             esac
+            # Each run starts from a checkpoint: the shared server's WAL from
+            # the last run would otherwise force one at a different moment of
+            # each run (max_wal_size), and the full-page images after it
+            # double the WAL of whatever runs then.
+            psql -q "$pg_admin" -c CHECKPOINT
             line=$("$bin" bench --launch swarmd "${a[@]}" --type echo --concurrency 100 --duration 10s 2>/dev/null | grep '^| 100 ' || true)
             echo "$t $(echo "$line" | awk -F'|' '{gsub(/ /,"",$4); gsub(/ /,"",$6); gsub(/ /,"",$9); print $4, $6, $9}')" >> "$dir/echo.txt"
             echo "round $r $t: $line" >&2
@@ -89,16 +92,18 @@ echo)
         psql -q "$pg_admin" -c "DROP DATABASE IF EXISTS swarmd_pgbench WITH (FORCE)" -c "CREATE DATABASE swarmd_pgbench"
         pgb="${pg_admin%/*}/swarmd_pgbench"
         pgbench -q -i -s 10 "$pgb" > /dev/null 2>&1
+        psql -q "$pg_admin" -c CHECKPOINT
         tps=$(pgbench -c 100 -j 2 -T 10 -N "$pgb" 2>/dev/null | awk '/^tps/ {printf "%d", $3}')
         echo "pgbench $tps - -" >> "$dir/echo.txt"
         echo "round $r pgbench: $tps tps" >&2
     done
     {
-        echo "## Echo end to end at 100 clients, beside the database's own ceiling"
+        echo "**Echo end to end at 100 clients, beside the database's own ceiling.**"
         echo
         echo "Median of $rounds rounds of 10 s (\`swarmd bench --launch swarmd --type echo --concurrency 100\`;"
         echo "pgbench \`-N -c 100 -j 2 -T 10\`, scale 10). A task is three writes (stored, started, finished),"
         echo "each acknowledged after its commit; a pgbench transaction is three updates, an insert and a commit."
+        echo "Every run starts from a \`CHECKPOINT\`."
         echo
         echo "| target | tasks/s (median) | all rounds | p99 submit ms (median) |"
         echo "|---|---|---|---|"
@@ -131,7 +136,7 @@ EOF
     body="{\"type\":\"sim\",\"agent\":\"llm\",\"args\":{\"latency_ms\":$latency},\"timeout_ms\":600000}"
     per_node=$((32 * 1000 / latency))
     {
-        echo "## 1, 2 and 3 nodes, a latency-bound department"
+        echo "**1, 2 and 3 nodes, a latency-bound department.**"
         echo
         echo "Each node runs \`sim\` tasks of $latency ms, 32 at once ($per_node/s per node at most). An open"
         echo "loop offers $rate/s for 20 s, more than three nodes finish; completions are counted in the"
@@ -185,6 +190,9 @@ burndown)
     sql "VACUUM ANALYZE tasks" > /dev/null
     t0=$(now_ms)
     start_node b1 18970 "$dir/burn.toml"
+    # Ready once it has taken its leftovers back (one UPDATE … RETURNING of
+    # every row) and queued them.
+    t_ready=$(now_ms)
     while :; do
         left=$(sql "SELECT count(*) FROM tasks WHERE owner IS NOT NULL")
         [ "$left" = 0 ] && break
@@ -194,15 +202,16 @@ burndown)
     rss=$(ps -o rss= -p "${pids[0]}" | awk '{printf "%d", $1 / 1024}')
     stop_nodes
     ms=$((t1 - t0))
+    back=$((t_ready - t0))
+    drain=$((t1 - t_ready))
     {
-        echo "## Burn-down: $burn tasks queued beforehand"
-        echo
+        echo "**Burn-down: $burn tasks queued beforehand.**"
         echo "One node starts on a database holding $burn queued echo tasks it owns (inserted by SQL, then"
         echo "\`VACUUM ANALYZE\`), takes them back and runs them all (River's benchmark shape)."
         echo
-        echo "| tasks | from start to the last stored outcome | tasks/s | node RSS after |"
-        echo "|---|---|---|---|"
-        echo "| $burn | $((ms / 1000)).$(((ms % 1000) / 100)) s | $((burn * 1000 / ms)) | $rss MiB |"
+        echo "| tasks | taken back and queued | then drained in | drain tasks/s | start to last outcome, tasks/s | node RSS after |"
+        echo "|---|---|---|---|---|---|"
+        echo "| $burn | $((back / 1000)).$(((back % 1000) / 100)) s | $((drain / 1000)).$(((drain % 1000) / 100)) s | $((burn * 1000 / drain)) | $((burn * 1000 / ms)) | $rss MiB |"
         echo
     } >> "$out"
     echo "burndown: $burn in $ms ms" >&2

@@ -45,6 +45,7 @@ order=(
     chaos
     retention
     neighbours
+    cluster
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
@@ -65,12 +66,14 @@ for name in "${selected[@]}"; do
         chaos) bench/chaos.sh > /dev/null ;;
         retention) bench/retention-soak.sh > /dev/null ;;
         neighbours) bench/pg-neighbours.sh > /dev/null ;;
+        # Issue 14: its own tables (echo beside pgbench, 1-2-3 nodes, the burn-down).
+        cluster) bench/cluster.sh > /dev/null ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac
 done
 results=()
 for name in "${order[@]}"; do
-    case "$name" in balancing | flood | chaos | retention | neighbours) continue ;; esac # tables shown below
+    case "$name" in balancing | flood | chaos | retention | neighbours | cluster) continue ;; esac # tables shown below
     [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
 done
 {
@@ -92,7 +95,8 @@ done
     for part in "flood:A flood of submissions, side by side (\`bench/flood.sh\`)" \
         "chaos:Database faults under load (\`bench/chaos.sh\`, the chaos tests)" \
         "retention-soak:Retention keeps the tables flat (\`bench/retention-soak.sh\`)" \
-        "pg-neighbours:Other sessions on the same PostgreSQL (\`bench/pg-neighbours.sh\`)"; do
+        "pg-neighbours:Other sessions on the same PostgreSQL (\`bench/pg-neighbours.sh\`)" \
+        "cluster:The cluster on PostgreSQL, in one run (\`bench/cluster.sh\`)"; do
         if [ -f "bench/results/${part%%:*}.md" ]; then
             echo
             echo "### ${part#*:}"
