@@ -43,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 fresh_db() {
-    psql -q "$pg_admin" -c "DROP DATABASE IF EXISTS swarmd_cluster WITH (FORCE)" -c "CREATE DATABASE swarmd_cluster"
+    psql -q "$pg_admin" -c "DROP DATABASE IF EXISTS swarmd_cluster WITH (FORCE)" -c "CREATE DATABASE swarmd_cluster" -c CHECKPOINT
 }
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -80,10 +80,10 @@ echo)
                 pg-1) a=(--database postgres --config "$dir/p1.toml") ;;
                 pg-4) a=(--database postgres --config "$dir/p4.toml") ;;
             esac
-            # Each run starts from a checkpoint: the shared server's WAL from
-            # the last run would otherwise force one at a different moment of
-            # each run (max_wal_size), and the full-page images after it
-            # double the WAL of whatever runs then.
+            # Each run starts from a checkpoint (and `bench --launch` takes
+            # another after creating its database): the WAL of the last run,
+            # or the template copy of a new database, would otherwise be
+            # flushed at a different moment of each run.
             psql -q "$pg_admin" -c CHECKPOINT
             line=$("$bin" bench --launch swarmd "${a[@]}" --type echo --concurrency 100 --duration 10s 2>/dev/null | grep '^| 100 ' || true)
             echo "$t $(echo "$line" | awk -F'|' '{gsub(/ /,"",$4); gsub(/ /,"",$6); gsub(/ /,"",$9); print $4, $6, $9}')" >> "$dir/echo.txt"
