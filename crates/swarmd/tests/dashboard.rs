@@ -426,3 +426,45 @@ async fn pool_names_are_never_broken_inside_a_word() {
     assert_eq!(long.get("title").map(String::as_str), Some(LONG));
     eprintln!("screenshot: {}", page.png.display());
 }
+
+/// On PostgreSQL the page lists the nodes sharing the database (from
+/// `/api/nodes`); on SQLite, one node per file, it shows no nodes section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    any(test_missing = "chromium", test_missing = "postgres"),
+    ignore = "needs Chromium and PostgreSQL (SWARMD_TEST_PG_URL)"
+)]
+async fn the_page_lists_the_nodes_of_a_cluster() {
+    let browser = chromium();
+    let s = TestServer::start(Backend::Postgres, "")
+        .await
+        .expect("PostgreSQL");
+    let scratch = Scratch::new("nodes");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 5_000).await;
+    let node = s.engine.node_id().to_string();
+    let rows: Vec<_> = tags(&page.dom, "tr")
+        .into_iter()
+        .filter(|t| t.contains_key("data-node"))
+        .collect();
+    assert_eq!(rows.len(), 1, "one node on this database:\n{}", page.dom);
+    assert_eq!(rows[0].get("data-node"), Some(&node));
+    assert_eq!(rows[0].get("class").map(String::as_str), Some("alive"));
+    assert!(
+        !tags(&page.dom, "section")
+            .iter()
+            .any(|t| t.get("id").map(String::as_str) == Some("nodes") && t.contains_key("hidden")),
+        "the nodes section shows:\n{}",
+        page.dom
+    );
+
+    let sqlite = server("").await;
+    let scratch = Scratch::new("no-nodes");
+    let page = open(&browser, &sqlite.url("/dashboard"), &scratch, 3_000).await;
+    assert!(
+        tags(&page.dom, "section")
+            .iter()
+            .any(|t| t.get("id").map(String::as_str) == Some("nodes") && t.contains_key("hidden")),
+        "no nodes section on SQLite:\n{}",
+        page.dom
+    );
+}
