@@ -260,11 +260,12 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| default_node_id(store.backend(), &cfg.server.listen));
         swarm_store::cluster::check_node_id(&node_id).map_err(EngineError::Internal)?;
-        // The liveness lock first: a previous process with this id must be
-        // dead before this one takes back what it left.
-        let lock = store
-            .lock_node(&node_id, &cfg.server.listen, Duration::from_secs(5))
+        // Registered, then the liveness lock: a previous process with this
+        // id must be dead before this one takes back what it left.
+        store
+            .register_node(&node_id, now_ms(), &cfg.server.listen)
             .await?;
+        let lock = store.lock_node(&node_id, Duration::from_secs(5)).await?;
         let cpu = CpuPool::new(
             cfg.cpu_pool.threads_or_default(),
             cfg.cpu_pool.queue,
@@ -340,7 +341,7 @@ impl Engine {
             background: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
         });
-        core.lifecycle.recover(&core.cfg.server.listen).await?;
+        core.lifecycle.recover().await?;
         let engine = Engine { core };
         engine.spawn_loops(env, lock);
         Ok(engine)

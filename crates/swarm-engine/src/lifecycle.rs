@@ -664,12 +664,10 @@ impl Lifecycle {
         true
     }
 
-    /// At start: takes back every unfinished task this node owned (a
+    /// At start (the node registered, and on PostgreSQL holding its
+    /// liveness lock): takes back every unfinished task this node owned (a
     /// previous run of it died or stopped) and queues it.
-    pub(crate) async fn recover(&self, address: &str) -> Result<usize, EngineError> {
-        self.store
-            .register_node(&self.node_id, now_ms(), address)
-            .await?;
+    pub(crate) async fn recover(&self) -> Result<usize, EngineError> {
         let tasks = self.store.claim_at_start(&self.node_id).await?;
         let mut n = 0;
         for t in tasks {

@@ -4,7 +4,7 @@
 //! - **Liveness** ([`NodeLock`]): each node holds a session-level advisory
 //!   lock, keyed by its row in `nodes`, on a connection of its own.
 //!   PostgreSQL releases it the moment that connection dies, so a node
-//!   killed with `SIGKILL` is seen dead by the others ([`Store::dead_nodes`])
+//!   killed with `SIGKILL` is seen dead by the others ([`Store::nodes`])
 //!   within a check or two, not after the heartbeat lease (which stays as
 //!   the fallback for a node that is alive but cut off). A second process
 //!   with the same node id cannot take the lock, so it waits for the first
@@ -76,6 +76,16 @@ pub struct NodeRow {
     pub alive: bool,
     /// Its per-department load as it last published it.
     pub load: serde_json::Value,
+    /// Its outstanding tasks per tenant as it last published them (while
+    /// other nodes were alive).
+    pub tenants: std::collections::HashMap<String, usize>,
+}
+
+impl NodeRow {
+    /// Registered and not gone (a node that left has heartbeat 0).
+    pub fn registered(&self) -> bool {
+        self.heartbeat_at > 0
+    }
 }
 
 /// A task another node held, now this node's, and who held it.
@@ -166,11 +176,6 @@ impl std::fmt::Debug for NodeLock {
 }
 
 impl NodeLock {
-    /// Whether the lock is held as far as this side knows.
-    pub fn is_held(&self) -> bool {
-        self.conn.is_some()
-    }
-
     /// Checks the lock's connection and, if it died, takes the lock again
     /// on a new one. Returns whether the lock is held now.
     pub async fn keep(&mut self) -> bool {
@@ -239,27 +244,11 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
 
 const SQL_LOCK_KEY: &str = "SELECT lock_key FROM nodes WHERE node_id = $1";
 
-/// Registered nodes (other than `$1`) that are not gone (heartbeat 0) and
-/// whose liveness lock nobody holds: their process is dead.
-const SQL_DEAD_NODES: &str = "SELECT n.node_id FROM nodes n WHERE n.node_id <> $1 AND n.heartbeat_at > 0 \
-     AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-       AND l.classid = $2 AND int8(l.objid) = n.lock_key AND l.objsubid = 2)";
-
-/// Other nodes alive now (holding their lock).
-const SQL_LIVE_PEERS: &str = "SELECT count(*) FROM nodes n WHERE n.node_id <> $1 AND n.heartbeat_at > 0 \
-     AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-       AND l.classid = $2 AND int8(l.objid) = n.lock_key AND l.objsubid = 2)";
-
-/// The tenant counts of the other live nodes.
-const SQL_PEER_TENANTS: &str = "SELECT n.tenants FROM nodes n WHERE n.node_id <> $1 AND n.heartbeat_at > 0 \
-     AND n.tenants <> '{}' AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-       AND l.classid = $2 AND int8(l.objid) = n.lock_key AND l.objsubid = 2)";
-
+/// Every node, and whether its process lives (it holds its liveness lock):
+/// read once per cluster tick for liveness, peers and their tenant counts,
+/// and by `GET /api/nodes`.
 const SQL_NODES: &str = "SELECT n.node_id, n.address, n.started_at, n.heartbeat_at, n.pid, n.version, n.load, \
-     EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+     n.tenants, EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND l.classid = $1 AND int8(l.objid) = n.lock_key AND l.objsubid = 2) AS alive \
      FROM nodes n ORDER BY n.node_id";
@@ -297,20 +286,17 @@ const SQL_CLAIM_FROM: &str = "WITH c AS MATERIALIZED (SELECT id, owner FROM task
      UPDATE tasks t SET owner = $1 FROM c WHERE t.id = c.id AND t.status = 'queued' RETURNING ";
 
 impl Store {
-    /// Registers this node and takes its liveness lock, waiting up to
-    /// `wait` for a previous process with the same id to die. `None` on
-    /// SQLite. Fails if another live process holds the id.
+    /// Takes this (registered) node's liveness lock, waiting up to `wait`
+    /// for a previous process with the same id to die. `None` on SQLite.
+    /// Fails if another live process holds the id.
     pub async fn lock_node(
         &self,
         node: &str,
-        address: &str,
         wait: Duration,
     ) -> Result<Option<NodeLock>, StoreError> {
         let Db::Pg(pool) = &self.inner.db else {
             return Ok(None);
         };
-        self.register_node(node, swarm_core::clock::now_ms(), address)
-            .await?;
         let key: i64 = sqlx::query_scalar(SQL_LOCK_KEY)
             .bind(node)
             .fetch_one(pool)
@@ -381,31 +367,6 @@ impl Store {
             self.notify(CHANNEL_CLAIMED, &db::to_json(&part)).await?;
         }
         Ok(())
-    }
-
-    /// Nodes other than `me` whose process is dead (their lock is free).
-    pub async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError> {
-        let Db::Pg(pool) = &self.inner.db else {
-            return Ok(Vec::new());
-        };
-        Ok(sqlx::query_scalar(SQL_DEAD_NODES)
-            .bind(me)
-            .bind(LOCK_NAMESPACE)
-            .fetch_all(pool)
-            .await?)
-    }
-
-    /// How many other nodes are alive now.
-    pub async fn live_peers(&self, me: &str) -> Result<usize, StoreError> {
-        let Db::Pg(pool) = &self.inner.db else {
-            return Ok(0);
-        };
-        let n: i64 = sqlx::query_scalar(SQL_LIVE_PEERS)
-            .bind(me)
-            .bind(LOCK_NAMESPACE)
-            .fetch_one(pool)
-            .await?;
-        Ok(n as usize)
     }
 
     /// Takes up to `limit` unfinished tasks of the `dead` nodes, as queued;
@@ -493,10 +454,10 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| node_row(r, r.try_get::<bool, _>(7)))
+                .map(|r| node_row(r, r.try_get::<bool, _>(8)))
                 .collect::<Result<Vec<_>, _>>()?,
             Db::Sqlite(pool) => sqlx::query(
-                "SELECT node_id, address, started_at, heartbeat_at, pid, version, load \
+                "SELECT node_id, address, started_at, heartbeat_at, pid, version, load, tenants \
                  FROM nodes ORDER BY node_id",
             )
             .fetch_all(pool)
@@ -527,6 +488,7 @@ where
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let load: String = r.try_get(6)?;
+    let tenants: String = r.try_get(7)?;
     Ok(NodeRow {
         node_id: r.try_get(0)?,
         address: r.try_get(1)?,
@@ -536,6 +498,7 @@ where
         version: r.try_get(5)?,
         alive: alive?,
         load: serde_json::from_str(&load).unwrap_or(serde_json::Value::Null),
+        tenants: serde_json::from_str(&tenants).unwrap_or_default(),
     })
 }
 
@@ -648,36 +611,22 @@ impl Store {
         Ok(Some(share))
     }
 
-    /// Publishes this node's outstanding tasks per tenant and returns the
-    /// sums over the other live nodes (tenant quotas count the cluster).
-    /// Empty on SQLite.
-    pub async fn exchange_tenants(
+    /// Publishes this node's outstanding tasks per tenant, for the others'
+    /// quotas ([`NodeRow::tenants`]). Nothing on SQLite.
+    pub async fn publish_tenants(
         &self,
         me: &str,
         mine: &std::collections::HashMap<String, usize>,
-    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+    ) -> Result<(), StoreError> {
         let Db::Pg(pool) = &self.inner.db else {
-            return Ok(Default::default());
+            return Ok(());
         };
         sqlx::query("UPDATE nodes SET tenants = $2 WHERE node_id = $1")
             .bind(me)
             .bind(db::to_json(mine))
             .execute(pool)
             .await?;
-        let rows: Vec<String> = sqlx::query_scalar(SQL_PEER_TENANTS)
-            .bind(me)
-            .bind(LOCK_NAMESPACE)
-            .fetch_all(pool)
-            .await?;
-        let mut sums = std::collections::HashMap::new();
-        for text in rows {
-            let one: std::collections::HashMap<String, usize> =
-                serde_json::from_str(&text).unwrap_or_default();
-            for (tenant, n) in one {
-                *sums.entry(tenant).or_insert(0) += n;
-            }
-        }
-        Ok(sums)
+        Ok(())
     }
 
     /// Gives up this node's parts of every cluster-wide limit (shutdown).

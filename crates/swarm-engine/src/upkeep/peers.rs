@@ -40,7 +40,7 @@ use std::time::Duration;
 use swarm_sched::limit::Scope;
 use swarm_store::Store;
 use swarm_store::cluster::{
-    CHANNEL_BACKLOG, Claimed, NodeLock, Notice, Notifications, PermitRound,
+    CHANNEL_BACKLOG, Claimed, NodeLock, NodeRow, Notice, Notifications, PermitRound,
 };
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -78,10 +78,6 @@ const RESCUE_BATCH: i64 = 1000;
 /// long is free for the others (a node killed returns its part then).
 pub(crate) const PERMIT_LEASE: Duration = Duration::from_secs(2);
 
-/// How often the count of live peers is refreshed: every tick, so a node
-/// that joins is counted (and counts the others' tenants) at once.
-const PEERS_EVERY: Duration = TICK;
-
 /// The cluster loop of one node.
 pub(crate) struct Peers {
     pub(crate) store: Store,
@@ -114,8 +110,6 @@ impl Peers {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut suspects: HashMap<String, Instant> = HashMap::new();
         let mut heard: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut peers = 0usize;
-        let mut peers_at: Option<Instant> = None;
         let mut lock_lost = false;
         let mut leased_at: Option<Instant> = None;
         loop {
@@ -190,17 +184,30 @@ impl Peers {
                 }
                 lock_lost = !held;
             }
-            if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
-                if let Ok(n) = self.store.live_peers(&self.node_id).await {
-                    peers = n;
-                    self.stats
-                        .peers
-                        .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+            // One read of `nodes` a tick: who lives, who died, and the
+            // others' tenant counts.
+            let nodes = match self.store.nodes().await {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(error = %e, "reading the cluster's nodes failed");
+                    continue;
                 }
-                peers_at = Some(Instant::now());
-            }
+            };
+            let others: Vec<&NodeRow> = nodes
+                .iter()
+                .filter(|n| n.node_id != self.node_id && n.registered())
+                .collect();
+            let peers = others.iter().filter(|n| n.alive).count();
+            self.stats
+                .peers
+                .store(peers as u64, std::sync::atomic::Ordering::Relaxed);
             self.lease_limits(&mut leased_at).await;
-            self.failover(&mut suspects).await;
+            let dead: Vec<String> = others
+                .iter()
+                .filter(|n| !n.alive)
+                .map(|n| n.node_id.clone())
+                .collect();
+            self.failover(dead, &mut suspects).await;
             let now = Instant::now();
             heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
             if peers == 0 {
@@ -208,19 +215,22 @@ impl Peers {
                 heard.clear();
                 continue;
             }
-            match self
+            let mut elsewhere: HashMap<String, usize> = HashMap::new();
+            for n in others.iter().filter(|n| n.alive) {
+                for (tenant, count) in &n.tenants {
+                    *elsewhere.entry(tenant.clone()).or_insert(0) += count;
+                }
+            }
+            self.tenants.set_elsewhere(elsewhere);
+            if let Err(e) = self
                 .store
-                .exchange_tenants(&self.node_id, &self.tenants.snapshot())
+                .publish_tenants(&self.node_id, &self.tenants.snapshot())
                 .await
             {
-                Ok(elsewhere) => self.tenants.set_elsewhere(elsewhere),
-                Err(e) => debug!(error = %e, "exchanging tenant counts failed"),
+                debug!(error = %e, "publishing tenant counts failed");
             }
             self.announce().await;
             self.fill_heard(&mut heard).await;
-        }
-        if let Some(n) = notices.take() {
-            drop(n);
         }
         if let Err(e) = self.store.release_permits(&self.node_id).await {
             debug!(error = %e, "could not give back cluster permits; they expire");
@@ -278,15 +288,9 @@ impl Peers {
         }
     }
 
-    /// Takes over the tasks of nodes that have been dead for [`DEAD_AFTER`].
-    async fn failover(&self, suspects: &mut HashMap<String, Instant>) {
-        let dead = match self.store.dead_nodes(&self.node_id).await {
-            Ok(d) => d,
-            Err(e) => {
-                debug!(error = %e, "reading dead nodes failed");
-                return;
-            }
-        };
+    /// Takes over the tasks of nodes that have been seen `dead` (their lock
+    /// free) for [`DEAD_AFTER`].
+    async fn failover(&self, dead: Vec<String>, suspects: &mut HashMap<String, Instant>) {
         let now = Instant::now();
         suspects.retain(|n, _| dead.contains(n));
         let mut due = Vec::new();
