@@ -21,6 +21,7 @@
 //!
 //! On SQLite there is one node per file: every call here is a no-op.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -380,8 +381,9 @@ impl Store {
         let Db::Pg(pool) = &self.inner.db else {
             return Ok(Vec::new());
         };
-        let sql = format!("{SQL_RESCUE_FROM}{}", qualified_task_cols());
-        let tasks = sqlx::query(sqlx::AssertSqlSafe(sql))
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("{SQL_RESCUE_FROM}{}", qualified_task_cols()));
+        let tasks = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(me)
             .bind(dead)
             .bind(limit)
@@ -411,13 +413,16 @@ impl Store {
         let Db::Pg(pool) = &self.inner.db else {
             return Ok(Vec::new());
         };
-        let head = if from.is_some() {
-            SQL_CLAIM_FROM
-        } else {
-            SQL_CLAIM
-        };
-        let sql = format!("{head}{}, c.owner AS previous_owner", qualified_task_cols());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Built once: a claim runs every few milliseconds under a backlog.
+        static CLAIM: LazyLock<[String; 2]> = LazyLock::new(|| {
+            let tail = format!("{}, c.owner AS previous_owner", qualified_task_cols());
+            [
+                format!("{SQL_CLAIM}{tail}"),
+                format!("{SQL_CLAIM_FROM}{tail}"),
+            ]
+        });
+        let sql = &CLAIM[usize::from(from.is_some())];
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(me)
             .bind(department)
             .bind(limit);
