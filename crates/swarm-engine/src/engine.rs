@@ -40,7 +40,7 @@ use crate::upkeep::governor::Governor;
 use crate::upkeep::heartbeat::{Cluster, Heartbeat};
 use crate::upkeep::peers::{PeerStats, Peers};
 use crate::upkeep::retention::{Retention, RetentionStats};
-use crate::watch::Watch;
+use crate::watch::{Remote, Watch};
 
 /// Who is asking: reads and cancels are limited to the caller's tenant
 /// unless the caller is an admin.
@@ -116,6 +116,8 @@ struct Core {
     pools: Arc<Pools>,
     /// Live tasks, for waiters and cancels.
     hub: Arc<Hub>,
+    /// The shared poller of watches of tasks held elsewhere.
+    remote: Arc<Remote>,
     /// Every state transition.
     lifecycle: Arc<Lifecycle>,
     /// Every admission decision.
@@ -319,6 +321,7 @@ impl Engine {
             shutdown.clone(),
         ));
         let cfg = Arc::new(cfg);
+        let remote = Remote::new(hub.clone(), store.clone());
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
@@ -328,6 +331,7 @@ impl Engine {
             node_id,
             store,
             pools,
+            remote,
             hub,
             lifecycle,
             shutdown,
@@ -630,6 +634,13 @@ impl Engine {
         Ok(self.core.store.outbox_list(tenant, limit).await?)
     }
 
+    /// Tasks held elsewhere that watches here follow now, and the reads
+    /// their shared poller has made since start.
+    pub fn remote_watches(&self) -> (usize, u64) {
+        let r = &self.core.remote;
+        (r.followed(), r.reads())
+    }
+
     /// Follows a task's changes (for `wait_ms` and server-sent events).
     pub async fn watch(&self, id: TaskId, access: Access<'_>) -> Result<Watch, EngineError> {
         let c = &self.core;
@@ -637,10 +648,10 @@ impl Engine {
             if !access.may_read(&sub.current) {
                 return Err(EngineError::NotFound);
             }
-            return Ok(Watch::live(c.hub.clone(), c.store.clone(), sub));
+            return Ok(Watch::live(c.remote.clone(), sub));
         }
         let task = self.get(id, access).await?;
-        Ok(Watch::stored(c.hub.clone(), c.store.clone(), task))
+        Ok(Watch::stored(c.remote.clone(), task))
     }
 
     /// Waits up to `wait` for the task to end; returns its state then.

@@ -369,6 +369,27 @@ impl Store {
         .await
     }
 
+    /// The tasks of `ids` that exist, in no particular order (one statement;
+    /// the shared poller of watches of tasks held elsewhere).
+    pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        once_more(|| async move {
+            Ok(with_db!(&self.inner.db, p => {
+                let mut qb = QueryBuilder::new(format!("SELECT {TASK_COLS} FROM tasks WHERE id IN ("));
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(id.to_string());
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(p).await?;
+                rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?
+            }))
+        })
+        .await
+    }
+
     /// One task by id, and the node that owns it while it is unfinished.
     pub async fn get_owned(
         &self,
