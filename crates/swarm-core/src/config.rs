@@ -95,6 +95,18 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// A response that makes no write progress for this long (the client
+    /// stopped reading) is cut off and its connection closed, ms; 0: never.
+    pub write_timeout_ms: u64,
+    /// A page of `GET /api/tasks` stops before it would exceed this many
+    /// bytes of JSON (it always holds at least one task), bytes.
+    pub max_page_bytes: usize,
+    /// Event streams (`GET /api/tasks/{id}/events`) one tenant may hold open
+    /// at once; more answer 429.
+    pub max_streams_per_tenant: usize,
+    /// Requests one tenant may have waiting (`wait_ms`) at once; more answer
+    /// 429.
+    pub max_waiters_per_tenant: usize,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +120,10 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             max_connections: 20_000,
+            write_timeout_ms: 30_000,
+            max_page_bytes: 1 << 20,
+            max_streams_per_tenant: 1_000,
+            max_waiters_per_tenant: 5_000,
         }
     }
 }
@@ -702,6 +718,21 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(cfg_err("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.max_page_bytes < 1024 {
+            return Err(cfg_err("server.max_page_bytes", "must be at least 1024"));
+        }
+        if self.server.max_streams_per_tenant == 0 {
+            return Err(cfg_err(
+                "server.max_streams_per_tenant",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_waiters_per_tenant == 0 {
+            return Err(cfg_err(
+                "server.max_waiters_per_tenant",
+                "must be at least 1",
+            ));
         }
         for (name, pool) in &self.pools {
             let key = |k: &str| format!("pools.{name}.{k}");

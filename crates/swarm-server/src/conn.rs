@@ -81,6 +81,8 @@ pub struct ConnStats {
     closed_header_timeout: AtomicU64,
     closed_idle_timeout: AtomicU64,
     body_timeouts: AtomicU64,
+    closed_write_timeout: AtomicU64,
+    early_too_large: AtomicU64,
     accept_errors: AtomicU64,
 }
 
@@ -97,6 +99,11 @@ pub struct ConnCounts {
     pub closed_idle_timeout: u64,
     /// Requests answered 408 because their body did not arrive in time.
     pub body_timeouts: u64,
+    /// Connections cut because a response made no write progress for
+    /// `server.write_timeout_ms` (the client stopped reading).
+    pub closed_write_timeout: u64,
+    /// Requests answered 413 from their `Content-Length`, body unread.
+    pub early_too_large: u64,
     /// `accept()` failures other than a peer that went away (e.g. `EMFILE`).
     pub accept_errors: u64,
 }
@@ -111,6 +118,8 @@ impl ConnStats {
             closed_header_timeout: g(&self.closed_header_timeout),
             closed_idle_timeout: g(&self.closed_idle_timeout),
             body_timeouts: g(&self.body_timeouts),
+            closed_write_timeout: g(&self.closed_write_timeout),
+            early_too_large: g(&self.early_too_large),
             accept_errors: g(&self.accept_errors),
         }
     }
@@ -126,7 +135,9 @@ pub(crate) struct Limits {
     header: Option<Duration>,
     idle: Option<Duration>,
     body: Option<Duration>,
+    write: Option<Duration>,
     max_connections: usize,
+    max_body_bytes: usize,
 }
 
 impl Limits {
@@ -136,7 +147,9 @@ impl Limits {
             header: ms(c.header_read_timeout_ms),
             idle: ms(c.idle_timeout_ms),
             body: ms(c.body_read_timeout_ms),
+            write: ms(c.write_timeout_ms),
             max_connections: c.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            max_body_bytes: c.max_body_bytes,
         }
     }
 
@@ -239,18 +252,25 @@ async fn serve_connection(
     let io = TokioIo::new(TrackedIo {
         inner: stream,
         activity: activity.clone(),
+        write_timeout: limits.write,
+        stalled: None,
+        stats: shared.stats.clone(),
     });
     let service = TowerToHyperService::new(ConnService {
         router: shared.router.clone(),
         activity: activity.clone(),
         remote,
         body_timeout: limits.body,
+        max_body_bytes: limits.max_body_bytes,
         stats: shared.stats.clone(),
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // Bounds what one connection's request head may cost (431 beyond);
+        // hyper's default allows about 400 KiB.
+        .max_buf_size(READ_BUF_LIMIT)
         .header_read_timeout(limits.hyper_backstop());
     let mut conn = pin!(builder.serve_connection(io, service));
     let mut sleep = pin!(tokio::time::sleep_until(Instant::now()));
@@ -398,10 +418,61 @@ impl Drop for InFlight {
     }
 }
 
-/// The TCP stream, reporting reads to [`Activity`].
+/// hyper's `max_buf_size`: a head still incomplete once this much is
+/// buffered is refused with 431. One read may land past it (hyper reads
+/// into the buffer's whole spare capacity, which grows by doubling), so the
+/// read buffer of a connection stays within twice this: 64 KiB.
+const READ_BUF_LIMIT: usize = 32 * 1024;
+
+/// The TCP stream, reporting reads to [`Activity`] and failing writes that
+/// make no progress for `write_timeout`.
+///
+/// A client that stops reading leaves hyper holding the rest of the
+/// response (a list page, an event stream) for as long as the socket stays
+/// open; the idle and header timers never fire because a request is in
+/// flight. The write timer starts when a write would block and is reset by
+/// any progress, so a slow but moving reader is served and a stalled one is
+/// cut off: the write fails with `TimedOut`, hyper ends the connection, and
+/// the response is freed.
 struct TrackedIo {
     inner: TcpStream,
     activity: Arc<Activity>,
+    write_timeout: Option<Duration>,
+    /// Since when writes have been blocked, as a timer.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<ConnStats>,
+}
+
+impl TrackedIo {
+    /// Passes a write's outcome through, arming or clearing the stall timer.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if res.is_ready() {
+            self.stalled = None;
+            return res;
+        }
+        let Some(limit) = self.write_timeout else {
+            return res;
+        };
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            ConnStats::bump(&self.stats.closed_write_timeout);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no write progress for {} ms (server.write_timeout_ms)",
+                    limit.as_millis()
+                ),
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for TrackedIo {
@@ -425,7 +496,8 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(cx, res)
     }
 
     fn poll_write_vectored(
@@ -433,7 +505,8 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -441,7 +514,8 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_write(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -457,6 +531,7 @@ struct ConnService {
     activity: Arc<Activity>,
     remote: SocketAddr,
     body_timeout: Option<Duration>,
+    max_body_bytes: usize,
     stats: Arc<ConnStats>,
 }
 
@@ -473,6 +548,19 @@ impl tower::Service<Request<Incoming>> for ConnService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let guard = self.activity.begin();
+        // A body that will be refused is refused before a byte of it is
+        // read: hyper sends `100 Continue` only once the body is polled, so
+        // a client that asked for it learns the answer without uploading.
+        if declared_length(&req).is_some_and(|n| n > self.max_body_bytes as u64) {
+            ConnStats::bump(&self.stats.early_too_large);
+            let resp = too_large_response(self.max_body_bytes);
+            return Box::pin(async move {
+                Ok(resp.map(|inner| GuardedBody {
+                    inner,
+                    _guard: guard,
+                }))
+            });
+        }
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ConnectInfo(self.remote));
         let (body, timed_out) = match self.body_timeout {
@@ -508,6 +596,31 @@ impl tower::Service<Request<Incoming>> for ConnService {
             }))
         })
     }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// 413 with the error envelope; the connection closes after it (the body
+/// is unread).
+fn too_large_response(max: usize) -> Response<Body> {
+    let mut resp = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is larger than server.max_body_bytes ({max} bytes)"),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// 408 with the error envelope; the connection closes after it (the rest of
@@ -624,7 +737,9 @@ mod tests {
             header: Some(Duration::from_millis(100)),
             idle: Some(Duration::from_millis(1000)),
             body: None,
+            write: None,
             max_connections: 1,
+            max_body_bytes: 1024,
         }
     }
 

@@ -13,6 +13,7 @@
 //! - [`auth`]: API keys → tenant and role.
 //! - [`error`]: [`ApiError`] and its JSON envelope.
 //! - [`extract`]: the JSON body extractor with field-level errors.
+//! - [`slots`]: per-tenant caps on event streams and `wait_ms` waiters.
 //!
 //! # Connections: why our own accept loop
 //!
@@ -63,6 +64,7 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 mod routes;
+pub mod slots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -90,6 +92,10 @@ pub struct AppState {
     pub closing: CancellationToken,
     /// Connection counters of the server serving this state.
     pub connections: Arc<conn::ConnStats>,
+    /// Event streams held open, per tenant (capped).
+    pub streams: Arc<slots::TenantSlots>,
+    /// `wait_ms` waiters, per tenant (capped).
+    pub waiters: Arc<slots::TenantSlots>,
 }
 
 impl FromRef<AppState> for Arc<auth::Keys> {
@@ -102,11 +108,16 @@ impl AppState {
     /// State for `engine`, with keys from its configuration.
     pub fn new(engine: Engine) -> Self {
         let keys = Arc::new(auth::Keys::from_config(&engine.config().tenants));
+        let server = &engine.config().server;
+        let streams = slots::TenantSlots::streams(server.max_streams_per_tenant);
+        let waiters = slots::TenantSlots::waiters(server.max_waiters_per_tenant);
         Self {
             engine,
             keys,
             closing: CancellationToken::new(),
             connections: Arc::default(),
+            streams,
+            waiters,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Backend, TestServer};
+use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -16,16 +16,11 @@ use tokio::time::{Instant, timeout};
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 async fn server(extra: &str) -> TestServer {
-    TestServer::start(Backend::Sqlite, extra)
-        .await
-        .expect("SQLite is always available")
+    TestServer::sqlite(extra).await
 }
 
 fn addr(s: &TestServer) -> SocketAddr {
-    s.base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("server address")
+    s.addr()
 }
 
 async fn connect(s: &TestServer) -> TcpStream {

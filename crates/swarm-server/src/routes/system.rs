@@ -44,19 +44,53 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Value>, Ap
     }
 }
 
-/// `GET /api/status`: the engine's picture plus the HTTP connections.
-pub(crate) async fn status(State(app): State<AppState>, _caller: Caller) -> Json<Value> {
+/// Whether `caller` may see other tenants' figures. With keys configured,
+/// only an admin key; without keys any caller may name any tenant
+/// (`X-Tenant`), so there is nothing to hide.
+fn sees_all_tenants(app: &AppState, caller: &Caller) -> bool {
+    caller.admin || app.keys.is_empty()
+}
+
+/// Keeps only `tenant`'s entry of a per-tenant map, if `v` is one.
+fn only_tenant(v: &mut Value, tenant: &str) {
+    if let Some(m) = v.as_object_mut() {
+        m.retain(|k, _| k == tenant);
+    }
+}
+
+/// `GET /api/status`: the engine's picture plus the HTTP connections. A
+/// client sees only its own tenant's share of each queue.
+pub(crate) async fn status(State(app): State<AppState>, caller: Caller) -> Json<Value> {
     let mut v = serde_json::to_value(app.engine.status()).unwrap_or_else(|_| json!({}));
     v["connections"] = serde_json::to_value(app.connections.snapshot()).unwrap_or_default();
+    let (followed, reads) = app.engine.remote_watches();
+    v["long_requests"] = json!({
+        "streams": app.streams.counts(),
+        "waiters": app.waiters.counts(),
+        "remote_tasks_followed": followed,
+        "remote_poller_reads": reads,
+    });
+    if !sees_all_tenants(&app, &caller)
+        && let Some(pools) = v["pools"].as_array_mut()
+    {
+        for p in pools {
+            only_tenant(&mut p["queued_by_tenant"], &caller.tenant);
+        }
+    }
     Json(v)
 }
 
-/// `GET /api/nodes`: the nodes sharing this database and their load.
+/// `GET /api/nodes`: the nodes sharing this database and their load. A
+/// client sees only its own tenant's outstanding count elsewhere.
 pub(crate) async fn nodes(
     State(app): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(app.engine.nodes().await?))
+    let mut v = app.engine.nodes().await?;
+    if !sees_all_tenants(&app, &caller) {
+        only_tenant(&mut v["this_node"]["tenants_elsewhere"], &caller.tenant);
+    }
+    Ok(Json(v))
 }
 
 /// `GET /api/alerts`: alerts firing now and recently, and how often each
@@ -88,6 +122,8 @@ pub(crate) async fn metrics(
         ("swarmd_http_header_timeouts_total", c.closed_header_timeout),
         ("swarmd_http_idle_timeouts_total", c.closed_idle_timeout),
         ("swarmd_http_body_timeouts_total", c.body_timeouts),
+        ("swarmd_http_write_timeouts_total", c.closed_write_timeout),
+        ("swarmd_http_early_413_total", c.early_too_large),
         ("swarmd_http_accept_errors_total", c.accept_errors),
     ] {
         m.counter_at(name, &[], n);

@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::routes::Arrived;
+use crate::slots::Slot;
 
 const MAX_PAGE: u32 = 500;
 const DEFAULT_PAGE: u32 = 50;
@@ -76,6 +77,13 @@ pub(crate) async fn submit(
         spec.timeout_ms = Some(ms);
     }
     let wait_ms = spec.wait_ms.unwrap_or(0);
+    // Taken before the submit: a waiter refused for its tenant's cap
+    // submits nothing.
+    let _waiting = if wait_ms > 0 {
+        Some(app.waiters.take(&caller.tenant)?)
+    } else {
+        None
+    };
     let submitted = app
         .engine
         .submit(Submission {
@@ -121,12 +129,46 @@ pub(crate) async fn get(
     Ok(Json(app.engine.get(id, caller.access()).await?))
 }
 
-/// `GET /api/tasks?status=&department=&limit=&cursor=`.
+/// Which of a listed task's large fields a list includes (`?fields=`).
+#[derive(Debug, Clone, Copy, Default)]
+struct ListFields {
+    args: bool,
+    result: bool,
+}
+
+impl ListFields {
+    fn parse(v: Option<&String>) -> Result<Self, ApiError> {
+        let mut f = Self::default();
+        for name in v.map_or("", |s| s.as_str()).split(',').map(str::trim) {
+            match name {
+                "" => {}
+                "args" => f.args = true,
+                "result" => f.result = true,
+                other => {
+                    return Err(FieldError::invalid(
+                        "fields",
+                        format!("unknown field `{other}`: `fields` takes `args` and `result`"),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// `GET /api/tasks?status=&department=&limit=&cursor=&fields=`.
+///
+/// A page holds at most `limit` tasks and at most `server.max_page_bytes`
+/// of JSON (never less than one task); a page cut short by bytes still
+/// has a `next_cursor`, so the last page is the one whose `next_cursor` is
+/// null. `args` and `result`, the fields that can be large, are left out
+/// unless `fields=args,result` asks for them.
 pub(crate) async fn list(
     State(app): State<AppState>,
     caller: Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut q = ListQuery {
         limit: DEFAULT_PAGE,
         ..Default::default()
@@ -157,12 +199,53 @@ pub(crate) async fn list(
             )
         })?);
     }
+    let fields = ListFields::parse(params.get("fields"))?;
     let limit = q.limit as usize;
     let tasks = app.engine.list(q, caller.access()).await?;
-    let next = (tasks.len() == limit)
-        .then(|| tasks.last().map(|t| t.id.to_string()))
-        .flatten();
-    Ok(Json(json!({ "tasks": tasks, "next_cursor": next })))
+    let page = page_json(
+        &tasks,
+        fields,
+        limit,
+        app.engine.config().server.max_page_bytes,
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], page).into_response())
+}
+
+/// `{"tasks": [...], "next_cursor": ...}`, cut before `max_bytes`.
+fn page_json(tasks: &[Task], fields: ListFields, limit: usize, max_bytes: usize) -> Vec<u8> {
+    // Room for the envelope and the cursor.
+    const TAIL: usize = 64;
+    let mut out = b"{\"tasks\":[".to_vec();
+    let mut last = None;
+    let mut cut = false;
+    for t in tasks {
+        let mut v = serde_json::to_value(t).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            if !fields.args {
+                o.remove("args");
+            }
+            if !fields.result {
+                o.remove("result");
+            }
+        }
+        let one = serde_json::to_vec(&v).unwrap_or_default();
+        if last.is_some() {
+            if out.len() + 1 + one.len() + TAIL > max_bytes {
+                cut = true;
+                break;
+            }
+            out.push(b',');
+        }
+        out.extend_from_slice(&one);
+        last = Some(t.id);
+    }
+    let next = last.filter(|_| cut || tasks.len() == limit);
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match next {
+        Some(id) => out.extend_from_slice(format!("\"{id}\"}}").as_bytes()),
+        None => out.extend_from_slice(b"null}"),
+    }
+    out
 }
 
 /// `POST /api/tasks/{id}/cancel`.
@@ -194,30 +277,32 @@ pub(crate) async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
+    let slot = app.streams.take(&caller.tenant)?;
     let watch = app.engine.watch(id, caller.access()).await?;
     let closing = app.closing.clone();
+    // The slot lives in the stream's state: it is freed when the stream
+    // ends or the client goes away.
     let stream = stream::unfold(
-        (watch, Phase::First),
-        move |(mut watch, phase): (Watch, Phase)| {
+        (watch, Phase::First, slot),
+        move |(mut watch, phase, slot): (Watch, Phase, Slot)| {
             let closing = closing.clone();
             async move {
-                match phase {
-                    Phase::Done => None,
+                let (ev, phase) = match phase {
+                    Phase::Done => return None,
                     Phase::First => {
-                        let ev = state_event(watch.current());
                         let next = if watch.current().status.is_terminal() {
                             Phase::Result
                         } else {
                             Phase::Follow
                         };
-                        Some((Ok(ev), (watch, next)))
+                        (state_event(watch.current()), next)
                     }
                     Phase::Result => {
                         let ev = Event::default()
                             .event("result")
                             .json_data(watch.current())
                             .unwrap_or_else(|_| Event::default().event("result"));
-                        Some((Ok(ev), (watch, Phase::Done)))
+                        (ev, Phase::Done)
                     }
                     Phase::Follow => {
                         let next = tokio::select! {
@@ -226,25 +311,25 @@ pub(crate) async fn events(
                         };
                         match next {
                             Some(TaskEvent::State(t)) => {
-                                let ev = state_event(&t);
                                 let phase = if t.status.is_terminal() {
                                     Phase::Result
                                 } else {
                                     Phase::Follow
                                 };
-                                Some((Ok(ev), (watch, phase)))
+                                (state_event(&t), phase)
                             }
                             Some(TaskEvent::Progress(v)) => {
                                 let ev = Event::default()
                                     .event("progress")
                                     .json_data(&v)
                                     .unwrap_or_default();
-                                Some((Ok(ev), (watch, Phase::Follow)))
+                                (ev, Phase::Follow)
                             }
-                            None => None,
+                            None => return None,
                         }
                     }
-                }
+                };
+                Some((Ok(ev), (watch, phase, slot)))
             }
         },
     );

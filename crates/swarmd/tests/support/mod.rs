@@ -237,6 +237,21 @@ impl TestServer {
         }
     }
 
+    /// A server on SQLite (always available) with `extra` TOML.
+    pub async fn sqlite(extra: &str) -> Self {
+        Self::start(Backend::Sqlite, extra)
+            .await
+            .expect("SQLite is always available")
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("server address")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
