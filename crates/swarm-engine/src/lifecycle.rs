@@ -196,6 +196,9 @@ pub(crate) struct Lifecycle {
     shutdown: Shutdown,
     /// Set when a write's outcome was unknown: the next sweep runs at once.
     dirty: AtomicBool,
+    /// Tasks whose hold here a claim race may have broken, with the ticks
+    /// each has been seen in passing (see [`Lifecycle::recheck`]).
+    suspects: std::sync::Mutex<std::collections::HashMap<TaskId, u8>>,
     counts: Counts,
 }
 
@@ -221,6 +224,7 @@ impl Lifecycle {
             slow_task_ms,
             shutdown,
             dirty: AtomicBool::new(false),
+            suspects: std::sync::Mutex::default(),
             counts: Counts::default(),
         }
     }
@@ -648,6 +652,9 @@ impl Lifecycle {
             return false;
         };
         if self.hub.register(task.clone()).is_none() {
+            // Already held here: queued (nothing to do), or a start in
+            // flight that a claim raced (the recheck sees how it ends).
+            self.suspect(task.id);
             return false;
         }
         self.counts.adopted.fetch_add(1, Ordering::Relaxed);
@@ -697,6 +704,90 @@ impl Lifecycle {
             );
         }
         Ok(n)
+    }
+
+    /// Marks `id` for [`Lifecycle::recheck`]: this node may own it in the
+    /// store without holding it.
+    pub(crate) fn suspect(&self, id: TaskId) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id)
+            .or_insert(0);
+    }
+
+    /// Takes back the suspects this node owns in the store but does not
+    /// hold, so no claim race can strand a task.
+    ///
+    /// Two nodes claiming from each other can cross: n3 takes X from n2,
+    /// n2 (before n3's notice arrives) takes X back, then n3's notice makes
+    /// n2 drop its copy; or n2's claim of X finds X still in its hub from a
+    /// start the first claim refused. Either way the store says n2 owns X
+    /// queued, and n2 holds nothing. Each suspect is one of: held (queued
+    /// in a pool, or running here) or ended: dropped; not in the hub: taken
+    /// back with one guarded statement (`reclaim`, only rows this node owns
+    /// unfinished); in the hub but neither queued nor running (a start in
+    /// flight): looked at again next tick, and after three ticks forgotten
+    /// and taken back. Runs each cluster tick while there are suspects.
+    pub(crate) async fn recheck(&self) -> usize {
+        const PASSING_TICKS: u8 = 3;
+        let suspects: Vec<(TaskId, u8)> = {
+            let mut s = self
+                .suspects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if s.is_empty() {
+                return 0;
+            }
+            s.drain().collect()
+        };
+        let mut take_back = Vec::new();
+        let mut again = Vec::new();
+        for (id, seen) in suspects {
+            match self.hub.current(id) {
+                None => take_back.push(id),
+                Some(t) if t.status != TaskStatus::Queued => {}
+                Some(t) => {
+                    let queued = self
+                        .pools
+                        .get(&t.department)
+                        .is_some_and(|p| p.holds_queued(id));
+                    if queued {
+                    } else if seen + 1 < PASSING_TICKS {
+                        again.push((id, seen + 1));
+                    } else {
+                        self.hub.forget(id);
+                        take_back.push(id);
+                    }
+                }
+            }
+        }
+        if !again.is_empty() {
+            self.suspects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(again);
+        }
+        if take_back.is_empty() {
+            return 0;
+        }
+        let tasks = match self.store.reclaim(&self.node_id, &take_back).await {
+            Ok(t) => t,
+            Err(e) => {
+                debug!(error = %e, "rechecking claimed tasks failed; the sweep reconciles");
+                self.dirty.store(true, Ordering::Relaxed);
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(self.adopt(t).await);
+        }
+        if n > 0 {
+            self.counts.swept.fetch_add(n as u64, Ordering::Relaxed);
+            info!(count = n, "took back tasks a claim race had left unheld");
+        }
+        n
     }
 
     /// Whether a write's outcome was unknown since the last sweep.

@@ -464,6 +464,16 @@ impl Pool {
             .map(|(q, _)| q)
     }
 
+    /// Whether task `id` is queued here (a scan: for the rare recheck).
+    pub(crate) fn holds_queued(&self, id: TaskId) -> bool {
+        let mut found = false;
+        lock(&self.queues).tasks.retain(|q, _| {
+            found |= q.task.id == id;
+            true
+        });
+        found
+    }
+
     /// Takes every queued task out (shutdown); waiting children are
     /// dropped, which fails their parents' calls.
     pub(crate) fn drain_queue(&self) -> Vec<Queued> {

@@ -291,11 +291,19 @@ impl Cluster {
             if open == 0 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{open} tasks still unfinished; logs:\n{}",
-                self.logs()
-            );
+            if Instant::now() >= deadline {
+                let rows: Vec<(String, String, Option<String>, i64)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT id, status, owner, attempts FROM tasks WHERE status NOT IN {TERMINAL}"
+                    )))
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap();
+                panic!(
+                    "{open} tasks still unfinished (id, status, owner, attempts): {rows:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

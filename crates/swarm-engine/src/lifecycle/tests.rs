@@ -497,6 +497,51 @@ async fn the_sweep_takes_back_only_rows_this_node_holds_nowhere() {
 }
 
 #[tokio::test]
+async fn a_claim_race_never_strands_a_task_owned_here() {
+    let fx = Fx::new().await;
+    // Held properly (queued here): the recheck leaves it alone.
+    let held = fx.accept(60_000).await;
+    fx.lc.suspect(held);
+    // Dropped by a stale claim notice: owned here in the store, held nowhere.
+    let dropped = fx.task(60_000);
+    let dropped_id = dropped.id;
+    // Claimed back while a refused start still had it in the hub, not queued.
+    let passing = fx.task(60_000);
+    let passing_id = passing.id;
+    // Claimed by another node for real: not ours, not taken back.
+    let theirs = fx.task(60_000);
+    let theirs_id = theirs.id;
+    for (task, owner) in [(dropped, "n1"), (passing.clone(), "n1"), (theirs, "n2")] {
+        fx.store
+            .insert(NewTask {
+                task,
+                request_hash: None,
+                owner: owner.into(),
+            })
+            .await
+            .unwrap();
+    }
+    fx.hub.register(passing).unwrap();
+    for id in [dropped_id, passing_id, theirs_id] {
+        fx.lc.suspect(id);
+    }
+    assert_eq!(fx.lc.recheck().await, 1, "the dropped one, at once");
+    assert_eq!(fx.lc.recheck().await, 0, "a start may still be in flight");
+    assert_eq!(fx.lc.recheck().await, 1, "then the passing one");
+    assert_eq!(fx.lc.recheck().await, 0, "nothing is left to check");
+    let mut queued: Vec<TaskId> = std::iter::from_fn(|| fx.pool().pop_task())
+        .map(|q| q.task.id)
+        .collect();
+    queued.sort();
+    let mut want = vec![held, dropped_id, passing_id];
+    want.sort();
+    assert_eq!(
+        queued, want,
+        "each queued once; the other node's left alone"
+    );
+}
+
+#[tokio::test]
 async fn an_adopted_task_of_a_removed_department_fails_visibly() {
     let fx = Fx::new().await;
     let mut t = fx.task(60_000);

@@ -208,6 +208,9 @@ impl Peers {
                 .map(|n| n.node_id.clone())
                 .collect();
             self.failover(dead, &mut suspects).await;
+            // Claims crossing between nodes can leave a task owned here
+            // but not held; take such ones back now, not at the next sweep.
+            self.lifecycle.recheck().await;
             let now = Instant::now();
             heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
             if peers == 0 {
@@ -444,6 +447,9 @@ impl Peers {
             for p in self.pools.iter() {
                 if p.remove_queued(id).is_some() {
                     self.hub.forget(id);
+                    // The notice may be stale: this node may have claimed
+                    // the task back since. The recheck asks the store.
+                    self.lifecycle.suspect(id);
                     n += 1;
                     break;
                 }
