@@ -413,7 +413,14 @@ impl Store {
 
     async fn list_once(&self, q: &ListQuery) -> Result<Vec<Task>, StoreError> {
         let tasks = with_db!(&self.inner.db, p => {
-            let mut qb = QueryBuilder::new(format!("SELECT {TASK_COLS} FROM tasks WHERE 1 = 1"));
+            let mut cols = std::borrow::Cow::Borrowed(TASK_COLS);
+            if q.skip_args {
+                cols = cols.replace(" args,", " 'null' AS args,").into();
+            }
+            if q.skip_result {
+                cols = cols.replace(" result,", " CAST(NULL AS TEXT) AS result,").into();
+            }
+            let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM tasks WHERE 1 = 1"));
             if let Some(t) = &q.tenant {
                 qb.push(" AND tenant = ").push_bind(t.clone());
             }

@@ -91,6 +91,11 @@ pub struct ListQuery {
     pub before: Option<TaskId>,
     /// Page size.
     pub limit: u32,
+    /// Leave `args` out (read back as `null`): a list that will not show
+    /// it need not read it.
+    pub skip_args: bool,
+    /// Leave `result` out (read back as none).
+    pub skip_result: bool,
 }
 
 /// A message in the outbox.

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::HashSet;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{Backend, TestDb};
 use swarm_core::clock::now_ms;
 use swarm_core::config::DatabaseConfig;
@@ -92,6 +92,21 @@ async fn concurrent_inserts_are_all_durable(backend: Backend) {
     let back = store.get(one.id).await.unwrap().unwrap();
     assert_eq!(back, one);
     assert_eq!(back.args, json!({"k": [1, 2, {"x": "y"}]}));
+    // A list may leave the large fields unread.
+    let light = store
+        .list(&ListQuery {
+            tenant: Some("a".into()),
+            limit: 3,
+            skip_args: true,
+            skip_result: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(light.len(), 3);
+    assert_eq!(light[0].id, one.id);
+    assert_eq!((&light[0].args, &light[0].result), (&Value::Null, &None));
+    assert_eq!(light[0].tenant, one.tenant);
     assert_eq!(back.priority, Priority::High);
 }
 

@@ -200,25 +200,73 @@ pub(crate) async fn list(
         })?);
     }
     let fields = ListFields::parse(params.get("fields"))?;
-    let limit = q.limit as usize;
-    let tasks = app.engine.list(q, caller.access()).await?;
-    let page = page_json(
-        &tasks,
-        fields,
-        limit,
-        app.engine.config().server.max_page_bytes,
-    );
-    Ok(([(header::CONTENT_TYPE, "application/json")], page).into_response())
+    q.skip_args = !fields.args;
+    q.skip_result = !fields.result;
+    let max_bytes = app.engine.config().server.max_page_bytes;
+    // With the large fields asked for, rows are read a few at a time, as
+    // many as the room left holds at the size seen so far (one at first),
+    // and reading stops once the page is full: a request holds about a
+    // page, not `limit` whole tasks.
+    let large = fields.args || fields.result;
+    let mut chunk = if large { 1 } else { q.limit };
+    let mut page = Page::new(max_bytes);
+    let mut left = q.limit;
+    while left > 0 && !page.cut {
+        let mut part = q.clone();
+        part.limit = left.min(chunk);
+        let tasks = app.engine.list(part.clone(), caller.access()).await?;
+        for t in &tasks {
+            if !page.add(t, fields) {
+                break;
+            }
+        }
+        left -= tasks.len() as u32;
+        if tasks.len() < part.limit as usize {
+            // The store has no more.
+            break;
+        }
+        q.before = tasks.last().map(|t| t.id);
+        if large {
+            chunk = page.fitting().clamp(1, LARGE_CHUNK);
+        }
+    }
+    let more = page.cut || left == 0;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        page.finish(more),
+    )
+        .into_response())
 }
 
+/// Most rows read at a time when a list includes `args` or `result`.
+const LARGE_CHUNK: u32 = 64;
+
 /// `{"tasks": [...], "next_cursor": ...}`, cut before `max_bytes`.
-fn page_json(tasks: &[Task], fields: ListFields, limit: usize, max_bytes: usize) -> Vec<u8> {
-    // Room for the envelope and the cursor.
+struct Page {
+    out: Vec<u8>,
+    max_bytes: usize,
+    last: Option<TaskId>,
+    count: usize,
+    cut: bool,
+}
+
+impl Page {
+    /// Room kept for the envelope and the cursor.
     const TAIL: usize = 64;
-    let mut out = b"{\"tasks\":[".to_vec();
-    let mut last = None;
-    let mut cut = false;
-    for t in tasks {
+
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            out: b"{\"tasks\":[".to_vec(),
+            max_bytes,
+            last: None,
+            count: 0,
+            cut: false,
+        }
+    }
+
+    /// Adds `t` unless the page would pass its bound (the first task always
+    /// goes in); returns whether it went in.
+    fn add(&mut self, t: &Task, fields: ListFields) -> bool {
         let mut v = serde_json::to_value(t).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             if !fields.args {
@@ -229,23 +277,36 @@ fn page_json(tasks: &[Task], fields: ListFields, limit: usize, max_bytes: usize)
             }
         }
         let one = serde_json::to_vec(&v).unwrap_or_default();
-        if last.is_some() {
-            if out.len() + 1 + one.len() + TAIL > max_bytes {
-                cut = true;
-                break;
+        if self.last.is_some() {
+            if self.out.len() + 1 + one.len() + Self::TAIL > self.max_bytes {
+                self.cut = true;
+                return false;
             }
-            out.push(b',');
+            self.out.push(b',');
         }
-        out.extend_from_slice(&one);
-        last = Some(t.id);
+        self.out.extend_from_slice(&one);
+        self.last = Some(t.id);
+        self.count += 1;
+        true
     }
-    let next = last.filter(|_| cut || tasks.len() == limit);
-    out.extend_from_slice(b"],\"next_cursor\":");
-    match next {
-        Some(id) => out.extend_from_slice(format!("\"{id}\"}}").as_bytes()),
-        None => out.extend_from_slice(b"null}"),
+
+    /// How many more tasks of the average size so far fit.
+    fn fitting(&self) -> u32 {
+        let n = self.count.max(1);
+        let avg = (self.out.len() / n).max(1);
+        let room = self.max_bytes.saturating_sub(self.out.len() + Self::TAIL);
+        u32::try_from(room / avg).unwrap_or(u32::MAX)
     }
-    out
+
+    /// The JSON; `more`: whether a `next_cursor` is due.
+    fn finish(mut self, more: bool) -> Vec<u8> {
+        self.out.extend_from_slice(b"],\"next_cursor\":");
+        match self.last.filter(|_| more) {
+            Some(id) => self.out.extend_from_slice(format!("\"{id}\"}}").as_bytes()),
+            None => self.out.extend_from_slice(b"null}"),
+        }
+        self.out
+    }
 }
 
 /// `POST /api/tasks/{id}/cancel`.
