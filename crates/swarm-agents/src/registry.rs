@@ -304,7 +304,10 @@ pub fn builtin_agents(
     );
     agents.insert("reviewers", Arc::new(ReviewerAgent::with_llm(llm)));
     agents.insert("email", email);
-    agents.insert("sim", Arc::new(SimAgent::with_cpu_pool(cpu)));
+    agents.insert(
+        "sim",
+        Arc::new(SimAgent::with_cpu_pool(cpu).with_limits(cfg.sim.clone())),
+    );
     agents.insert("echo", Arc::new(EchoAgent));
     Ok(agents)
 }

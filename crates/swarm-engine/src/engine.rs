@@ -529,8 +529,9 @@ impl Engine {
             result: None,
             error: None,
             idempotency_key: spec.idempotency_key.clone(),
-            timeout_ms: timeout_ms as i64,
-            deadline_at: now.saturating_add(timeout_ms as i64),
+            // Bounded by `max_timeout_ms` (at most 30 days at load).
+            timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
+            deadline_at: now.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
             created_at: now,
             started_at: None,
             finished_at: None,
