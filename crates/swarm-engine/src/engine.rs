@@ -33,6 +33,7 @@ use crate::ledger::TenantLedger;
 use crate::lifecycle::{Accepted, Cancelled, Lifecycle};
 use crate::monitor::{Alerts, AlertsView, Resources};
 use crate::pool::{Pool, Pools};
+use crate::roster::Roster;
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
 use crate::status::{DatabaseStatus, Status};
@@ -138,6 +139,8 @@ struct Core {
     peers: Arc<PeerStats>,
     /// Outstanding tasks per tenant (shared with admission and lifecycle).
     tenants: Arc<TenantLedger>,
+    /// `[[tenants]]` as configured now (reloaded on SIGHUP).
+    roster: Roster,
     /// Prometheus metrics.
     metrics: Arc<Metrics>,
     /// Start time, for uptime.
@@ -322,6 +325,7 @@ impl Engine {
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
+            roster: Roster::new(cfg.tenants.clone()),
             director: Director::new(&cfg),
             global: Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight)),
             cfg,
@@ -436,7 +440,8 @@ impl Engine {
         &self.core.node_id
     }
 
-    /// The configuration the engine runs with.
+    /// The configuration the engine started with. A reload changes the
+    /// instance lists and the tenants ([`Engine::tenants`]), not this.
     pub fn config(&self) -> &Config {
         &self.core.cfg
     }
@@ -449,6 +454,16 @@ impl Engine {
     /// The departments (for `instances`).
     pub(crate) fn pools(&self) -> &Pools {
         &self.core.pools
+    }
+
+    /// The tenants as configured now (for `roster`).
+    pub(crate) fn roster(&self) -> &Roster {
+        &self.core.roster
+    }
+
+    /// The admission policy (for `roster`).
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.core.admission
     }
 }
 
