@@ -33,7 +33,7 @@ use crate::ledger::TenantLedger;
 use crate::lifecycle::{Accepted, Cancelled, Lifecycle};
 use crate::monitor::{Alerts, AlertsView, Resources};
 use crate::pool::{Pool, Pools};
-use crate::roster::Roster;
+use crate::roster::{Roster, Tenants};
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
 use crate::status::{DatabaseStatus, Status};
@@ -456,12 +456,17 @@ impl Engine {
         &self.core.pools
     }
 
-    /// The tenants as configured now (for `roster`).
+    /// The tenants as configured now (reloaded on SIGHUP).
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.core.roster.get()
+    }
+
+    /// The tenants as configured now (for a reload).
     pub(crate) fn roster(&self) -> &Roster {
         &self.core.roster
     }
 
-    /// The admission policy (for `roster`).
+    /// The admission policy (for a reload).
     pub(crate) fn admission(&self) -> &Admission {
         &self.core.admission
     }

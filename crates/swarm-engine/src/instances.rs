@@ -192,6 +192,31 @@ impl Engine {
     }
 }
 
+// === impl Engine: tenants ===
+
+impl Engine {
+    /// Takes a reloaded configuration's `[[tenants]]` and
+    /// `admission.tenant_max_outstanding`: the roster (and so the keys),
+    /// the admission quotas and every pool's tenant weights. `cfg` has
+    /// been validated.
+    fn reload_tenants(&self, cfg: &Config) -> TenantChanges {
+        let changes = self.roster().replace(&cfg.tenants);
+        self.admission().set_quotas(cfg);
+        for pool in self.pools().iter() {
+            pool.set_tenant_weights(&cfg.tenants);
+        }
+        if !changes.is_empty() {
+            tracing::info!(
+                added = ?changes.added,
+                removed = ?changes.removed,
+                changed = ?changes.changed,
+                "tenants reloaded"
+            );
+        }
+        changes
+    }
+}
+
 /// The instance list a pool's configuration asks for.
 fn instance_specs(name: &str, pc: &PoolConfig) -> Result<Vec<InstanceSpec>, EngineError> {
     if let Some(http) = &pc.http {

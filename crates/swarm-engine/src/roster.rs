@@ -1,8 +1,9 @@
 //! The configured tenants as they are now (`[[tenants]]`: keys, roles,
 //! weights, quotas), which a reload replaces while the engine runs.
 //!
-//! [`Engine::config`] stays the configuration the engine started with;
-//! [`Engine::tenants`] is the current roster. The HTTP edge builds its key
+//! [`Engine::config`](crate::Engine::config) stays the configuration the
+//! engine started with; [`Engine::tenants`](crate::Engine::tenants) is the
+//! current roster (a reload replaces it: `instances.rs`). The HTTP edge builds its key
 //! table from the roster and rebuilds it whenever the roster's
 //! [`Tenants::generation`] moves, so a key removed from the file stops
 //! working at the reload that removes it. The engine's own uses of the
@@ -13,9 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use swarm_core::config::{Config, TenantConfig};
-
-use crate::engine::Engine;
+use swarm_core::config::TenantConfig;
 
 /// One generation of the roster.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +89,7 @@ impl Roster {
     }
 
     /// Replaces the list if it differs; returns what changed.
-    fn replace(&self, list: &[TenantConfig]) -> TenantChanges {
+    pub(crate) fn replace(&self, list: &[TenantConfig]) -> TenantChanges {
         let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
         let changes = TenantChanges::between(&cur.list, list);
         if !changes.is_empty() {
@@ -98,34 +97,6 @@ impl Roster {
                 generation: cur.generation + 1,
                 list: list.to_vec(),
             });
-        }
-        changes
-    }
-}
-
-impl Engine {
-    /// The tenants as configured now (reloaded on SIGHUP).
-    pub fn tenants(&self) -> Arc<Tenants> {
-        self.roster().get()
-    }
-
-    /// Takes a reloaded configuration's `[[tenants]]` and
-    /// `admission.tenant_max_outstanding`: the roster (and so the keys),
-    /// the admission quotas and every pool's tenant weights. `cfg` has
-    /// been validated.
-    pub(crate) fn reload_tenants(&self, cfg: &Config) -> TenantChanges {
-        let changes = self.roster().replace(&cfg.tenants);
-        self.admission().set_quotas(cfg);
-        for pool in self.pools().iter() {
-            pool.set_tenant_weights(&cfg.tenants);
-        }
-        if !changes.is_empty() {
-            tracing::info!(
-                added = ?changes.added,
-                removed = ?changes.removed,
-                changed = ?changes.changed,
-                "tenants reloaded"
-            );
         }
         changes
     }
