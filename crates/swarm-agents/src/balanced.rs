@@ -30,6 +30,12 @@ use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 /// URL, a replica of a built-in agent), or says which field is wrong.
 pub type Factory = Arc<dyn Fn(&InstanceSpec) -> Result<Member, FieldError> + Send + Sync>;
 
+/// Vets an instance added at runtime ([`BalancedAgent::add`]) before it
+/// is built: an HTTP pool's allowed hosts. Instances from the
+/// configuration ([`BalancedAgent::new`], [`BalancedAgent::reconcile`])
+/// are not vetted.
+pub type RuntimeCheck = Arc<dyn Fn(&InstanceSpec) -> Result<(), FieldError> + Send + Sync>;
+
 /// An active health check of one instance, by id: `Ok` when it answers
 /// healthy, else why not.
 pub type Probe = Arc<dyn Fn(&str) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -95,6 +101,8 @@ pub struct BalancedAgent {
     balancer: Balancer,
     members: Arc<RwLock<HashMap<String, Arc<dyn Agent>>>>,
     factory: Factory,
+    /// Vets runtime additions.
+    runtime_check: Option<RuntimeCheck>,
     hash_key: Option<String>,
     retry: RetryPolicy,
     budget: RetryBudget,
@@ -133,6 +141,7 @@ impl BalancedAgent {
             balancer: Balancer::new(balance),
             members: Arc::default(),
             factory,
+            runtime_check: None,
             hash_key,
             budget: RetryBudget::new(&retry),
             retry: RetryPolicy::new(retry),
@@ -149,6 +158,12 @@ impl BalancedAgent {
             agent.insert(m, spec.weight.unwrap_or(1));
         }
         Ok(agent)
+    }
+
+    /// Vets every instance [`add`](Self::add)ed from now on with `check`.
+    pub fn with_runtime_check(mut self, check: RuntimeCheck) -> Self {
+        self.runtime_check = Some(check);
+        self
     }
 
     fn insert(&self, m: Member, weight: u32) -> bool {
@@ -233,6 +248,9 @@ impl BalancedAgent {
                 "weight",
                 "must be at least 1",
             )));
+        }
+        if let Some(check) = &self.runtime_check {
+            check(spec).map_err(InstanceError::Invalid)?;
         }
         let m = (self.factory)(spec).map_err(InstanceError::Invalid)?;
         let id = m.id.clone();

@@ -386,8 +386,23 @@ pub(crate) fn read_ca_file(
 
 /// An `http://` or `https://` URL with a host, for the setting `field`.
 pub(crate) fn parse_http_url(field: &str, text: &str) -> Result<Url, FieldError> {
+    // The text is echoed only when it cannot hold a password.
+    let shown = if text.contains('@') {
+        "the value"
+    } else {
+        text
+    };
     let url = Url::parse(text)
-        .map_err(|e| FieldError::invalid(field, format!("`{text}` is not a URL: {e}")))?;
+        .map_err(|e| FieldError::invalid(field, format!("`{shown}` is not a URL: {e}")))?;
+    // Instance URLs are ids: listed, logged and used as metric labels. A
+    // password in one would be shown everywhere, so none is accepted.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(FieldError::invalid(
+            field,
+            "must not carry credentials (`user:password@`): URLs are shown in lists, logs \
+             and metrics; send them as a header instead (`headers`, e.g. Authorization)",
+        ));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FieldError::invalid(
             field,
@@ -676,6 +691,22 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        for url in [
+            "http://user:hunter2@127.0.0.1:9/run",
+            "http://user@127.0.0.1:9/run",
+            "https://:hunter2@backend.example/run",
+        ] {
+            let e = HttpConfig::new(url).validate().unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("url"), "{url}");
+            assert!(e.message.contains("credentials"), "{e}");
+            assert!(!e.message.contains("hunter2"), "{e}");
+        }
+        let e = parse_http_url("url", "http://u:hunter2@[bad/").unwrap_err();
+        assert!(!e.message.contains("hunter2"), "{e}");
+    }
 
     fn field(cfg: HttpConfig) -> String {
         cfg.validate().unwrap_err().field.unwrap()

@@ -16,6 +16,7 @@
 //! - [`process`]: runs tasks on long-lived worker processes speaking JSON
 //!   lines (how an agent written in Python plugs in).
 //! - [`http`]: POSTs tasks to one agent instance over HTTP.
+//! - [`allow`]: the hosts an HTTP pool may be given at runtime.
 //! - [`balanced`]: several instances behind one agent: balancing, retries,
 //!   health, instances added and removed at runtime.
 //! - [`openai`]: an OpenAI-compatible chat-completions client (streaming
@@ -26,6 +27,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod agent;
+pub mod allow;
 pub mod balanced;
 pub mod communications;
 pub mod echo;

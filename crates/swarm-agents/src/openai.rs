@@ -83,7 +83,7 @@ pub struct OpenAiConfig {
     /// `Authorization` header is sent (fine for local providers).
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
-    /// Default `max_tokens` of a request (`args` may lower or raise it).
+    /// `max_tokens` of a request; `args` may lower it, not raise it.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u64,
     /// Default sampling temperature (`0`–`2`); absent: the provider's.
@@ -799,13 +799,30 @@ pub fn parse_args(args: &Value) -> Result<ChatRequest, FieldError> {
     })
 }
 
+impl OpenAiAgent {
+    /// `args` as a request. `max_tokens` may lower the department's
+    /// configured `max_tokens`, never raise it: the operator's figure
+    /// bounds what one task may cost.
+    fn request(&self, args: &Value) -> Result<ChatRequest, FieldError> {
+        let req = parse_args(args)?;
+        let most = self.client.config().max_tokens;
+        if req.max_tokens.is_some_and(|n| n > most) {
+            return Err(FieldError::invalid(
+                "max_tokens",
+                format!("must be at most {most}, this department's configured `max_tokens`"),
+            ));
+        }
+        Ok(req)
+    }
+}
+
 impl Agent for OpenAiAgent {
     fn kind(&self) -> &'static str {
         "openai"
     }
 
     fn validate(&self, args: &Value) -> Result<(), FieldError> {
-        parse_args(args).map(|_| ())
+        self.request(args).map(|_| ())
     }
 
     fn run(
@@ -814,7 +831,9 @@ impl Agent for OpenAiAgent {
         input: AgentInput,
     ) -> BoxFuture<'static, Result<Value, AgentError>> {
         Box::pin(async move {
-            let req = parse_args(&input.args).map_err(AgentError::invalid_args)?;
+            let req = self
+                .request(&input.args)
+                .map_err(AgentError::invalid_args)?;
             let reply = self.client.complete(&ctx, None, &req).await?;
             Ok(reply.to_json())
         })
@@ -824,6 +843,24 @@ impl Agent for OpenAiAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn args_may_lower_max_tokens_but_not_raise_it() {
+        let mut cfg = OpenAiConfig::new("http://127.0.0.1:9/v1", "m");
+        cfg.max_tokens = 100;
+        let agent = OpenAiAgent::new(cfg).unwrap();
+        agent
+            .validate(&json!({"prompt": "hi", "max_tokens": 100}))
+            .unwrap();
+        agent
+            .validate(&json!({"prompt": "hi", "max_tokens": 5}))
+            .unwrap();
+        let e = agent
+            .validate(&json!({"prompt": "hi", "max_tokens": 101}))
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("max_tokens"));
+        assert!(e.message.contains("at most 100"), "{e}");
+    }
 
     /// Feeds `stream` to a parser in pieces of `step` bytes.
     fn parse_in_pieces(stream: &[u8], step: usize) -> Vec<String> {

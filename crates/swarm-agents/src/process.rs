@@ -106,9 +106,16 @@ pub struct ProcessConfig {
     /// Worker processes kept running (each does one task at a time).
     #[serde(default = "default_workers")]
     pub workers: usize,
-    /// Environment variables added to the inherited environment.
+    /// Environment variables set for the workers.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables of the server's own environment passed on to the workers
+    /// (when set); nothing else is: a worker starts with a cleared
+    /// environment plus these and `env`, so the server's secrets (database
+    /// URL, provider keys) do not reach code it runs. Default:
+    /// [`DEFAULT_INHERIT_ENV`].
+    #[serde(default = "default_inherit_env")]
+    pub inherit_env: Vec<String>,
     /// Working directory of the workers (default: the server's).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -121,6 +128,13 @@ pub struct ProcessConfig {
     /// Longest accepted stdout line, in bytes.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+}
+
+/// The variables workers inherit unless `inherit_env` says otherwise.
+pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+fn default_inherit_env() -> Vec<String> {
+    DEFAULT_INHERIT_ENV.iter().map(|v| v.to_string()).collect()
 }
 
 fn default_workers() -> usize {
@@ -143,6 +157,7 @@ impl ProcessConfig {
             command: command.into_iter().map(Into::into).collect(),
             workers: DEFAULT_WORKERS,
             env: BTreeMap::new(),
+            inherit_env: default_inherit_env(),
             cwd: None,
             start_timeout_ms: DEFAULT_START_TIMEOUT_MS,
             max_waiting: DEFAULT_MAX_WAITING,
@@ -172,8 +187,17 @@ impl ProcessConfig {
                 format!("must be between 1 and {MAX_WORKERS}"),
             ));
         }
+        let bad_name = |k: &str| k.is_empty() || k.contains('=') || k.contains('\0');
+        for (i, k) in self.inherit_env.iter().enumerate() {
+            if bad_name(k) {
+                return Err(FieldError::invalid(
+                    format!("inherit_env.{i}"),
+                    "a variable name must be non-empty, without `=` or NUL",
+                ));
+            }
+        }
         for (k, v) in &self.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
+            if bad_name(k) {
                 return Err(FieldError::invalid(
                     format!("env.{k}"),
                     "a variable name must be non-empty, without `=` or NUL",
@@ -506,6 +530,12 @@ impl Worker {
         let cfg = &shared.cfg;
         let mut cmd = Command::new(&cfg.command[0]);
         cmd.args(&cfg.command[1..])
+            .env_clear()
+            .envs(
+                cfg.inherit_env
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+            )
             .envs(&cfg.env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

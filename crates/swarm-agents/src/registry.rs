@@ -7,7 +7,10 @@ use std::time::Duration;
 use swarm_core::config::{Config, PoolConfig};
 
 use crate::agent::Agent;
-use crate::balanced::{BalancedAgent, Factory, HealthCheck, InstanceSpec, Member, Probe};
+use crate::allow::HostAllowList;
+use crate::balanced::{
+    BalancedAgent, Factory, HealthCheck, InstanceSpec, Member, Probe, RuntimeCheck,
+};
 use crate::communications::{CommunicationsAgent, ReviewerAgent};
 use crate::echo::EchoAgent;
 use crate::email::{EmailAgent, Outbox};
@@ -66,6 +69,16 @@ pub fn pool_agent(name: &str, pc: &PoolConfig) -> Result<Option<Arc<dyn Agent>>,
             let specs =
                 http_instance_specs(table.remove("urls")).map_err(|e| key("http.urls", e))?;
             let health = health_check(&mut table).map_err(|(k, e)| key(&format!("http.{k}"), e))?;
+            let allow = match table.remove("allow_hosts") {
+                Some(v) => HostAllowList::parse(&v)
+                    .map_err(|e| key(&field_key("http", e.field.as_deref()), e.message))?,
+                None => HostAllowList::of_urls(specs.iter().filter_map(|s| s.url.as_deref())),
+            };
+            let pool = name.to_string();
+            let check: RuntimeCheck = Arc::new(move |spec: &InstanceSpec| match &spec.url {
+                Some(url) => allow.check(&pool, url),
+                None => Err(FieldError::missing("url")),
+            });
             let factory = http_factory(table);
             let agent = BalancedAgent::new(
                 "http",
@@ -83,7 +96,8 @@ pub fn pool_agent(name: &str, pc: &PoolConfig) -> Result<Option<Arc<dyn Agent>>,
                     None if field == "0" => key("http", e.message),
                     _ => key(&format!("http.urls.{field}"), e.message),
                 }
-            })?;
+            })?
+            .with_runtime_check(check);
             let agent = Arc::new(agent);
             if let Some(h) = health {
                 agent.start_health_checks(h);
@@ -304,7 +318,10 @@ pub fn builtin_agents(
     );
     agents.insert("reviewers", Arc::new(ReviewerAgent::with_llm(llm)));
     agents.insert("email", email);
-    agents.insert("sim", Arc::new(SimAgent::with_cpu_pool(cpu)));
+    agents.insert(
+        "sim",
+        Arc::new(SimAgent::with_cpu_pool(cpu).with_limits(cfg.sim.clone())),
+    );
     agents.insert("echo", Arc::new(EchoAgent));
     Ok(agents)
 }

@@ -35,14 +35,22 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use swarm_core::FieldError;
+use swarm_core::config::SimConfig;
 use swarm_sched::cpu::{CpuError, CpuPool};
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 
-/// Largest `latency_ms` and `jitter_ms` (10 minutes).
-pub const MAX_LATENCY_MS: u64 = 600_000;
-/// Largest `cpu_ms` (1 minute).
-pub const MAX_CPU_MS: u64 = 60_000;
+/// Largest `latency_ms` and `jitter_ms` any configuration allows (10
+/// minutes); `[sim] max_latency_ms` lowers it.
+pub const MAX_LATENCY_MS: u64 = swarm_core::config::SIM_MAX_LATENCY_MS;
+/// Largest `cpu_ms` any configuration allows (1 minute); `[sim]
+/// max_cpu_ms` lowers it.
+pub const MAX_CPU_MS: u64 = swarm_core::config::SIM_MAX_CPU_MS;
+/// The bounds of an agent built without `[sim]`.
+const WIDEST: SimConfig = SimConfig {
+    max_latency_ms: MAX_LATENCY_MS,
+    max_cpu_ms: MAX_CPU_MS,
+};
 /// Longest `group` name, in characters.
 pub const MAX_GROUP_CHARS: usize = 64;
 
@@ -86,9 +94,14 @@ impl Default for SimArgs {
 }
 
 impl SimArgs {
-    /// Parses and range-checks `args`; errors name the field relative to `args`.
-    /// `null` counts as an empty object.
+    /// Parses and range-checks `args` against the widest bounds; errors
+    /// name the field relative to `args`. `null` counts as an empty object.
     pub fn parse(args: &Value) -> Result<Self, FieldError> {
+        Self::parse_within(args, &WIDEST)
+    }
+
+    /// As [`parse`](Self::parse), within the configured `limits`.
+    pub fn parse_within(args: &Value, limits: &SimConfig) -> Result<Self, FieldError> {
         let empty = Map::new();
         let obj = match args {
             Value::Object(m) => m,
@@ -103,13 +116,13 @@ impl SimArgs {
         }
         let mut out = Self::default();
         if let Some(v) = obj.get("latency_ms") {
-            out.latency_ms = int_in(v, "latency_ms", 0, MAX_LATENCY_MS)?;
+            out.latency_ms = int_in(v, "latency_ms", 0, limits.max_latency_ms)?;
         }
         if let Some(v) = obj.get("jitter_ms") {
-            out.jitter_ms = int_in(v, "jitter_ms", 0, MAX_LATENCY_MS)?;
+            out.jitter_ms = int_in(v, "jitter_ms", 0, limits.max_latency_ms)?;
         }
         if let Some(v) = obj.get("cpu_ms") {
-            out.cpu_ms = int_in(v, "cpu_ms", 0, MAX_CPU_MS)?;
+            out.cpu_ms = int_in(v, "cpu_ms", 0, limits.max_cpu_ms)?;
         }
         if let Some(v) = obj.get("capacity") {
             // 0 means unlimited; any other value is a real bound.
@@ -255,6 +268,8 @@ fn burn_cpu(ms: u64, stop: impl Fn() -> bool) -> bool {
 pub struct SimAgent {
     groups: GroupTable,
     cpu: CpuPool,
+    /// What `args` may ask for (`[sim]`).
+    limits: SimConfig,
 }
 
 impl Default for SimAgent {
@@ -281,7 +296,14 @@ impl SimAgent {
         Self {
             groups: Arc::new(Mutex::new(HashMap::new())),
             cpu,
+            limits: WIDEST,
         }
+    }
+
+    /// Refuses `args` beyond `limits` (`[sim]`).
+    pub fn with_limits(mut self, limits: SimConfig) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Runs of `group` in flight right now.
@@ -379,7 +401,7 @@ impl Agent for SimAgent {
     }
 
     fn validate(&self, args: &Value) -> Result<(), FieldError> {
-        SimArgs::parse(args).map(|_| ())
+        SimArgs::parse_within(args, &self.limits).map(|_| ())
     }
 
     fn run(
@@ -388,7 +410,8 @@ impl Agent for SimAgent {
         input: AgentInput,
     ) -> BoxFuture<'static, Result<Value, AgentError>> {
         Box::pin(async move {
-            let args = SimArgs::parse(&input.args).map_err(AgentError::invalid_args)?;
+            let args = SimArgs::parse_within(&input.args, &self.limits)
+                .map_err(AgentError::invalid_args)?;
             self.run_inner(ctx, args).await
         })
     }
@@ -400,6 +423,28 @@ mod tests {
     use crate::test_support::{ctx, input};
     use futures_util::future::join_all;
     use tokio::time::Instant;
+
+    #[test]
+    fn args_are_bounded_by_configuration() {
+        let agent = SimAgent::new().with_limits(SimConfig {
+            max_latency_ms: 1_000,
+            max_cpu_ms: 50,
+        });
+        agent
+            .validate(&json!({"latency_ms": 1_000, "cpu_ms": 50}))
+            .unwrap();
+        for (args, field) in [
+            (json!({"latency_ms": 1_001}), "latency_ms"),
+            (json!({"jitter_ms": 1_001}), "jitter_ms"),
+            (json!({"cpu_ms": 51}), "cpu_ms"),
+        ] {
+            let e = agent.validate(&args).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{args}");
+        }
+        // The default bound is `[sim]`'s default.
+        let dflt = SimAgent::new().with_limits(SimConfig::default());
+        assert!(dflt.validate(&json!({"cpu_ms": 10_001})).is_err());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn latency_is_applied() {

@@ -382,3 +382,37 @@ async fn dropping_the_agent_stops_its_workers() {
         wait_gone(pid.into()).await;
     }
 }
+
+/// A worker that answers each task with the environment it was given.
+const ENV_WORKER: &str = concat!(
+    "import json, os, sys\n",
+    "print(json.dumps({'ready': True}), flush=True)\n",
+    "for line in sys.stdin:\n",
+    "    t = json.loads(line)\n",
+    "    print(json.dumps({'id': t['id'], 'result': dict(os.environ)}), flush=True)\n",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(test_missing = "python3", ignore = "needs python3")]
+async fn workers_get_a_cleared_environment_plus_the_allowed_variables() {
+    // Everything this test process has besides PATH must stay behind
+    // (cargo runs tests with CARGO_* set, so there is always some).
+    let ours: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    assert!(ours.iter().any(|k| k.starts_with("CARGO_")), "{ours:?}");
+    let mut cfg = ProcessConfig::new(["python3", "-c", ENV_WORKER]);
+    cfg.inherit_env = vec!["PATH".into(), "NOT_SET_ANYWHERE_42".into()];
+    cfg.env = [("SET_HERE".to_string(), "1".to_string())].into();
+    let agent = agent(cfg).await;
+    let env = run(&agent, json!({})).await.unwrap();
+    assert_eq!(env["SET_HERE"], "1", "{env}");
+    assert!(env.get("PATH").is_some(), "{env}");
+    // (`python3` may be a shim that sets variables of its own, so only
+    // ours are looked for.)
+    for k in ours.iter().filter(|k| *k != "PATH") {
+        if k.starts_with("CARGO") || k == "HOME" || k.starts_with("RUST") {
+            assert!(env.get(k).is_none(), "{k} reached the worker: {env}");
+        }
+    }
+    let defaults = ProcessConfig::new(["x"]).inherit_env;
+    assert_eq!(defaults, ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]);
+}

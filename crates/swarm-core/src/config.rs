@@ -35,6 +35,10 @@ pub struct Config {
     pub cpu_pool: CpuPoolConfig,
     /// API keys. None configured: `X-Tenant` names the tenant.
     pub tenants: Vec<TenantConfig>,
+    /// Who is an admin when no keys are configured.
+    pub auth: AuthConfig,
+    /// Bounds on what a task's `args` may ask of the `sim` agent.
+    pub sim: SimConfig,
     /// The resource monitor, metrics and alerts.
     pub monitor: MonitorConfig,
     /// Trace export (OpenTelemetry); off unless `otlp_endpoint` is set.
@@ -58,6 +62,8 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             cpu_pool: CpuPoolConfig::default(),
             tenants: Vec::new(),
+            auth: AuthConfig::default(),
+            sim: SimConfig::default(),
             monitor: MonitorConfig::default(),
             telemetry: TelemetryConfig::default(),
             llm: None,
@@ -630,6 +636,17 @@ fn one() -> u32 {
     1
 }
 
+/// Admin access without keys (`[auth]`). With `[[tenants]]` configured,
+/// only an `admin` key opens admin endpoints, whatever is set here.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// With no keys configured, treat callers on this machine (loopback
+    /// peers) as admins. Off by default: a reverse proxy on the same host
+    /// makes every request it relays a loopback peer.
+    pub loopback_admin: bool,
+}
+
 fn default_role() -> Role {
     Role::Client
 }
@@ -664,6 +681,41 @@ impl Default for TelemetryConfig {
         }
     }
 }
+
+/// `[sim]`: the largest `latency_ms` (and `jitter_ms`) and `cpu_ms` a
+/// task's `args` may give the `sim` agent (422 beyond), so one caller
+/// cannot hold a slot or burn a CPU for longer than the operator allows.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Largest `latency_ms` and `jitter_ms`, at most [`SIM_MAX_LATENCY_MS`].
+    pub max_latency_ms: u64,
+    /// Largest `cpu_ms`, at most [`SIM_MAX_CPU_MS`].
+    pub max_cpu_ms: u64,
+}
+
+/// The ceiling of `[sim] max_latency_ms`: 10 minutes.
+pub const SIM_MAX_LATENCY_MS: u64 = 600_000;
+/// The ceiling of `[sim] max_cpu_ms`: 1 minute.
+pub const SIM_MAX_CPU_MS: u64 = 60_000;
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            max_latency_ms: SIM_MAX_LATENCY_MS,
+            max_cpu_ms: 10_000,
+        }
+    }
+}
+
+/// The largest `[pools.NAME] max_timeout_ms` accepted: 30 days. Deadlines
+/// are stored as milliseconds since the epoch (`i64`) and added to clock
+/// readings; this keeps every sum far from overflow.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 86_400_000;
+
+/// The largest `[server] max_wait_ms` accepted: 1 hour (a waiting request
+/// holds its connection).
+pub const MAX_WAIT_MS: u64 = 3_600_000;
 
 /// A configuration that parsed but does not hold together.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -715,6 +767,12 @@ impl Config {
         }
         if self.database.lease_ms < 1_000 {
             return Err(cfg_err("database.lease_ms", "must be at least 1000"));
+        }
+        if self.server.max_wait_ms > MAX_WAIT_MS {
+            return Err(cfg_err(
+                "server.max_wait_ms",
+                format!("must be at most {MAX_WAIT_MS} (1 hour)"),
+            ));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(cfg_err("server.max_body_bytes", "must be at least 1024"));
@@ -779,6 +837,12 @@ impl Config {
             }
             if let Some(r) = &pool.retry {
                 r.validate().map_err(|m| cfg_err(key("retry"), m))?;
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&pool.max_timeout_or_default()) {
+                return Err(cfg_err(
+                    key("max_timeout_ms"),
+                    format!("must be between 1 and {MAX_TIMEOUT_MS} (30 days)"),
+                ));
             }
             if pool.default_timeout_or_default() == 0
                 || pool.default_timeout_or_default() > pool.max_timeout_or_default()
@@ -880,6 +944,18 @@ impl Config {
                     "must be 0 or more",
                 ));
             }
+        }
+        if self.sim.max_latency_ms > SIM_MAX_LATENCY_MS {
+            return Err(cfg_err(
+                "sim.max_latency_ms",
+                format!("must be at most {SIM_MAX_LATENCY_MS}"),
+            ));
+        }
+        if self.sim.max_cpu_ms > SIM_MAX_CPU_MS {
+            return Err(cfg_err(
+                "sim.max_cpu_ms",
+                format!("must be at most {SIM_MAX_CPU_MS}"),
+            ));
         }
         if self.cpu_pool.queue == 0 {
             return Err(cfg_err("cpu_pool.queue", "must be at least 1"));
@@ -1020,6 +1096,27 @@ mod tests {
             cfg.validate(KINDS).unwrap_err().key,
             "pools.sim.default_timeout_ms"
         );
+    }
+
+    #[test]
+    fn waits_and_deadlines_are_bounded_at_load() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().validate(KINDS);
+        // Past i64::MAX milliseconds, `as i64` used to wrap to a deadline
+        // in the past.
+        let err = check("[pools.sim]\nmax_timeout_ms = 18446744073709551615\n").unwrap_err();
+        assert_eq!(err.key, "pools.sim.max_timeout_ms");
+        assert!(err.message.contains("30 days"), "{err}");
+        check(&format!("[pools.sim]\nmax_timeout_ms = {MAX_TIMEOUT_MS}\n")).unwrap();
+        let err = check("[server]\nmax_wait_ms = 9223372036854775807\n").unwrap_err();
+        assert_eq!(err.key, "server.max_wait_ms");
+        check(&format!("[server]\nmax_wait_ms = {MAX_WAIT_MS}\n")).unwrap();
+    }
+
+    #[test]
+    fn loopback_admin_is_opt_in() {
+        assert!(!Config::default().auth.loopback_admin);
+        let cfg = Config::from_toml("[auth]\nloopback_admin = true\n").unwrap();
+        assert!(cfg.auth.loopback_admin);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! Every refusal carries a `Retry-After` computed from the drain rate.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use swarm_core::config::Config;
@@ -53,10 +53,8 @@ pub(crate) struct Ticket {
 pub(crate) struct Admission {
     /// Outstanding tasks per tenant.
     tenants: Arc<TenantLedger>,
-    /// Per-tenant quota overrides.
-    quotas: HashMap<String, usize>,
-    /// The quota of tenants without an override.
-    default_quota: usize,
+    /// Tasks each tenant may have outstanding (replaced by a reload).
+    quotas: RwLock<Quotas>,
     /// The monitor's last reading (memory over threshold).
     resources: Arc<Resources>,
     /// The threshold, for the message.
@@ -67,7 +65,38 @@ pub(crate) struct Admission {
     backlog_max: usize,
 }
 
+/// Tasks each tenant may have queued or running at once.
+struct Quotas {
+    /// Per-tenant overrides (`[[tenants]] max_outstanding`).
+    by_tenant: HashMap<String, usize>,
+    /// The quota of tenants without one (`admission.tenant_max_outstanding`).
+    default: usize,
+}
+
+impl Quotas {
+    fn from_config(cfg: &Config) -> Self {
+        Self {
+            by_tenant: cfg
+                .tenants
+                .iter()
+                .filter_map(|t| t.max_outstanding.map(|m| (t.name.clone(), m)))
+                .collect(),
+            default: cfg.admission.tenant_max_outstanding,
+        }
+    }
+
+    fn of(&self, tenant: &str) -> usize {
+        self.by_tenant.get(tenant).copied().unwrap_or(self.default)
+    }
+}
+
 impl Admission {
+    /// Takes a reloaded configuration's quotas; tasks already admitted
+    /// keep their slots.
+    pub(crate) fn set_quotas(&self, cfg: &Config) {
+        *self.quotas.write().unwrap_or_else(|p| p.into_inner()) = Quotas::from_config(cfg);
+    }
+
     pub(crate) fn new(
         cfg: &Config,
         tenants: Arc<TenantLedger>,
@@ -76,12 +105,7 @@ impl Admission {
     ) -> Self {
         Self {
             tenants,
-            quotas: cfg
-                .tenants
-                .iter()
-                .filter_map(|t| t.max_outstanding.map(|m| (t.name.clone(), m)))
-                .collect(),
-            default_quota: cfg.admission.tenant_max_outstanding,
+            quotas: RwLock::new(Quotas::from_config(cfg)),
             resources,
             rss_high_mib: cfg.admission.rss_high_mib,
             store,
@@ -124,9 +148,9 @@ impl Admission {
         }
         let quota = self
             .quotas
-            .get(tenant)
-            .copied()
-            .unwrap_or(self.default_quota);
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .of(tenant);
         let slot = match self.tenants.try_take(tenant, quota) {
             Ok(slot) => slot,
             Err(n) => {

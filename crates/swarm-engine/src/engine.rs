@@ -33,6 +33,7 @@ use crate::ledger::TenantLedger;
 use crate::lifecycle::{Accepted, Cancelled, Lifecycle};
 use crate::monitor::{Alerts, AlertsView, Resources};
 use crate::pool::{Pool, Pools};
+use crate::roster::{Roster, Tenants};
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
 use crate::status::{DatabaseStatus, Status};
@@ -140,6 +141,8 @@ struct Core {
     peers: Arc<PeerStats>,
     /// Outstanding tasks per tenant (shared with admission and lifecycle).
     tenants: Arc<TenantLedger>,
+    /// `[[tenants]]` as configured now (reloaded on SIGHUP).
+    roster: Roster,
     /// Prometheus metrics.
     metrics: Arc<Metrics>,
     /// Start time, for uptime.
@@ -325,6 +328,7 @@ impl Engine {
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
+            roster: Roster::new(cfg.tenants.clone()),
             director: Director::new(&cfg),
             global: Limiter::new(LimitConfig::fixed(cfg.admission.global_max_inflight)),
             cfg,
@@ -440,7 +444,8 @@ impl Engine {
         &self.core.node_id
     }
 
-    /// The configuration the engine runs with.
+    /// The configuration the engine started with. A reload changes the
+    /// instance lists and the tenants ([`Engine::tenants`]), not this.
     pub fn config(&self) -> &Config {
         &self.core.cfg
     }
@@ -453,6 +458,21 @@ impl Engine {
     /// The departments (for `instances`).
     pub(crate) fn pools(&self) -> &Pools {
         &self.core.pools
+    }
+
+    /// The tenants as configured now (reloaded on SIGHUP).
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.core.roster.get()
+    }
+
+    /// The tenants as configured now (for a reload).
+    pub(crate) fn roster(&self) -> &Roster {
+        &self.core.roster
+    }
+
+    /// The admission policy (for a reload).
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.core.admission
     }
 }
 
@@ -533,8 +553,9 @@ impl Engine {
             result: None,
             error: None,
             idempotency_key: spec.idempotency_key.clone(),
-            timeout_ms: timeout_ms as i64,
-            deadline_at: now.saturating_add(timeout_ms as i64),
+            // Bounded by `max_timeout_ms` (at most 30 days at load).
+            timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
+            deadline_at: now.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
             created_at: now,
             started_at: None,
             finished_at: None,

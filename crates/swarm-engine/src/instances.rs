@@ -1,6 +1,7 @@
 //! A department's instances at runtime: listing them, adding, draining and
 //! removing one (`/api/pools/{pool}/instances`), and taking a reloaded
-//! configuration's instance lists (SIGHUP).
+//! configuration (SIGHUP): its instance lists, and its tenants
+//! ([`crate::roster`]).
 //!
 //! Only pools whose agent balances several instances (`agent = "http"`,
 //! built-in agents with `replicas` > 1) can change; the balancer
@@ -18,6 +19,7 @@ use swarm_sched::balance::{BalancerSnapshot, InstanceSnapshot};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::pool::Pool;
+use crate::roster::TenantChanges;
 
 /// `GET /api/pools/{pool}/instances`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +44,8 @@ pub struct InstancesView {
 pub struct ReloadReport {
     /// Pools whose instances changed, with the changes.
     pub changed: Vec<(String, Reconciled)>,
+    /// What changed in `[[tenants]]` (keys, roles, weights, quotas).
+    pub tenants: TenantChanges,
     /// What the reload could not apply without a restart.
     pub ignored: Vec<String>,
 }
@@ -133,9 +137,10 @@ impl Engine {
     }
 
     /// Applies a reloaded configuration's instance lists (`[pools.X.http]
-    /// urls`, `replicas`) to the running pools. Everything else needs a
-    /// restart and is listed in the report's `ignored`. Nothing changes if
-    /// any list is invalid.
+    /// urls`, `replicas`) to the running pools, and its tenants (`[[tenants]]`
+    /// and `admission.tenant_max_outstanding`: keys, roles, weights,
+    /// quotas). Everything else needs a restart and is listed in the
+    /// report's `ignored`. Nothing changes if any list is invalid.
     pub fn reload(&self, cfg: &Config) -> Result<ReloadReport, EngineError> {
         let old = self.config();
         let mut report = ReloadReport::default();
@@ -179,10 +184,36 @@ impl Engine {
                 report.changed.push((name, r));
             }
         }
+        report.tenants = self.reload_tenants(cfg);
         for what in &report.ignored {
             tracing::warn!(%what, "configuration change needs a restart; not applied");
         }
         Ok(report)
+    }
+}
+
+// === impl Engine: tenants ===
+
+impl Engine {
+    /// Takes a reloaded configuration's `[[tenants]]` and
+    /// `admission.tenant_max_outstanding`: the roster (and so the keys),
+    /// the admission quotas and every pool's tenant weights. `cfg` has
+    /// been validated.
+    fn reload_tenants(&self, cfg: &Config) -> TenantChanges {
+        let changes = self.roster().replace(&cfg.tenants);
+        self.admission().set_quotas(cfg);
+        for pool in self.pools().iter() {
+            pool.set_tenant_weights(&cfg.tenants);
+        }
+        if !changes.is_empty() {
+            tracing::info!(
+                added = ?changes.added,
+                removed = ?changes.removed,
+                changed = ?changes.changed,
+                "tenants reloaded"
+            );
+        }
+        changes
     }
 }
 

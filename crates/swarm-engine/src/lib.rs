@@ -11,7 +11,8 @@
 //! (`ARCHITECTURE.md` draws the graph).
 //! - [`engine`]: [`Engine`], the public face: start-up wiring, submit, get,
 //!   list, watch, wait, cancel, status, shutdown. [`instances`] adds a
-//!   pool's instances at runtime and configuration reload.
+//!   pool's instances at runtime and configuration reload; [`roster`]: the
+//!   tenants as configured now, which a reload replaces.
 //! - `admission`: every admission decision.
 //! - `dispatch`: one dispatcher per pool. `run`: one stored task's run.
 //!   `child`: nested calls as child tasks (and why they cannot deadlock).
@@ -48,6 +49,7 @@ mod ledger;
 mod lifecycle;
 pub mod monitor;
 mod pool;
+pub mod roster;
 mod run;
 mod shutdown;
 pub mod stats;

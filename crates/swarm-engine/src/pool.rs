@@ -220,6 +220,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// Replaces the tenants' fair-queue weights (a reload); tenants no
+    /// longer listed go back to weight 1.
+    pub(crate) fn set_tenant_weights(&self, tenants: &[TenantConfig]) {
+        let mut q = lock(&self.queues);
+        q.tasks.clear_tenant_weights();
+        for t in tenants {
+            q.tasks.set_tenant_weight(&t.name, t.weight);
+        }
+    }
+
     pub(crate) fn new(
         name: &str,
         cfg: &PoolConfig,

@@ -276,6 +276,12 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// Sets every tenant's DRR quantum back to 1 (before setting the
+    /// weights of a new configuration).
+    pub fn clear_tenant_weights(&mut self) {
+        self.tenant_weights.clear();
+    }
+
     /// `tenant`'s DRR quantum.
     pub fn tenant_weight(&self, tenant: &str) -> u32 {
         self.tenant_weights.get(tenant).copied().unwrap_or(1)

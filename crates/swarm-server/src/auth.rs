@@ -6,15 +6,20 @@
 //! (no early exit), so timing reveals neither which key nearly matched nor
 //! how many there are beyond their count. With no keys configured (the
 //! embedded default), `X-Tenant` names the tenant, default `default`.
+//!
+//! The keys follow the engine's current roster ([`Engine::tenants`]): a
+//! reload that removes a tenant takes its keys away at once, since
+//! [`KeyRing`] rebuilds its table whenever the roster's generation moves.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use sha2::{Digest, Sha256};
 use swarm_core::config::{Role, TenantConfig};
+use swarm_engine::Engine;
 
 use crate::error::ApiError;
 
@@ -49,6 +54,49 @@ impl Keys {
             }
         }
         found
+    }
+}
+
+/// The keys of the engine's current roster, and whether callers on this
+/// machine are admins when there are none (`[auth] loopback_admin`).
+#[derive(Debug)]
+pub struct KeyRing {
+    engine: Engine,
+    loopback_admin: bool,
+    /// The table built for one roster generation.
+    cached: RwLock<(u64, Arc<Keys>)>,
+}
+
+impl KeyRing {
+    /// Keys of `engine`'s roster, now and after every reload.
+    pub fn new(engine: Engine) -> Self {
+        let tenants = engine.tenants();
+        let keys = Arc::new(Keys::from_config(&tenants.list));
+        Self {
+            loopback_admin: engine.config().auth.loopback_admin,
+            engine,
+            cached: RwLock::new((tenants.generation, keys)),
+        }
+    }
+
+    /// The keys as configured now.
+    pub fn current(&self) -> Arc<Keys> {
+        let tenants = self.engine.tenants();
+        {
+            let c = self.cached.read().unwrap_or_else(|p| p.into_inner());
+            if c.0 == tenants.generation {
+                return c.1.clone();
+            }
+        }
+        let keys = Arc::new(Keys::from_config(&tenants.list));
+        *self.cached.write().unwrap_or_else(|p| p.into_inner()) =
+            (tenants.generation, keys.clone());
+        keys
+    }
+
+    /// Whether no key is configured now.
+    pub fn is_empty(&self) -> bool {
+        self.current().is_empty()
     }
 }
 
@@ -107,12 +155,12 @@ fn valid_tenant(t: &str) -> bool {
 impl<S> FromRequestParts<S> for Caller
 where
     S: Send + Sync,
-    Arc<Keys>: FromRef<S>,
+    Arc<KeyRing>: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let keys = Arc::<Keys>::from_ref(state);
+        let keys = Arc::<KeyRing>::from_ref(state).current();
         if keys.is_empty() {
             let tenant = match parts.headers.get("x-tenant") {
                 None => "default".to_string(),
@@ -154,24 +202,33 @@ where
     }
 }
 
-/// A caller allowed on admin endpoints (profiles). With keys configured,
-/// one holding an `admin` key (`401` without a valid key, `403` with a
-/// client's). Without keys, nothing tells an operator from a client, so
-/// only a peer on this machine (`403` otherwise).
+/// A caller allowed on admin endpoints (instance changes, profiles). With
+/// keys configured, one holding an `admin` key (`401` without a valid key,
+/// `403` with a client's). Without keys, nothing tells an operator from a
+/// client: a peer on this machine is admin only where `[auth]
+/// loopback_admin = true` says so, since "on this machine" also covers a
+/// reverse proxy relaying anyone's request (`403` otherwise).
 #[derive(Debug, Clone)]
 pub struct Admin(pub Caller);
 
 impl<S> FromRequestParts<S> for Admin
 where
     S: Send + Sync,
-    Arc<Keys>: FromRef<S>,
+    Arc<KeyRing>: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
         let forbidden = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m);
-        if Arc::<Keys>::from_ref(state).is_empty() {
+        let ring = Arc::<KeyRing>::from_ref(state);
+        if ring.is_empty() {
+            if !ring.loopback_admin {
+                return Err(forbidden(
+                    "admin endpoints need an admin key; with no API keys configured, \
+                     set `loopback_admin = true` under [auth] to let callers on this machine in",
+                ));
+            }
             if is_loopback(parts) {
                 return Ok(Admin(caller));
             }

@@ -85,8 +85,8 @@ pub use routes::router;
 pub struct AppState {
     /// The engine.
     pub engine: Engine,
-    /// API keys.
-    pub keys: Arc<auth::Keys>,
+    /// API keys (following the engine's reloads).
+    pub keys: Arc<auth::KeyRing>,
     /// Fired when shutdown begins: waits and event streams end, so the
     /// server can drain.
     pub closing: CancellationToken,
@@ -98,16 +98,16 @@ pub struct AppState {
     pub waiters: Arc<slots::TenantSlots>,
 }
 
-impl FromRef<AppState> for Arc<auth::Keys> {
+impl FromRef<AppState> for Arc<auth::KeyRing> {
     fn from_ref(s: &AppState) -> Self {
         s.keys.clone()
     }
 }
 
 impl AppState {
-    /// State for `engine`, with keys from its configuration.
+    /// State for `engine`, with keys from its tenants.
     pub fn new(engine: Engine) -> Self {
-        let keys = Arc::new(auth::Keys::from_config(&engine.config().tenants));
+        let keys = Arc::new(auth::KeyRing::new(engine.clone()));
         let server = &engine.config().server;
         let streams = slots::TenantSlots::streams(server.max_streams_per_tenant);
         let waiters = slots::TenantSlots::waiters(server.max_waiters_per_tenant);

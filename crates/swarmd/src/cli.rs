@@ -112,6 +112,11 @@ pub(crate) struct ServeArgs {
     /// `<hostname>:<port>` on PostgreSQL].
     #[arg(long, env = "SWARMD_NODE_ID")]
     pub(crate) node_id: Option<String>,
+    /// Serve on an address other machines reach although no API keys
+    /// (`[[tenants]]`) are configured: anyone who reaches it may submit,
+    /// read and cancel tasks. Without it, `serve` refuses such an address.
+    #[arg(long, env = "SWARMD_ALLOW_UNAUTHENTICATED")]
+    pub(crate) allow_unauthenticated: bool,
     /// Log format.
     #[arg(long, env = "SWARMD_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub(crate) log_format: LogFormat,

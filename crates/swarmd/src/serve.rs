@@ -31,7 +31,37 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config, String> {
         cfg.node_id = Some(n.clone());
     }
     cfg.validate(BUILTIN_KINDS).map_err(|e| e.to_string())?;
+    check_exposure(&cfg, args.allow_unauthenticated)?;
     Ok(cfg)
+}
+
+/// Without API keys every caller may submit, read and cancel tasks; that
+/// is the embedded default on loopback, and a mistake anywhere else. So a
+/// listen address other machines may reach needs keys, or the explicit
+/// `--allow-unauthenticated`. Checked at start and at every reload (a
+/// reload that removes the last key is refused).
+pub(crate) fn check_exposure(cfg: &Config, allow_unauthenticated: bool) -> Result<(), String> {
+    if !cfg.tenants.is_empty() || allow_unauthenticated || is_loopback_addr(&cfg.server.listen) {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve on {} without API keys: anyone who reaches it could submit, read \
+         and cancel tasks. Configure [[tenants]] keys (see `swarmd hash-key`), listen on \
+         loopback (127.0.0.1), or pass --allow-unauthenticated if the network is trusted",
+        cfg.server.listen
+    ))
+}
+
+/// Whether `listen` (`host:port`) names only this machine: a loopback IP
+/// or `localhost`. Anything else (`0.0.0.0`, a host name, a LAN address)
+/// counts as reachable from elsewhere.
+fn is_loopback_addr(listen: &str) -> bool {
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -176,7 +206,8 @@ impl Drop for EngineRuntime {
 
 /// On SIGHUP, reads the configuration again (file, env, flags, as at
 /// start) and applies what can change while running: the instance lists of
-/// balanced departments. A bad file changes nothing and is logged.
+/// balanced departments and the tenants (keys, roles, weights, quotas). A
+/// bad file changes nothing and is logged.
 #[cfg(unix)]
 async fn reload_on_hangup(engine: Engine, args: ServeArgs) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -189,11 +220,40 @@ async fn reload_on_hangup(engine: Engine, args: ServeArgs) {
             load_config(&args).and_then(|cfg| engine.reload(&cfg).map_err(|e| e.to_string()));
         match result {
             Ok(r) => tracing::info!(
-                changed = r.changed.len(),
+                pools_changed = r.changed.len(),
+                tenants_added = ?r.tenants.added,
+                tenants_removed = ?r.tenants.removed,
+                tenants_changed = ?r.tenants.changed,
                 ignored = r.ignored.len(),
                 "configuration reloaded"
             ),
             Err(e) => tracing::error!(error = %e, "configuration reload failed; nothing changed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        for a in [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "localhost:9000",
+            "127.1.2.3:1",
+        ] {
+            assert!(is_loopback_addr(a), "{a}");
+        }
+        for a in [
+            "0.0.0.0:8080",
+            "[::]:80",
+            "10.0.0.1:80",
+            "example.com:80",
+            "nonsense",
+        ] {
+            assert!(!is_loopback_addr(a), "{a}");
         }
     }
 }

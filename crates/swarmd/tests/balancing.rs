@@ -12,28 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Backend, TestServer, agent_py, free_port, require_python3};
-
-/// A directory for one test, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(support::unique("swarmd-bal"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{Backend, TempDir, TestServer, agent_py, free_port, require_python3};
 
 /// A `swarmd sim-backend` process, killed when dropped.
 struct Sim {
@@ -111,6 +90,9 @@ fn pool_cfg(name: &str, urls: &[String], extra: &str) -> String {
         "[pools.{name}]\nagent = \"http\"\nconcurrency = 64\n[pools.{name}.http]\nurls = {urls:?}\n{extra}"
     )
 }
+
+/// Callers on loopback are admins (the tests change instances without keys).
+const LOOPBACK_ADMIN: &str = "[auth]\nloopback_admin = true\n";
 
 /// Submits `n` tasks to `pool` without waiting; returns their ids.
 async fn submit_many(s: &TestServer, pool: &str, n: usize) -> Vec<String> {
@@ -273,8 +255,9 @@ async fn instances_are_added_drained_and_removed_at_runtime() {
         &(pool_cfg(
             "remote",
             &[a.work()],
-            "[pools.remote.balance]\npolicy = \"round_robin\"\n",
-        ) + "[pools.echo]\nreplicas = 2\n"),
+            "allow_hosts = [\"127.0.0.1\"]\n[pools.remote.balance]\npolicy = \"round_robin\"\n",
+        ) + "[pools.echo]\nreplicas = 2\n"
+            + LOOPBACK_ADMIN),
     )
     .await
     .unwrap();

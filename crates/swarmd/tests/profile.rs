@@ -117,8 +117,16 @@ async fn cpu_profiles_as_svg_and_pprof_for_admins_only() {
         h.await.expect("load task");
     }
 
-    // Without keys, a peer on loopback may profile.
-    let open = TestServer::start(Backend::Sqlite, "")
+    // Without keys, a peer on loopback may profile where the operator
+    // said so (`[auth] loopback_admin`), and not by default.
+    let closed = TestServer::start(Backend::Sqlite, "")
+        .await
+        .expect("sqlite");
+    closed
+        .get(&format!("{path}?seconds=1"))
+        .await
+        .assert_error(403, "forbidden", None);
+    let open = TestServer::start(Backend::Sqlite, "[auth]\nloopback_admin = true\n")
         .await
         .expect("sqlite");
     let r = open.get(&format!("{path}?seconds=1")).await;
