@@ -28,6 +28,7 @@ if [[ -z "${SWARMD:-}" ]]; then
     SWARMD="${CARGO_TARGET_DIR:-target}/debug/swarmd"
 fi
 
+config="$PWD/.ci/schemathesis.toml"
 work="$(mktemp -d)"
 pid=""
 stop() {
@@ -83,7 +84,8 @@ TOML
     done
     echo "== schemathesis: $mode ($base)"
     local rc=0
-    schemathesis --config-file .ci/schemathesis.toml run "$base/api/openapi.json" \
+    # From the scratch folder, so schemathesis's cache stays out of the tree.
+    (cd "$work" && schemathesis --config-file "$config" run "$base/api/openapi.json" \
         --checks all \
         --max-examples "$EXAMPLES" \
         --max-time "$MAX_TIME" \
@@ -91,7 +93,7 @@ TOML
         --request-timeout 30 \
         --exclude-operation-id cpu_profile \
         --no-color \
-        "$@" || rc=$?
+        "$@") || rc=$?
     stop
     if [[ $rc -ne 0 ]]; then
         echo "schemathesis failed in mode $mode; server log:"

@@ -543,3 +543,252 @@ impl IntoParams for TenantHeader {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use swarm_core::config::{Config, Role, TenantConfig};
+
+    use super::*;
+
+    fn served(cfg: &Config) -> Value {
+        let doc = serialized(&crate::routes::openapi(cfg));
+        serde_json::from_slice(&doc.0).unwrap()
+    }
+
+    fn with_keys() -> Config {
+        let mut cfg = Config::default();
+        cfg.tenants.push(TenantConfig {
+            name: "acme".into(),
+            role: Role::Client,
+            key_sha256: crate::auth::hash_key("k"),
+            weight: 1,
+            max_outstanding: None,
+        });
+        cfg
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((method.to_uppercase(), path.clone(), op));
+            }
+        }
+        out
+    }
+
+    /// Routes reach the router only through `routes!` in `routes::api`,
+    /// which documents them: an axum `.route(…)`, `.nest(…)` or
+    /// `.merge(…)` in the route modules would serve a path the document
+    /// does not have.
+    #[test]
+    fn every_route_goes_through_the_documented_table() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut files = vec![format!("{dir}/routes.rs")];
+        for e in std::fs::read_dir(format!("{dir}/routes")).unwrap() {
+            files.push(e.unwrap().path().display().to_string());
+        }
+        let mut offenders = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            // Tests (this one included) build no routes.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (i, line) in code.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for bad in [
+                    ".route(",
+                    ".route_service(",
+                    ".nest(",
+                    ".nest_service(",
+                    ".merge(",
+                    "routing::",
+                ] {
+                    if code.contains(bad) {
+                        offenders.push(format!("{f}:{}: {}", i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "routes outside `routes!` (not in the OpenAPI document):\n{}",
+            offenders.join("\n")
+        );
+        // And the table is what the document lists: one operation per
+        // handler named in `routes!(…)`.
+        let table = std::fs::read_to_string(format!("{dir}/routes.rs")).unwrap();
+        let handlers: usize = table
+            .split("routes!(")
+            .skip(1)
+            .map(|rest| rest.split(')').next().unwrap().split(',').count())
+            .sum();
+        assert_eq!(operations(&served(&Config::default())).len(), handlers);
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_operation_ids_and_errors() {
+        let doc = served(&Config::default());
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let mut ids = std::collections::HashSet::new();
+        for (method, path, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.clone()), "operationId {id} twice");
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+        for path in [
+            "/api/tasks",
+            "/task",
+            "/dashboard",
+            "/metrics",
+            "/health",
+            "/ready",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path}");
+        }
+        let submit = &doc["paths"]["/api/tasks"]["post"]["responses"];
+        for status in [
+            "200", "202", "400", "408", "409", "413", "415", "422", "429", "503",
+        ] {
+            assert!(submit.get(status).is_some(), "POST /api/tasks {status}");
+        }
+        assert!(
+            submit["503"]["headers"].get("Retry-After").is_some(),
+            "{submit}"
+        );
+        let error = &doc["components"]["schemas"]["Error"];
+        assert_eq!(error["required"], json!(["error_code", "message"]));
+    }
+
+    #[test]
+    fn links_lead_from_a_new_task_to_its_operations() {
+        let doc = served(&Config::default());
+        let text = doc.to_string();
+        assert!(!text.contains("operation_id"), "snake-case link fields");
+        let links = &doc["paths"]["/api/tasks"]["post"]["responses"]["202"]["links"];
+        assert_eq!(links["GetTask"]["operationId"], "get_task");
+        assert_eq!(links["GetTask"]["parameters"]["id"], "$response.body#/id");
+        let ids: Vec<&str> = operations(&doc)
+            .iter()
+            .filter_map(|(_, _, op)| op["operationId"].as_str())
+            .collect();
+        for (_, _, op) in operations(&doc) {
+            for r in op["responses"].as_object().unwrap().values() {
+                for link in r["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                    let target = link["operationId"].as_str().unwrap();
+                    assert!(ids.contains(&target), "link to unknown {target}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_follows_the_auth_mode_and_the_configuration() {
+        let open = served(&Config::default());
+        let keyed = served(&with_keys());
+        for (method, path, op) in operations(&open) {
+            assert!(op["responses"].get("401").is_none(), "{method} {path}");
+            assert!(op.get("security").is_none(), "{method} {path}");
+        }
+        let status = &keyed["paths"]["/api/status"]["get"];
+        assert_eq!(status["security"], json!([{"bearer": []}]));
+        assert!(status["responses"].get("401").is_some());
+        let tenant_param = |doc: &Value| {
+            doc["paths"]["/api/status"]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == TENANT_HEADER)
+        };
+        assert!(tenant_param(&open));
+        assert!(!tenant_param(&keyed));
+        // No key needed for the document itself, the health checks and the
+        // dashboard.
+        for path in ["/api/openapi.json", "/health", "/ready", "/dashboard"] {
+            assert!(
+                keyed["paths"][path]["get"].get("security").is_none(),
+                "{path}"
+            );
+        }
+        // Configuration: the departments and `server.max_wait_ms`.
+        let mut cfg = Config::default();
+        cfg.server.max_wait_ms = 1234;
+        let doc = served(&cfg);
+        assert_eq!(
+            doc["components"]["schemas"]["TaskSpec"]["properties"]["wait_ms"]["maximum"],
+            1234
+        );
+        let list = doc["paths"]["/api/tasks"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let department = list.iter().find(|p| p["name"] == "department").unwrap();
+        let names = &department["schema"]["anyOf"][0]["enum"];
+        assert_eq!(
+            names.as_array().unwrap().len(),
+            cfg.pools.len(),
+            "{department}"
+        );
+    }
+
+    /// The JSON a task is sent as has exactly the fields of the `Task`
+    /// schema: every required one, none undocumented.
+    #[test]
+    fn a_task_on_the_wire_matches_its_schema() {
+        let doc = served(&Config::default());
+        let schema = &doc["components"]["schemas"]["Task"];
+        let task = swarm_core::Task {
+            id: swarm_core::TaskId::new(),
+            tenant: "default".into(),
+            task_type: "echo".into(),
+            status: swarm_core::TaskStatus::TimedOut,
+            priority: swarm_core::Priority::Low,
+            department: "echo".into(),
+            agent: "echo".into(),
+            instance: None,
+            title: None,
+            description: None,
+            args: json!({}),
+            result: None,
+            error: None,
+            idempotency_key: None,
+            timeout_ms: 1,
+            deadline_at: 1,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            nodes: Vec::new(),
+            timings: Default::default(),
+        };
+        let wire = serde_json::to_value(&task).unwrap();
+        let wire = wire.as_object().unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        for k in wire.keys() {
+            assert!(properties.contains_key(k), "`{k}` is not in the schema");
+        }
+        for k in schema["required"].as_array().unwrap() {
+            assert!(wire.contains_key(k.as_str().unwrap()), "`{k}` is required");
+        }
+        // Enums are sent as the lower-case strings the schema lists.
+        let status = &doc["components"]["schemas"]["TaskStatus"]["enum"];
+        assert!(
+            status.as_array().unwrap().contains(&wire["status"]),
+            "{status}"
+        );
+        let priority = &doc["components"]["schemas"]["Priority"]["enum"];
+        assert!(priority.as_array().unwrap().contains(&wire["priority"]));
+        for st in swarm_core::TaskStatus::ALL {
+            assert!(status.as_array().unwrap().contains(&json!(st.as_str())));
+        }
+    }
+}
