@@ -154,6 +154,39 @@ async fn answers_have_the_documented_shape(backend: Backend) {
     assert_shape(&doc, "get", "/api/tasks", 200, &l.body);
     let task = json!({"$ref": "#/components/schemas/Task"});
     assert_fields(&doc, &task, &l.body["tasks"][0], "a listed task");
+    // A task that did not succeed: `result` and the like are `null`, not
+    // left out (the schema requires them).
+    let late = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "args": {"latency_ms": 2000}, "timeout_ms": 50, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(late.body["status"], "timed_out", "{}", late.text);
+    assert_shape(&doc, "post", "/api/tasks", 200, &late.body);
+    assert!(late.body["result"].is_null() && late.body.get("result").is_some());
+    // Enums are sent as the lower-case strings the schema lists.
+    let schemas = &doc["components"]["schemas"];
+    for (t, field, schema) in [
+        (&late.body, "status", "TaskStatus"),
+        (&late.body, "priority", "Priority"),
+        (&g.body, "status", "TaskStatus"),
+    ] {
+        let values = schemas[schema]["enum"].as_array().unwrap();
+        assert!(
+            values.contains(&t[field]),
+            "{field} {} not in {values:?}",
+            t[field]
+        );
+    }
+    for st in swarm_core::TaskStatus::ALL {
+        assert!(
+            schemas["TaskStatus"]["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(st.as_str()))
+        );
+    }
     for path in [
         "/api/status",
         "/api/alerts",
