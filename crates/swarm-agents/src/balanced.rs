@@ -42,7 +42,7 @@ pub type Probe = Arc<dyn Fn(&str) -> BoxFuture<'static, Result<(), String>> + Se
 
 /// An instance to add: what `POST /api/pools/{pool}/instances` takes and
 /// what `[pools.NAME.http] urls` lists.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
     /// The instance's URL (HTTP pools); also its id.
@@ -53,7 +53,8 @@ pub struct InstanceSpec {
     #[serde(default)]
     pub id: Option<String>,
     /// Weight for `weighted` and `hash` (default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "swarm_core::whole::optional")]
+    #[schema(maximum = 4294967295_u64)]
     pub weight: Option<u32>,
 }
 

@@ -238,7 +238,7 @@ impl ProcessConfig {
 }
 
 /// A snapshot of a [`ProcessAgent`]'s workers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ProcessStats {
     /// Configured worker slots.
     pub workers: usize,

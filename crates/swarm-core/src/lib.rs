@@ -8,6 +8,8 @@
 //! - [`error`]: the field-level validation error every layer reports bad input with.
 //! - [`config`]: `swarmd.toml` as types, with defaults and validation.
 //! - [`clock`]: wall-clock milliseconds and their RFC 3339 rendering.
+//! - [`whole`]: whole numbers in request bodies (`5.0` is `5`, as in JSON
+//!   Schema).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -15,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod task;
+pub mod whole;
 
 pub use error::FieldError;
 pub use task::{Priority, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};

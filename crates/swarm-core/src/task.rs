@@ -12,13 +12,15 @@ use serde::de::{self, Deserializer};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::clock::rfc3339;
 use crate::error::FieldError;
 
 /// A task's identifier: a UUIDv7, so ids sort by creation time and the
 /// newest-first listing is an index scan on the primary key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
+#[schema(value_type = String, format = "uuid", example = "019abcde-0123-7def-8123-456789abcdef")]
 pub struct TaskId(uuid::Uuid);
 
 impl TaskId {
@@ -59,7 +61,8 @@ impl Serialize for TaskId {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSchema)]
+#[schema(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Stored and waiting in its pool's queue.
     Queued,
@@ -135,7 +138,8 @@ impl Serialize for TaskStatus {
 
 /// Scheduling priority. `medium` is accepted on input as `normal`, as the
 /// prototype used it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Priority {
     /// Served before everything else.
     Critical,
@@ -220,36 +224,52 @@ impl<'de> Deserialize<'de> for Priority {
 ///
 /// Unknown fields are rejected so a typo (`timout_ms`) is an error, not a
 /// silently ignored setting.
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// The OpenAPI schema states the checks of [`TaskSpec::validate`] that need
+/// no configuration (lengths, the `type` alphabet, no NUL in text), so a
+/// client can tell a valid body from the document alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// What kind of work this is; decides the department unless `agent` is set.
     #[serde(rename = "type")]
+    #[schema(pattern = r"^[A-Za-z0-9_.\-]{1,64}$")]
     pub task_type: String,
     /// Input for the agent; a JSON object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
     /// Short human title; also read by the director's keyword rules.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\x00]*$")]
     pub title: Option<String>,
     /// Longer description; also read by the keyword rules.
     #[serde(default)]
+    #[schema(max_length = 20000, pattern = r"^[^\x00]*$")]
     pub description: Option<String>,
     /// Scheduling priority, default `normal`.
     #[serde(default)]
     pub priority: Option<Priority>,
     /// Names the agent (department) explicitly, bypassing routing.
     #[serde(default)]
+    #[schema(min_length = 1, pattern = r"^[^\x00]+$")]
     pub agent: Option<String>,
     /// Deadline for the whole task (queue wait and run), from acceptance.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// Hold the response up to this long for the task to finish.
-    #[serde(default)]
+    /// Hold the response up to this long for the task to finish (at most
+    /// `server.max_wait_ms`).
+    #[serde(default, deserialize_with = "crate::whole::optional")]
     pub wait_ms: Option<u64>,
     /// Makes retries safe: a second submission with the same key (per tenant)
     /// returns the first task instead of creating another.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub idempotency_key: Option<String>,
 }
 
@@ -378,7 +398,7 @@ fn check_len(field: &str, v: Option<&str>, max: usize) -> Result<(), FieldError>
 }
 
 /// Why a task did not succeed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskError {
     /// Stable code: `agent_error`, `timeout`, `cancelled`, `panic`, …
     pub code: String,
@@ -401,7 +421,7 @@ impl TaskError {
 }
 
 /// Milliseconds each stage of a task took. Absent stages were not reached.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Timings {
     /// Parsing, validation and routing, before the store was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -473,38 +493,56 @@ pub struct Task {
     pub timings: Timings,
 }
 
+/// A [`Task`] on the wire: times as RFC 3339, `type` for `task_type`,
+/// absent `title`, `description` and `idempotency_key` left out, the other
+/// optional fields `null`. The OpenAPI schema `Task` is derived from this
+/// struct, so the document describes exactly what is sent.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Task)]
+struct TaskView<'a> {
+    id: TaskId,
+    #[serde(rename = "type")]
+    task_type: &'a str,
+    status: TaskStatus,
+    priority: Priority,
+    tenant: &'a str,
+    department: &'a str,
+    agent: &'a str,
+    #[schema(required)]
+    instance: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    /// The agent input (a JSON object). Always sent for one task; a list
+    /// sends it only when `fields` asks for it.
+    #[schema(value_type = Object, required = false)]
+    args: &'a Value,
+    /// The agent's output, when succeeded (else `null`). Always sent for one
+    /// task; a list sends it only when `fields` asks for it.
+    #[schema(value_type = Option<Object>, required = false)]
+    result: Option<&'a Value>,
+    #[schema(required)]
+    error: Option<&'a TaskError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+    timeout_ms: i64,
+    #[schema(format = DateTime)]
+    deadline_at: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime, required)]
+    started_at: Option<String>,
+    #[schema(format = DateTime, required)]
+    finished_at: Option<String>,
+    attempts: i32,
+    nodes: &'a [String],
+    timings: &'a Timings,
+}
+
 impl Serialize for Task {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            id: TaskId,
-            #[serde(rename = "type")]
-            task_type: &'a str,
-            status: TaskStatus,
-            priority: Priority,
-            tenant: &'a str,
-            department: &'a str,
-            agent: &'a str,
-            instance: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            title: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            description: Option<&'a str>,
-            args: &'a Value,
-            result: Option<&'a Value>,
-            error: Option<&'a TaskError>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            idempotency_key: Option<&'a str>,
-            timeout_ms: i64,
-            deadline_at: String,
-            created_at: String,
-            started_at: Option<String>,
-            finished_at: Option<String>,
-            attempts: i32,
-            nodes: &'a [String],
-            timings: &'a Timings,
-        }
-        View {
+        TaskView {
             id: self.id,
             task_type: &self.task_type,
             status: self.status,
@@ -529,6 +567,27 @@ impl Serialize for Task {
             timings: &self.timings,
         }
         .serialize(s)
+    }
+}
+
+impl utoipa::PartialSchema for Task {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        TaskView::schema()
+    }
+}
+
+impl ToSchema for Task {
+    fn name() -> std::borrow::Cow<'static, str> {
+        TaskView::name()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        TaskView::schemas(schemas);
     }
 }
 

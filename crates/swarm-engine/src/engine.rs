@@ -36,7 +36,7 @@ use crate::pool::{Pool, Pools};
 use crate::roster::{Roster, Tenants};
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
-use crate::status::{DatabaseStatus, Status};
+use crate::status::{ClusterCounts, DatabaseStatus, NodeView, NodesView, Status};
 use crate::upkeep::governor::Governor;
 use crate::upkeep::heartbeat::{Cluster, Heartbeat};
 use crate::upkeep::peers::{PeerStats, Peers};
@@ -787,43 +787,41 @@ impl Engine {
     /// Every node on this database (`GET /api/nodes`): id, address,
     /// heartbeat age, whether its process is alive (it holds its liveness
     /// lock), its per-department load, and this node's cluster counts.
-    pub async fn nodes(&self) -> Result<Value, EngineError> {
+    pub async fn nodes(&self) -> Result<NodesView, EngineError> {
         let c = &self.core;
         let now = now_ms();
         let rows = c.store.nodes().await?;
-        let nodes: Vec<Value> = rows
+        let nodes = rows
             .into_iter()
-            .map(|n| {
-                json!({
-                    "node_id": n.node_id,
-                    "address": n.address,
-                    "alive": n.alive,
-                    "left": n.heartbeat_at == 0,
-                    "heartbeat_age_ms": (n.heartbeat_at > 0).then(|| (now - n.heartbeat_at).max(0)),
-                    "started_at": swarm_core::clock::rfc3339(n.started_at),
-                    "pid": n.pid,
-                    "version": n.version,
-                    "this": n.node_id == c.node_id,
-                    "pools": n.load,
-                })
+            .map(|n| NodeView {
+                this: n.node_id == c.node_id,
+                left: n.heartbeat_at == 0,
+                heartbeat_age_ms: (n.heartbeat_at > 0).then(|| (now - n.heartbeat_at).max(0)),
+                started_at: swarm_core::clock::rfc3339(n.started_at),
+                node_id: n.node_id,
+                address: n.address,
+                alive: n.alive,
+                pid: n.pid,
+                version: n.version,
+                pools: n.load,
             })
             .collect();
         let p = &c.peers;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(json!({
-            "node_id": c.node_id,
-            "backend": c.store.backend().as_str(),
-            "nodes": nodes,
-            "this_node": {
-                "live_peers": get(&p.peers),
-                "claimed": get(&p.claimed),
-                "claimed_from_here": get(&p.claimed_from_us),
-                "taken_over": get(&p.rescued),
+        Ok(NodesView {
+            node_id: c.node_id.clone(),
+            backend: c.store.backend().as_str(),
+            nodes,
+            this_node: ClusterCounts {
+                live_peers: get(&p.peers),
+                claimed: get(&p.claimed),
+                claimed_from_here: get(&p.claimed_from_us),
+                taken_over: get(&p.rescued),
                 // Outstanding tasks per tenant on the other nodes, as this
                 // node counts them against tenant quotas.
-                "tenants_elsewhere": c.tenants.elsewhere(),
+                tenants_elsewhere: c.tenants.elsewhere(),
             },
-        }))
+        })
     }
 
     /// Whether the database takes writes and answers.

@@ -14,7 +14,8 @@ pub use swarm_agents::InstanceSpec;
 use swarm_agents::balanced::BalancedAgent;
 use swarm_agents::{InstanceError, ProcessStats, Reconciled};
 use swarm_core::config::{Config, PoolConfig};
-use swarm_sched::balance::{BalancerSnapshot, InstanceSnapshot};
+use swarm_sched::balance::BalancerSnapshot;
+pub use swarm_sched::balance::InstanceSnapshot;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -22,7 +23,7 @@ use crate::pool::Pool;
 use crate::roster::TenantChanges;
 
 /// `GET /api/pools/{pool}/instances`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstancesView {
     /// The department.
     pub pool: String,

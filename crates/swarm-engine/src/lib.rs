@@ -65,8 +65,8 @@ pub use hub::{REPLAY, TaskEvent};
 pub use monitor::{Alert, AlertsView, ResourceReading};
 pub use stats::Metrics;
 pub use status::{
-    DatabaseStatus, Outcomes, PoolStatus, RecentLatency, Rejections, RetentionStatus, Status,
-    TransitionCounts,
+    ClusterCounts, DatabaseStatus, NodeView, NodesView, Outcomes, PoolStatus, RecentLatency,
+    Rejections, RetentionStatus, Status, TransitionCounts,
 };
 pub use swarm_store::ListQuery;
 pub use watch::Watch;

@@ -52,7 +52,7 @@ impl Alerts {
 }
 
 /// Process and machine figures, as the monitor last read them.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct ResourceReading {
     /// Process CPU since the previous sample, percent of all cores.
     pub cpu_pct: f64,
@@ -205,7 +205,7 @@ pub(crate) struct Check {
 }
 
 /// An alert, firing or past.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Alert {
     /// Its name.
     pub name: &'static str,
@@ -225,7 +225,7 @@ pub struct Alert {
 }
 
 /// Alerts for `GET /api/alerts`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct AlertsView {
     /// Firing now.
     pub active: Vec<Alert>,

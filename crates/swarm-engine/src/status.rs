@@ -15,7 +15,7 @@ use swarm_sched::balance::BalancerSnapshot;
 use crate::monitor::ResourceReading;
 
 /// The engine as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Status {
     /// Build version.
     pub version: &'static str,
@@ -44,7 +44,7 @@ pub struct Status {
 }
 
 /// The database, its connection pool and its upkeep, for `/api/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DatabaseStatus {
     /// `sqlite` or `postgres`.
     pub backend: &'static str,
@@ -69,7 +69,7 @@ pub struct DatabaseStatus {
 }
 
 /// A pool as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     /// Department name.
     pub name: String,
@@ -135,7 +135,7 @@ pub struct PoolStatus {
 }
 
 /// Outcomes since start.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Outcomes {
     /// Ended `succeeded`.
     pub succeeded: u64,
@@ -155,7 +155,7 @@ impl Outcomes {
 }
 
 /// Refusals by reason.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rejections {
     /// Queue at its bound (503 `queue_full`).
     pub queue_full: u64,
@@ -187,7 +187,7 @@ impl Rejections {
 }
 
 /// The figures of [`Lifecycle::counts`].
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TransitionCounts {
     /// Writes of accepted work tried again after the database failed them.
     pub retried: u64,
@@ -205,7 +205,7 @@ pub struct TransitionCounts {
 }
 
 /// Retention as `/api/status` shows it.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RetentionStatus {
     /// How long finished work is kept, seconds; absent: for ever.
     pub keep_s: Option<u64>,
@@ -220,7 +220,7 @@ pub struct RetentionStatus {
 }
 
 /// Recent end-to-end latency of successful tasks, for `/api/status`.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RecentLatency {
     /// Median, ms.
     pub p50: f64,
@@ -230,4 +230,62 @@ pub struct RecentLatency {
     pub count: u64,
     /// The window, seconds.
     pub window_s: f64,
+}
+
+/// `GET /api/nodes`: the nodes sharing this database and this node's
+/// cluster counts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodesView {
+    /// This node's id.
+    pub node_id: String,
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Every node registered on the database.
+    pub nodes: Vec<NodeView>,
+    /// What this node counted of the cluster.
+    pub this_node: ClusterCounts,
+}
+
+/// One node of [`NodesView`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// Its id.
+    pub node_id: String,
+    /// Where it serves HTTP.
+    pub address: String,
+    /// Whether its process holds its liveness lock now.
+    pub alive: bool,
+    /// Whether it left (shut down cleanly).
+    pub left: bool,
+    /// Milliseconds since its last heartbeat; `null` once it left.
+    #[schema(required)]
+    pub heartbeat_age_ms: Option<i64>,
+    /// When it (last) started (RFC 3339).
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// Its process id on its machine.
+    pub pid: i64,
+    /// Its version.
+    pub version: String,
+    /// Whether it is the node answering.
+    pub this: bool,
+    /// Its per-department load as it last published it.
+    #[schema(value_type = Object)]
+    pub pools: serde_json::Value,
+}
+
+/// This node's view of the cluster, in [`NodesView`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClusterCounts {
+    /// Other nodes alive now.
+    pub live_peers: u64,
+    /// Tasks this node claimed from the shared queue.
+    pub claimed: u64,
+    /// Tasks queued here that other nodes claimed (and this node dropped).
+    pub claimed_from_here: u64,
+    /// Tasks taken over from nodes that died.
+    pub taken_over: u64,
+    /// Outstanding tasks per tenant on the other nodes, as this node counts
+    /// them against tenant quotas.
+    pub tenants_elsewhere: std::collections::HashMap<String, usize>,
 }

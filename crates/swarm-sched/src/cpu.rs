@@ -133,7 +133,7 @@ impl std::error::Error for CpuPoolFull {}
 /// let stats = CpuPool::new(3, 10, "s").stats();
 /// assert_eq!((stats.threads, stats.busy, stats.queued, stats.queue_capacity), (3, 0, 0, 10));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CpuPoolStats {
     /// Worker threads configured (0 after shutdown).
     pub threads: usize,

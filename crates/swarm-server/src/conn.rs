@@ -87,7 +87,7 @@ pub struct ConnStats {
 }
 
 /// A point-in-time copy of [`ConnStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConnCounts {
     /// Connections being served now.
     pub open: u64,

@@ -23,10 +23,19 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The JSON body of every error answer (schema `Error` in the OpenAPI
+/// document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Envelope<'a> {
+    /// Stable machine-readable code: `invalid_field`, `missing_field`,
+    /// `unknown_field`, `malformed_json`, `unauthorized`, `forbidden`,
+    /// `not_found`, `queue_full`, `tenant_quota`, …
     error_code: &'a str,
+    /// What went wrong, for people.
     message: &'a str,
+    /// The offending field (a dotted path into the body, or a header or
+    /// query parameter name), when one is to blame.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

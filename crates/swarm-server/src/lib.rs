@@ -9,7 +9,8 @@
 //! - [`conn`]: the accept loop and the life of one connection (limits,
 //!   timeouts, drain) and its counters, [`conn::ConnStats`].
 //! - `routes`: the route table; `routes/tasks.rs`, `routes/system.rs`,
-//!   `routes/profile.rs` (CPU profiles, feature `pprof`).
+//!   `routes/profile.rs` (CPU profiles, feature `pprof`), `routes/doc.rs`
+//!   (the OpenAPI document, [`openapi`], served at `/api/openapi.json`).
 //! - [`auth`]: API keys → tenant and role.
 //! - [`error`]: [`ApiError`] and its JSON envelope.
 //! - [`extract`]: the JSON body extractor with field-level errors.
@@ -78,7 +79,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use error::ApiError;
-pub use routes::router;
+pub use routes::{openapi, router};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -1,6 +1,10 @@
-//! The route table.
+//! The route table: [`api`] is the one list of routes. Each handler is
+//! registered through `utoipa_axum::routes!`, which takes its method and
+//! path from the handler's `#[utoipa::path]` annotation, so the router and
+//! the OpenAPI document (`doc`) cannot disagree about what is served.
 
 pub(crate) mod dashboard;
+pub(crate) mod doc;
 pub(crate) mod instances;
 pub(crate) mod profile;
 pub(crate) mod system;
@@ -11,10 +15,11 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::time::Instant;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -147,37 +152,46 @@ pub(crate) fn redacted_uri(uri: &Uri) -> String {
     format!("{}?{}", uri.path(), query.join("&"))
 }
 
+/// Every route, with the OpenAPI operation of each. Add a route here, with
+/// `routes!` and an annotated handler, or it is neither served nor
+/// documented.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(tasks::submit, tasks::list))
+        .routes(routes!(tasks::submit_prototype))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::events))
+        .routes(routes!(system::outbox))
+        .routes(routes!(profile::profile))
+        .routes(routes!(instances::list, instances::add))
+        .routes(routes!(instances::remove))
+        .routes(routes!(instances::drain))
+        .routes(routes!(system::status))
+        .routes(routes!(system::alerts))
+        .routes(routes!(system::nodes))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::health))
+        .routes(routes!(system::ready))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
+        .routes(routes!(doc::openapi_json))
+}
+
+/// The OpenAPI document of a server with configuration `cfg`.
+pub fn openapi(cfg: &swarm_core::config::Config) -> utoipa::openapi::OpenApi {
+    doc::document(api().into_openapi(), cfg)
+}
+
 /// All routes with their middleware.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.engine.config().server.max_body_bytes;
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/api/tasks", post(tasks::submit).get(tasks::list))
-        .route("/task", post(tasks::submit))
-        .route("/api/tasks/{id}", get(tasks::get))
-        .route("/api/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/api/tasks/{id}/events", get(tasks::events))
-        .route("/api/outbox", get(system::outbox))
-        .merge(profile::routes())
-        .route(
-            "/api/pools/{pool}/instances",
-            get(instances::list).post(instances::add),
-        )
-        .route(
-            "/api/pools/{pool}/instances/{id}",
-            axum::routing::delete(instances::remove),
-        )
-        .route(
-            "/api/pools/{pool}/instances/{id}/drain",
-            post(instances::drain),
-        )
-        .route("/api/status", get(system::status))
-        .route("/api/alerts", get(system::alerts))
-        .route("/api/nodes", get(system::nodes))
-        .route("/metrics", get(system::metrics))
-        .route("/health", get(system::health))
-        .route("/ready", get(system::ready))
-        .merge(dashboard::routes())
+    let (routes, document) = api().split_for_parts();
+    let document = doc::serialized(&doc::document(document, state.engine.config()));
+    routes
+        .layer(axum::Extension(document))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -29,7 +29,7 @@ pub struct TenantSlots {
 }
 
 /// What `/api/status` shows of one [`TenantSlots`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SlotCounts {
     /// Held now, all tenants.
     pub open: usize,

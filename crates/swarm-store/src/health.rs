@@ -61,7 +61,7 @@ struct State {
 }
 
 /// Availability as `/api/status` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct HealthSnapshot {
     /// Whether writes commit now.
     pub available: bool,

@@ -126,7 +126,7 @@ impl Inst {
 }
 
 /// A point-in-time view of one instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceSnapshot {
     /// The caller's id.
     pub id: String,
@@ -153,7 +153,7 @@ pub struct InstanceSnapshot {
 }
 
 /// A point-in-time view of a [`Balancer`] for status pages and metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BalancerSnapshot {
     /// The policy.
     pub policy: Policy,

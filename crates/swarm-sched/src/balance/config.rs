@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// let p: Policy = serde_json::from_str("\"least_outstanding\"").unwrap();
 /// assert_eq!(p, Policy::LeastOutstanding);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Power of two choices over peak-EWMA load: two distinct instances at

@@ -22,7 +22,9 @@ use super::Outcome;
 use super::config::OutlierConfig;
 
 /// Where an instance stands, for snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     /// Takes calls (circuit closed).

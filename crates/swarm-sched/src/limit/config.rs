@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The control law that moves a limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// A constant limit (`initial`).

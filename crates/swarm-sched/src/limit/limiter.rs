@@ -56,7 +56,7 @@ impl State {
 }
 
 /// A point-in-time view of a [`Limiter`] for status pages and metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimiterSnapshot {
     /// The control law.
     pub algorithm: Algorithm,

@@ -9,12 +9,8 @@
 //! Content-Security-Policy can forbid inline code outright: the page may
 //! load only its own script and style and talk only to its own origin.
 
-use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-
-use crate::AppState;
 
 const HTML: &str = include_str!("../../assets/dashboard.html");
 const JS: &str = include_str!("../../assets/dashboard.js");
@@ -24,14 +20,6 @@ const CSS: &str = include_str!("../../assets/dashboard.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
-
-/// The dashboard's routes, merged into the main router.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/dashboard", get(page))
-        .route("/dashboard/dashboard.js", get(script))
-        .route("/dashboard/dashboard.css", get(style))
-}
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     (
@@ -58,14 +46,38 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-async fn page() -> Response {
+/// `GET /dashboard`.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    operation_id = "dashboard",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard page (it asks for a key itself).", content_type = "text/html", body = String))
+)]
+pub(crate) async fn page() -> Response {
     asset(HTML, "text/html; charset=utf-8")
 }
 
-async fn script() -> Response {
+/// `GET /dashboard/dashboard.js`.
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.js",
+    operation_id = "dashboard_script",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard's script.", content_type = "text/javascript", body = String))
+)]
+pub(crate) async fn script() -> Response {
     asset(JS, "text/javascript; charset=utf-8")
 }
 
-async fn style() -> Response {
+/// `GET /dashboard/dashboard.css`.
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.css",
+    operation_id = "dashboard_style",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard's style sheet.", content_type = "text/css", body = String))
+)]
+pub(crate) async fn style() -> Response {
     asset(CSS, "text/css; charset=utf-8")
 }

@@ -16,9 +16,26 @@ use crate::AppState;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::routes::doc::{
+    AdminErrors, BodyErrors, CallerErrors, InstanceAdded, InstancesFixed, PoolNotFound,
+    TenantHeader,
+};
 
 /// `GET`: the balancer's view of each instance (state, calls in flight,
 /// latency estimate, outcomes, share of picks), or the worker processes.
+#[utoipa::path(
+    get,
+    path = "/api/pools/{pool}/instances",
+    operation_id = "list_instances",
+    tag = "instances",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "The department."), TenantHeader),
+    responses(
+        (status = 200, description = "The department's instances.", body = swarm_engine::instances::InstancesView),
+        PoolNotFound,
+        CallerErrors,
+    )
+)]
 pub(crate) async fn list(
     State(app): State<AppState>,
     _caller: Caller,
@@ -31,6 +48,22 @@ pub(crate) async fn list(
 /// `POST {"url": …, "weight": …}` (HTTP pools) or `{"id": …}` (replicas):
 /// `201` with the new instance, `200` if it was there (its weight set,
 /// its draining ended).
+#[utoipa::path(
+    post,
+    path = "/api/pools/{pool}/instances",
+    operation_id = "add_instance",
+    tag = "instances",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "The department."), TenantHeader),
+    request_body = InstanceSpec,
+    responses(
+        InstanceAdded,
+        PoolNotFound,
+        InstancesFixed,
+        BodyErrors,
+        AdminErrors,
+    )
+)]
 pub(crate) async fn add(
     State(app): State<AppState>,
     _admin: Admin,
@@ -47,6 +80,24 @@ pub(crate) async fn add(
 }
 
 /// `POST …/{id}/drain`: no new calls; calls in flight finish.
+#[utoipa::path(
+    post,
+    path = "/api/pools/{pool}/instances/{id}/drain",
+    operation_id = "drain_instance",
+    tag = "instances",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "The department."),
+        ("id" = String, Path, description = "The instance: its id (an HTTP instance's URL, percent-encoded) or the `host:port` of one instance's URL."),
+        TenantHeader,
+    ),
+    responses(
+        (status = 200, description = "The instance, now draining.", body = swarm_engine::instances::InstanceSnapshot),
+        PoolNotFound,
+        InstancesFixed,
+        AdminErrors,
+    )
+)]
 pub(crate) async fn drain(
     State(app): State<AppState>,
     _admin: Admin,
@@ -57,6 +108,24 @@ pub(crate) async fn drain(
 
 /// `DELETE …/{id}`: `202`; drained now, gone once its calls in flight
 /// have finished (listed as `draining` until then).
+#[utoipa::path(
+    delete,
+    path = "/api/pools/{pool}/instances/{id}",
+    operation_id = "remove_instance",
+    tag = "instances",
+    security(("bearer" = [])),
+    params(
+        ("pool" = String, Path, description = "The department."),
+        ("id" = String, Path, description = "The instance, as for draining."),
+        TenantHeader,
+    ),
+    responses(
+        (status = 202, description = "The instance, draining; it leaves once its calls in flight end.", body = swarm_engine::instances::InstanceSnapshot),
+        PoolNotFound,
+        InstancesFixed,
+        AdminErrors,
+    )
+)]
 pub(crate) async fn remove(
     State(app): State<AppState>,
     _admin: Admin,

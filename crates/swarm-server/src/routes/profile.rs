@@ -17,25 +17,21 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
 use swarm_core::FieldError;
 
 use crate::AppState;
 use crate::auth::Admin;
 use crate::error::ApiError;
+use crate::routes::doc::{AdminErrors, ErrorBody, TenantHeader};
 
 const DEFAULT_SECONDS: u64 = 10;
 const MAX_SECONDS: u64 = 60;
 
-/// This module's routes, merged into the route table.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/debug/pprof/profile", get(profile))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `format=`: also spelled `flamegraph` (svg) and `proto` (pprof).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 enum Format {
     Svg,
     Pprof,
@@ -71,7 +67,30 @@ fn parse(params: &HashMap<String, String>) -> Result<Params, FieldError> {
     Ok(Params { seconds, format })
 }
 
-async fn profile(
+/// `GET /debug/pprof/profile`.
+#[utoipa::path(
+    get,
+    path = "/debug/pprof/profile",
+    operation_id = "cpu_profile",
+    tag = "system",
+    security(("bearer" = [])),
+    params(
+        ("seconds" = Option<u64>, Query, minimum = 1, maximum = 60, description = "How long to sample (default 10)."),
+        ("format" = Option<Format>, Query, description = "`svg` (a flame graph, default) or `pprof` (protobuf)."),
+        TenantHeader,
+    ),
+    responses(
+        (status = 200, description = "The profile.", content(
+            ("image/svg+xml"),
+            ("application/octet-stream"),
+        )),
+        (status = 409, description = "Another profile is being taken (`profile_in_progress`).", body = ErrorBody),
+        (status = 500, description = "The profiler failed (`profile_failed`).", body = ErrorBody),
+        (status = 501, description = "Built without the `pprof` feature (`not_built`).", body = ErrorBody),
+        AdminErrors,
+    )
+)]
+pub(crate) async fn profile(
     State(app): State<AppState>,
     _admin: Admin,
     Query(params): Query<HashMap<String, String>>,

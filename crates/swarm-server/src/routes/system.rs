@@ -7,21 +7,115 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 use swarm_core::FieldError;
 use swarm_core::clock::rfc3339;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::doc::{CallerErrors, ErrorBody, StoreErrors, TenantHeader};
+
+/// `GET /health`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    status: &'static str,
+    /// The server's version.
+    version: &'static str,
+}
+
+/// `GET /ready`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Ready {
+    /// Always `ready`.
+    #[schema(pattern = "^ready$")]
+    status: &'static str,
+}
+
+/// `GET /api/status`: the engine's picture and the HTTP connections.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct StatusView {
+    #[serde(flatten)]
+    engine: swarm_engine::Status,
+    /// The HTTP connections.
+    connections: crate::conn::ConnCounts,
+    /// Event streams and waiters held, and the shared poller of tasks held
+    /// elsewhere.
+    long_requests: LongRequests,
+}
+
+/// Long-lived requests (`GET /api/status` → `long_requests`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LongRequests {
+    /// Event streams.
+    streams: crate::slots::SlotCounts,
+    /// `wait_ms` waiters.
+    waiters: crate::slots::SlotCounts,
+    /// Tasks held on other nodes that watches here follow.
+    remote_tasks_followed: usize,
+    /// Statements the shared poller of those has run since start.
+    remote_poller_reads: u64,
+}
+
+/// `GET /api/outbox`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct OutboxPage {
+    /// Newest first.
+    messages: Vec<OutboxMessage>,
+}
+
+/// A message the email department sent (or would have, without SMTP).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct OutboxMessage {
+    /// Its id.
+    id: String,
+    /// The task that wrote it.
+    task_id: String,
+    /// The task's tenant.
+    tenant: String,
+    /// Sender.
+    from: String,
+    /// Recipients.
+    to: Vec<String>,
+    /// Copy recipients.
+    cc: Vec<String>,
+    /// Subject.
+    subject: String,
+    /// Body.
+    body: String,
+    /// When it was stored (RFC 3339).
+    #[schema(format = DateTime)]
+    created_at: String,
+}
 
 /// `GET /health`: the process answers.
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "system",
+    responses((status = 200, description = "The process answers.", body = Health))
+)]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
 }
 
 /// `GET /ready`: the database answers too.
-pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "system",
+    responses(
+        (status = 200, description = "The database answers.", body = Ready),
+        (status = 503, description = "The database does not answer (`not_ready`) or the server is shutting down (`shutting_down`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if app.closing.is_cancelled() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -30,7 +124,7 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Result<Json<Value>, Ap
         ));
     }
     match tokio::time::timeout(Duration::from_secs(2), app.engine.ready()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Ok(())) => Ok(Json(Ready { status: "ready" })),
         Ok(Err(e)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -51,57 +145,105 @@ fn sees_all_tenants(app: &AppState, caller: &Caller) -> bool {
     caller.admin || app.keys.is_empty()
 }
 
-/// Keeps only `tenant`'s entry of a per-tenant map, if `v` is one.
-fn only_tenant(v: &mut Value, tenant: &str) {
-    if let Some(m) = v.as_object_mut() {
-        m.retain(|k, _| k == tenant);
-    }
-}
-
 /// `GET /api/status`: the engine's picture plus the HTTP connections. A
 /// client sees only its own tenant's share of each queue.
-pub(crate) async fn status(State(app): State<AppState>, caller: Caller) -> Json<Value> {
-    let mut v = serde_json::to_value(app.engine.status()).unwrap_or_else(|_| json!({}));
-    v["connections"] = serde_json::to_value(app.connections.snapshot()).unwrap_or_default();
-    let (followed, reads) = app.engine.remote_watches();
-    v["long_requests"] = json!({
-        "streams": app.streams.counts(),
-        "waiters": app.waiters.counts(),
-        "remote_tasks_followed": followed,
-        "remote_poller_reads": reads,
-    });
-    if !sees_all_tenants(&app, &caller)
-        && let Some(pools) = v["pools"].as_array_mut()
-    {
-        for p in pools {
-            only_tenant(&mut p["queued_by_tenant"], &caller.tenant);
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    operation_id = "status",
+    tag = "system",
+    security(("bearer" = [])),
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "Pools, database, resources, connections.", body = StatusView),
+        CallerErrors,
+    )
+)]
+pub(crate) async fn status(State(app): State<AppState>, caller: Caller) -> Json<StatusView> {
+    let mut engine = app.engine.status();
+    if !sees_all_tenants(&app, &caller) {
+        for p in &mut engine.pools {
+            p.queued_by_tenant.retain(|t, _| *t == caller.tenant);
         }
     }
-    Json(v)
+    let (followed, reads) = app.engine.remote_watches();
+    Json(StatusView {
+        engine,
+        connections: app.connections.snapshot(),
+        long_requests: LongRequests {
+            streams: app.streams.counts(),
+            waiters: app.waiters.counts(),
+            remote_tasks_followed: followed,
+            remote_poller_reads: reads,
+        },
+    })
 }
 
 /// `GET /api/nodes`: the nodes sharing this database and their load. A
 /// client sees only its own tenant's outstanding count elsewhere.
+#[utoipa::path(
+    get,
+    path = "/api/nodes",
+    operation_id = "nodes",
+    tag = "system",
+    security(("bearer" = [])),
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "The nodes sharing this database.", body = swarm_engine::NodesView),
+        CallerErrors,
+        StoreErrors,
+    )
+)]
 pub(crate) async fn nodes(
     State(app): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<swarm_engine::NodesView>, ApiError> {
     let mut v = app.engine.nodes().await?;
     if !sees_all_tenants(&app, &caller) {
-        only_tenant(&mut v["this_node"]["tenants_elsewhere"], &caller.tenant);
+        v.this_node
+            .tenants_elsewhere
+            .retain(|t, _| *t == caller.tenant);
     }
     Ok(Json(v))
 }
 
 /// `GET /api/alerts`: alerts firing now and recently, and how often each
 /// has fired.
-pub(crate) async fn alerts(State(app): State<AppState>, _caller: Caller) -> Json<Value> {
-    Json(serde_json::to_value(app.engine.alerts()).unwrap_or_else(|_| json!({})))
+#[utoipa::path(
+    get,
+    path = "/api/alerts",
+    operation_id = "alerts",
+    tag = "system",
+    security(("bearer" = [])),
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "Alerts firing now and recently.", body = swarm_engine::AlertsView),
+        CallerErrors,
+    )
+)]
+pub(crate) async fn alerts(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Json<swarm_engine::AlertsView> {
+    Json(app.engine.alerts())
 }
 
 /// `GET /metrics`: Prometheus text format. Open when no API keys are
 /// configured (like the rest of the API); with keys, an admin key, since
 /// tenant names appear in labels.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "system",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 403, description = "Keys are configured and this one is not an admin's (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "Metrics are turned off (`metrics_disabled`).", body = ErrorBody),
+        CallerErrors,
+    )
+)]
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     caller: Result<Caller, ApiError>,
@@ -151,11 +293,27 @@ pub(crate) async fn metrics(
 }
 
 /// `GET /api/outbox?limit=`.
+#[utoipa::path(
+    get,
+    path = "/api/outbox",
+    operation_id = "outbox",
+    tag = "system",
+    security(("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "How many (default 50)."),
+        TenantHeader,
+    ),
+    responses(
+        (status = 200, description = "The caller's outbox messages (an admin's: every tenant's), newest first.", body = OutboxPage),
+        CallerErrors,
+        StoreErrors,
+    )
+)]
 pub(crate) async fn outbox(
     State(app): State<AppState>,
     caller: Caller,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutboxPage>, ApiError> {
     let limit = match params.get("limit") {
         None => 50,
         Some(l) => l
@@ -165,23 +323,21 @@ pub(crate) async fn outbox(
             .ok_or_else(|| FieldError::invalid("limit", "`limit` must be 1-500"))?,
     };
     let rows = app.engine.outbox(limit, caller.access()).await?;
-    let messages: Vec<Value> = rows
+    let messages = rows
         .into_iter()
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "task_id": m.task_id,
-                "tenant": m.tenant,
-                "from": m.sender,
-                "to": m.recipients,
-                "cc": m.cc,
-                "subject": m.subject,
-                "body": m.body,
-                "created_at": rfc3339(m.created_at),
-            })
+        .map(|m| OutboxMessage {
+            id: m.id,
+            task_id: m.task_id,
+            tenant: m.tenant,
+            from: m.sender,
+            to: m.recipients,
+            cc: m.cc,
+            subject: m.subject,
+            body: m.body,
+            created_at: rfc3339(m.created_at),
         })
         .collect();
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(OutboxPage { messages }))
 }
 
 /// Unknown paths.

@@ -20,6 +20,10 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::routes::Arrived;
+use crate::routes::doc::{
+    AdmissionErrors, BodyErrors, CallerErrors, CancelAnswers, OneTask, StoreErrors, StreamErrors,
+    Submitted, TaskNotFound, TenantHeader,
+};
 use crate::slots::Slot;
 
 const MAX_PAGE: u32 = 500;
@@ -35,7 +39,43 @@ fn location(id: TaskId) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("/api/tasks"))
 }
 
-/// `POST /api/tasks` (and `POST /task`).
+/// A page of [`list`]: newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON that `Page` writes
+pub(crate) struct TaskPage {
+    /// The tasks, newest first, with `args` and `result` only when `fields`
+    /// asks for them.
+    tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(required, format = "uuid")]
+    next_cursor: Option<String>,
+}
+
+/// The headers `submit` reads besides the caller's.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Documentation only: `submit` reads them from the `HeaderMap`.
+struct SubmitHeaders {
+    /// Same as `idempotency_key` in the body (they must agree when both are
+    /// given).
+    #[param(rename = "Idempotency-Key", pattern = r"^[!-~]([ -~]{0,253}[!-~])?$")]
+    idempotency_key: Option<String>,
+    /// Same as `timeout_ms` in the body, which wins when both are given.
+    #[param(rename = "Request-Timeout", minimum = 1)]
+    request_timeout: Option<u64>,
+}
+
+/// `POST /api/tasks`: submit a task.
+#[utoipa::path(
+    post,
+    path = "/api/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    security(("bearer" = [])),
+    request_body = TaskSpec,
+    params(SubmitHeaders, TenantHeader),
+    responses(Submitted, BodyErrors, CallerErrors, AdmissionErrors)
+)]
 pub(crate) async fn submit(
     State(app): State<AppState>,
     arrived: Option<axum::Extension<Arrived>>,
@@ -119,7 +159,37 @@ pub(crate) async fn submit(
     Ok(resp)
 }
 
+/// `POST /task`: the prototype's spelling of [`submit`].
+#[utoipa::path(
+    post,
+    path = "/task",
+    operation_id = "submit_task_prototype",
+    tag = "tasks",
+    security(("bearer" = [])),
+    request_body = TaskSpec,
+    params(SubmitHeaders, TenantHeader),
+    responses(Submitted, BodyErrors, CallerErrors, AdmissionErrors)
+)]
+pub(crate) async fn submit_prototype(
+    state: State<AppState>,
+    arrived: Option<axum::Extension<Arrived>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: JsonBody<TaskSpec>,
+) -> Result<Response, ApiError> {
+    submit(state, arrived, caller, headers, body).await
+}
+
 /// `GET /api/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id (a malformed one names no task: 404)."), TenantHeader),
+    responses(OneTask, TaskNotFound, CallerErrors, StoreErrors)
+)]
 pub(crate) async fn get(
     State(app): State<AppState>,
     caller: Caller,
@@ -164,6 +234,26 @@ impl ListFields {
 /// has a `next_cursor`, so the last page is the one whose `next_cursor` is
 /// null. `args` and `result`, the fields that can be large, are left out
 /// unless `fields=args,result` asks for them.
+#[utoipa::path(
+    get,
+    path = "/api/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(
+        ("status" = Option<TaskStatus>, Query, description = "Only tasks in this state."),
+        ("department" = Option<String>, Query, description = "Only tasks of this department."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, format = "uuid", description = "`next_cursor` of the previous page."),
+        ("fields" = Option<String>, Query, pattern = r"^((args|result)(,(args|result))*)?$", description = "Large fields to include: `args`, `result`, comma-separated (default: neither)."),
+        TenantHeader,
+    ),
+    responses(
+        (status = 200, description = "The caller's tasks (an admin's: every tenant's), newest first.", body = TaskPage),
+        CallerErrors,
+        StoreErrors,
+    )
+)]
 pub(crate) async fn list(
     State(app): State<AppState>,
     caller: Caller,
@@ -310,6 +400,15 @@ impl Page {
 }
 
 /// `POST /api/tasks/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id."), TenantHeader),
+    responses(CancelAnswers, TaskNotFound, CallerErrors, StoreErrors)
+)]
 pub(crate) async fn cancel(
     State(app): State<AppState>,
     caller: Caller,
@@ -329,9 +428,48 @@ enum Phase {
     Done,
 }
 
+/// One event of [`events`] as an event-stream frame: `event:` names it,
+/// `data:` holds its JSON. (For the document: the handler writes frames
+/// with axum's `Event`.)
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TaskEventFrame {
+    /// `state`, `progress` or `result`.
+    event: TaskEventName,
+    /// JSON: for `state` the task's `id`, `status`, `instance`, `attempts`
+    /// and `error`; for `progress` the agent's step; for `result` the whole
+    /// `Task`.
+    data: String,
+}
+
+/// The names of [`TaskEventFrame`]s.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum TaskEventName {
+    State,
+    Progress,
+    Result,
+}
+
 /// `GET /api/tasks/{id}/events`: `state` on each change (starting with the
 /// current one), `progress` for agent steps, then `result` with the whole
 /// task; then the stream ends.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{id}/events",
+    operation_id = "task_events",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id."), TenantHeader),
+    responses(
+        (status = 200, description = "Server-sent events: `state` (`id`, `status`, `instance`, `attempts`, `error`) on each change, `progress` for agent steps, then `result` with the whole `Task`; then the stream ends.", content_type = "text/event-stream", body = TaskEventFrame),
+        TaskNotFound,
+        StreamErrors,
+        CallerErrors,
+        StoreErrors,
+    )
+)]
 pub(crate) async fn events(
     State(app): State<AppState>,
     caller: Caller,
