@@ -96,7 +96,8 @@ done
         "chaos:Database faults under load (\`bench/chaos.sh\`, the chaos tests)" \
         "retention-soak:Retention keeps the tables flat (\`bench/retention-soak.sh\`)" \
         "pg-neighbours:Other sessions on the same PostgreSQL (\`bench/pg-neighbours.sh\`)" \
-        "cluster:The cluster on PostgreSQL, in one run (\`bench/cluster.sh\`)"; do
+        "cluster:The cluster on PostgreSQL, in one run (\`bench/cluster.sh\`)" \
+        "slow-readers:Slow readers of large list pages, issue 15 (\`bench/slow-readers.sh\`)"; do
         if [ -f "bench/results/${part%%:*}.md" ]; then
             echo
             echo "### ${part#*:}"

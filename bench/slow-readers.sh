@@ -92,4 +92,17 @@ out=bench/results/slow-readers.md
     run unbounded $'max_page_bytes = 1000000000\nwrite_timeout_ms = 0'
     mode_label="default (1 MiB pages, 30 s write timeout)"
     run default ""
+    cat <<'NOTE'
+
+Reading: before issue 15 (reproduced here by settings: `fields=args,result`,
+no page bound, no write timeout) each of the 20 stalled requests held its
+whole ~30 MB page, and RSS stayed at ~700 MiB above baseline for as long as
+the sockets stayed open. With the defaults a page is at most 1 MiB and a
+list reads rows a few at a time, so the same 20 readers cost ~35 MiB. No
+response was cut here because a 1 MiB page fits in the kernel's socket
+buffers, so the server's part is already written and freed; the write
+timeout is what frees a response too large for them (covered by
+`cargo test -p swarmd --test hardening a_reader_that_stops_reading_is_cut_off`).
+RSS does not fall after the hang: the allocator keeps freed memory for reuse.
+NOTE
 } | tee "$out"
