@@ -30,8 +30,7 @@ pub(crate) struct Queued {
     /// of `queue_ms`, so the stages never overlap.
     pub(crate) stored_at: Option<Instant>,
     /// The tenant's outstanding-task count, held until the outcome is
-    /// stored (or the task leaves this node): only its drop is used.
-    #[allow(dead_code)]
+    /// stored (or the task leaves this node, a moment after).
     pub(crate) slot: TenantSlot,
     /// The submitting request's id, when this process accepted it.
     pub(crate) request_id: Option<String>,

@@ -362,7 +362,13 @@ impl Drop for Cluster {
     ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
 )]
 async fn a_backlog_accepted_by_one_node_drains_on_all_three() {
-    let c = Cluster::start("drain", "[pools.slow]\nagent = \"sim\"\nconcurrency = 4\n").await;
+    // Queue-delay shedding off: on a slow machine the first runs end before
+    // all 150 are in, and CoDel would then rightly refuse the rest.
+    let c = Cluster::start(
+        "drain",
+        "[pools.slow]\nagent = \"sim\"\nconcurrency = 4\n[pools.slow.queue]\ntarget_delay_ms = 0\n",
+    )
+    .await;
     let mut ids = Vec::new();
     for _ in 0..150 {
         let id = c
@@ -483,9 +489,9 @@ async fn a_tenant_quota_counts_the_tasks_on_every_node() {
     for _ in 0..6 {
         c.submit(0, &body).await.expect("within the quota");
     }
-    // The nodes exchange their counts every 200 ms: wait until n2 counts
-    // n1's six, however claims spread them meanwhile (a task that just
-    // moved counts on both sides for a round: the error is on the safe side).
+    // The nodes exchange their counts every 200 ms: wait until claims have
+    // spread n1's six, two running on each node (so nothing moves while n2
+    // is asked), and n2 counts all six.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut steady = 0;
     while steady < 3 {
@@ -493,9 +499,8 @@ async fn a_tenant_quota_counts_the_tasks_on_every_node() {
         let elsewhere = n["this_node"]["tenants_elsewhere"]["default"]
             .as_u64()
             .unwrap_or(0);
-        let here: u64 = n["nodes"]
-            .as_array()
-            .expect("nodes")
+        let listed = n["nodes"].as_array().expect("nodes");
+        let here: u64 = listed
             .iter()
             .filter(|x| x["this"] == true)
             .map(|x| {
@@ -503,7 +508,15 @@ async fn a_tenant_quota_counts_the_tasks_on_every_node() {
                     + x["pools"]["slow"]["running"].as_u64().unwrap_or(0)
             })
             .sum();
-        steady = if elsewhere + here == 6 { steady + 1 } else { 0 };
+        let full = listed.len() == 3
+            && listed
+                .iter()
+                .all(|x| x["pools"]["slow"]["running"].as_u64() == Some(2));
+        steady = if full && elsewhere + here == 6 {
+            steady + 1
+        } else {
+            0
+        };
         assert!(
             Instant::now() < deadline,
             "n2 never counted n1's six tasks: {n}"
@@ -520,6 +533,63 @@ async fn a_tenant_quota_counts_the_tasks_on_every_node() {
     }
     println!("CLUSTER quota: 6 on n1, then n2 accepted {accepted} of 6 (quota 10 cluster-wide)");
     assert_eq!(accepted, 4, "the quota of 10 counts n1's 6: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.starts_with("429") && e.contains("tenant_quota")),
+        "{refused:?}"
+    );
+}
+
+/// While claims move a tenant's tasks off the node it submits to, that
+/// node's count of them must not drop before the claimers' counts rise: a
+/// task counted nowhere for a tick is a task over the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "postgres",
+    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+)]
+async fn a_tenant_quota_holds_while_its_tasks_move_between_nodes() {
+    let c = Cluster::start(
+        "quota-moving",
+        "[admission]\ntenant_max_outstanding = 10\n[pools.slow]\nagent = \"sim\"\nconcurrency = 2\n\
+         [pools.slow.queue]\ntarget_delay_ms = 0\n",
+    )
+    .await;
+    let body = json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 30_000}, "timeout_ms": 120_000});
+    // Keep asking n1 for 3 s while n2 and n3 claim its backlog: every claim
+    // drops a task from n1's queue, and n1 learns of the claimers' counts
+    // only at its next read of theirs.
+    let mut accepted: i64 = 0;
+    let mut refused = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match c.submit(0, &body).await {
+            Ok(_) => accepted += 1,
+            Err(e) => refused.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = c.conn().await;
+    let stored = counts(
+        &mut conn,
+        "SELECT status, count(*) FROM tasks GROUP BY status",
+    )
+    .await;
+    let moved = c.get(0, "/api/nodes").await["this_node"]["claimed_from_here"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "CLUSTER quota-moving: n1 accepted {accepted} (quota 10), {moved} claimed away; stored {stored:?}"
+    );
+    assert!(moved > 0, "nothing moved, so nothing was tested");
+    assert_eq!(stored.values().sum::<i64>(), accepted, "{stored:?}");
+    assert_eq!(
+        accepted,
+        10,
+        "the quota of 10 held across moves: {:?}",
+        refused.first()
+    );
     assert!(
         refused
             .iter()

@@ -22,7 +22,9 @@
 //! - **tenant quotas**: while other nodes are alive, each tick publishes
 //!   this node's outstanding tasks per tenant and reads the others' sums,
 //!   so `max_outstanding` counts the cluster (to within what the nodes
-//!   admit in one tick);
+//!   admit in one tick). A task claimed away keeps counting on its old
+//!   node for [`PARTING`], until the claimer has published it: a moving
+//!   task counts twice for a moment, never nowhere;
 //! - **draining** (SIGTERM): the node stops starting stored tasks and
 //!   announces its queue as draining; the others take all of it, not only
 //!   what fits their spare capacity, so a rolling restart leaves nothing
@@ -77,6 +79,11 @@ const RESCUE_BATCH: i64 = 1000;
 /// A node's part of a cluster-wide limit that it has not renewed for this
 /// long is free for the others (a node killed returns its part then).
 pub(crate) const PERMIT_LEASE: Duration = Duration::from_secs(2);
+
+/// How long a task claimed away still counts for its tenant here: long
+/// enough for the claimer to publish it (every [`TICK`], later when its loop
+/// is slowed), so a quota never sees the task on neither node.
+pub(crate) const PARTING: Duration = Duration::from_secs(1);
 
 /// The cluster loop of one node.
 pub(crate) struct Peers {
@@ -442,10 +449,12 @@ impl Peers {
     /// Another node took these of our queued tasks: drop our copies.
     fn drop_claimed(&self, c: &Claimed) {
         let mut n = 0u64;
+        let mut parting = Vec::new();
         for id in &c.ids {
             let Ok(id) = id.parse() else { continue };
             for p in self.pools.iter() {
-                if p.remove_queued(id).is_some() {
+                if let Some(q) = p.remove_queued(id) {
+                    parting.push(q.slot);
                     self.hub.forget(id);
                     // The notice may be stale: this node may have claimed
                     // the task back since. The recheck asks the store.
@@ -458,6 +467,15 @@ impl Peers {
         self.stats
             .claimed_from_us
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        // The claimer counts these tasks for its tenants only from its next
+        // publish; until then they count here too, so the others' sum of a
+        // moving tenant errs high (a quota refuses early) and never low.
+        if !parting.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(PARTING).await;
+                drop(parting);
+            });
+        }
     }
 }
 
