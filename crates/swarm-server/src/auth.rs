@@ -209,7 +209,37 @@ where
 /// loopback_admin = true` says so, since "on this machine" also covers a
 /// reverse proxy relaying anyone's request (`403` otherwise).
 #[derive(Debug, Clone)]
-pub struct Admin(pub Caller);
+pub struct Admin {
+    /// Who: the admin key's tenant (`default` when admin by loopback).
+    pub caller: Caller,
+    /// From where: the peer's address, when the connection knows it.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Admin {
+    /// Logs what an admin did and how it ended, on target `swarmd::audit`
+    /// at `info` (so the default filter keeps it): the tenant of the key,
+    /// the peer, the action and its subject. Every change made through the
+    /// API is logged, refused ones too, so a log store can answer who
+    /// drained an instance and from where.
+    pub fn audit<T>(&self, action: &str, subject: &str, outcome: &Result<T, ApiError>) {
+        let peer = shown(self.peer);
+        let outcome = match outcome {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        };
+        tracing::info!(
+            target: "swarmd::audit",
+            tenant = %self.caller.tenant,
+            peer = %peer,
+            action,
+            subject,
+            outcome,
+            "admin {action} of {subject} by tenant `{}` from {peer}: {outcome}",
+            self.caller.tenant
+        );
+    }
+}
 
 impl<S> FromRequestParts<S> for Admin
 where
@@ -230,15 +260,33 @@ where
                 ));
             }
             if is_loopback(parts) {
-                return Ok(Admin(caller));
+                return Ok(Admin {
+                    caller,
+                    peer: peer(parts),
+                });
             }
             return Err(forbidden(
                 "admin endpoints answer only on loopback while no API keys are configured",
             ));
         }
         if caller.admin {
-            Ok(Admin(caller))
+            Ok(Admin {
+                caller,
+                peer: peer(parts),
+            })
         } else {
+            let path: String = parts.uri.path().chars().take(128).collect();
+            tracing::info!(
+                target: "swarmd::audit",
+                tenant = %caller.tenant,
+                peer = %shown(peer(parts)),
+                method = %parts.method,
+                path = %path,
+                outcome = "forbidden",
+                "admin endpoint {} {path} refused to client tenant `{}`",
+                parts.method,
+                caller.tenant
+            );
             Err(forbidden("this endpoint needs an admin key"))
         }
     }
@@ -246,10 +294,18 @@ where
 
 /// Whether the peer is on this machine (for admin endpoints without keys).
 pub fn is_loopback(parts: &Parts) -> bool {
+    peer(parts).is_some_and(|p| p.ip().is_loopback())
+}
+
+fn shown(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+}
+
+fn peer(parts: &Parts) -> Option<SocketAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ci| ci.0.ip().is_loopback())
+        .map(|ci| ci.0)
 }
 
 #[cfg(test)]

@@ -276,3 +276,108 @@ async fn serve_refuses_a_public_address_without_keys() {
         assert_eq!(up, Some(200), "{flags:?}");
     }
 }
+
+/// Every admin change through the API is logged with who made it and from
+/// where (target `swarmd::audit`), refused attempts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_logged_with_their_tenant_and_peer() {
+    swarm_agents::install_crypto_provider();
+    let (dir, cfg, db) = config_dir();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{db}{}{}role = \"admin\"\n[pools.echo]\nreplicas = 2\n",
+            tenant("acme", "acme-key"),
+            tenant("ops", "ops-key")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("swarmd.log");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Served(
+        serve(
+            &cfg,
+            &format!("127.0.0.1:{port}"),
+            &["--log-format", "json"],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    assert_eq!(poll_status(&base, "ops-key", 200).await, Some(200));
+    let client = reqwest::Client::new();
+    let instances = format!("{base}/api/pools/echo/instances");
+    let call = |req: reqwest::RequestBuilder, key: &str| {
+        let req = req.bearer_auth(key);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let spec = json!({"id": "echo-7"});
+    let steps = [
+        (
+            call(client.post(&instances).json(&spec), "acme-key").await,
+            403,
+        ),
+        (
+            call(client.post(&instances).json(&spec), "ops-key").await,
+            201,
+        ),
+        (
+            call(client.post(format!("{instances}/echo-7/drain")), "ops-key").await,
+            200,
+        ),
+        (
+            call(client.delete(format!("{instances}/echo-7")), "ops-key").await,
+            202,
+        ),
+        (
+            call(client.post(format!("{instances}/nope/drain")), "ops-key").await,
+            404,
+        ),
+    ];
+    for (i, (got, want)) in steps.iter().enumerate() {
+        assert_eq!(got, want, "step {i}");
+    }
+    // The lines are written as the requests are answered; give the writer
+    // a moment, then stop the process so the file is complete.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "swarmd::audit")
+        .map(|v| v["fields"].clone())
+        .collect();
+    let seen: Vec<(String, String, String)> = audit
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+            (s("tenant"), s("action"), s("outcome"))
+        })
+        .collect();
+    let want = |t: &str, a: &str, o: &str| (t.to_string(), a.to_string(), o.to_string());
+    assert_eq!(
+        seen,
+        [
+            want("acme", "", "forbidden"),
+            want("ops", "add_instance", "ok"),
+            want("ops", "drain_instance", "ok"),
+            want("ops", "remove_instance", "ok"),
+            want("ops", "drain_instance", "instance_not_found"),
+        ],
+        "{text}"
+    );
+    for f in &audit {
+        let peer = f["peer"].as_str().unwrap_or("");
+        assert!(peer.starts_with("127.0.0.1:"), "the peer is named: {f}");
+    }
+    assert!(
+        audit[1]["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("echo-7") && s.contains("echo")),
+        "{:?}",
+        audit[1]
+    );
+}

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use swarm_engine::instances::InstanceSpec;
+use swarm_engine::instances::{InstanceSnapshot, InstanceSpec};
 
 use crate::AppState;
 use crate::auth::{Admin, Caller};
@@ -66,11 +66,20 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn add(
     State(app): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(pool): Path<String>,
     JsonBody(spec): JsonBody<InstanceSpec>,
 ) -> Result<Response, ApiError> {
-    let (inst, created) = app.engine.add_instance(&pool, &spec)?;
+    let r = app
+        .engine
+        .add_instance(&pool, &spec)
+        .map_err(ApiError::from);
+    admin.audit(
+        "add_instance",
+        &subject(&pool, r.as_ref().map(|r| &r.0)),
+        &r,
+    );
+    let (inst, created) = r?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -100,10 +109,15 @@ pub(crate) async fn add(
 )]
 pub(crate) async fn drain(
     State(app): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(app.engine.drain_instance(&pool, &id)?)))
+    let r = app
+        .engine
+        .drain_instance(&pool, &id)
+        .map_err(ApiError::from);
+    admin.audit("drain_instance", &subject(&pool, r.as_ref()), &r);
+    Ok(Json(json!(r?)))
 }
 
 /// `DELETE …/{id}`: `202`; drained now, gone once its calls in flight
@@ -128,9 +142,25 @@ pub(crate) async fn drain(
 )]
 pub(crate) async fn remove(
     State(app): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let inst = app.engine.remove_instance(&pool, &id)?;
-    Ok((StatusCode::ACCEPTED, Json(json!(inst))).into_response())
+    let r = app
+        .engine
+        .remove_instance(&pool, &id)
+        .map_err(ApiError::from);
+    admin.audit("remove_instance", &subject(&pool, r.as_ref()), &r);
+    Ok((StatusCode::ACCEPTED, Json(json!(r?))).into_response())
+}
+
+/// What an audit line names: the department and, once the engine has
+/// vouched for it, the instance (a refused URL may carry anything).
+/// Names from the path are escaped and cut short: a log line is one line.
+fn subject(pool: &str, inst: Result<&InstanceSnapshot, &ApiError>) -> String {
+    let pool: String = pool.chars().take(64).collect();
+    let pool = pool.escape_debug();
+    match inst {
+        Ok(i) => format!("instance `{}` of department `{pool}`", i.id.escape_debug()),
+        Err(_) => format!("an instance of department `{pool}`"),
+    }
 }

@@ -92,11 +92,15 @@ fn parse(params: &HashMap<String, String>) -> Result<Params, FieldError> {
 )]
 pub(crate) async fn profile(
     State(app): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let params = parse(&params)?;
-    imp::run(app, params).await
+    let r = match parse(&params) {
+        Ok(params) => imp::run(app, params).await,
+        Err(e) => Err(e.into()),
+    };
+    admin.audit("profile", "the process", &r);
+    r
 }
 
 #[cfg(not(feature = "pprof"))]
