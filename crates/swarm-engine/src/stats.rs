@@ -253,6 +253,14 @@ const HELP: &[(&str, &str)] = &[
         "Requests answered 408 because the body came too slowly.",
     ),
     (
+        "swarmd_http_write_timeouts_total",
+        "Connections cut because a response made no write progress for `server.write_timeout_ms`.",
+    ),
+    (
+        "swarmd_http_early_413_total",
+        "Requests answered 413 from their Content-Length, before any body was read.",
+    ),
+    (
         "swarmd_http_accept_errors_total",
         "Errors accepting connections (such as running out of descriptors).",
     ),
