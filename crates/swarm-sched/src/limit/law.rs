@@ -48,6 +48,11 @@ const AIMD_MIN_TIMED: u32 = 4;
 /// here loose): a tenfold overshoot is undone in one step, yet one absurd
 /// window cannot take the limit to the floor.
 const AIMD_MAX_CUT: f64 = 0.1;
+/// Probes come at most once per this many no-load round trips (and at most
+/// once per `probe_interval_ms`): each halves the limit for a round trip,
+/// so against a 10 s backend a 30 s interval would cost a sixth of the
+/// throughput. The baseline windows stretch the same way.
+const PROBE_RTTS: f64 = 20.0;
 
 /// AIMD's current window: the successes of calls that started at or after
 /// `start` (the last cut or probe edge), so each decision judges the limit
@@ -201,7 +206,8 @@ pub(crate) struct Law {
     window: RttWindow,
     drops_at_min: u32,
     at_min_since: Option<Instant>,
-    next_probe: Instant,
+    /// When the last probe was due (at first: when the law was made).
+    last_probe: Instant,
     probe: Option<Probe>,
     samples: u64,
     drops: u64,
@@ -255,7 +261,7 @@ impl Law {
             window: RttWindow::default(),
             drops_at_min: 0,
             at_min_since: None,
-            next_probe: now + probe_interval,
+            last_probe: now,
             probe: None,
             samples: 0,
             drops: 0,
@@ -330,7 +336,7 @@ impl Law {
         let collapsed = self.drops_at_min >= COLLAPSE_DROPS
             || self
                 .at_min_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.probe_interval);
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.probe_every());
         self.drops_at_min = 0;
         if collapsed && self.slow_start_enabled {
             self.slow_start = true;
@@ -339,6 +345,7 @@ impl Law {
         }
         self.observe_rtt(now, sample.rtt.as_secs_f64().max(MIN_RTT_S));
         let rtt = self.short_rtt;
+        self.stretch_windows();
         self.maybe_start_probe(now);
 
         let base = self.baseline.get().unwrap_or(rtt);
@@ -465,11 +472,28 @@ impl Law {
         }
     }
 
+    /// The effective probe interval: `probe_interval_ms`, or
+    /// [`PROBE_RTTS`] no-load round trips when that is longer.
+    fn probe_every(&self) -> Duration {
+        let rtts = self
+            .min_rtt()
+            .map_or(Duration::ZERO, |r| r.mul_f64(PROBE_RTTS));
+        self.probe_interval.max(rtts)
+    }
+
+    /// Stretches the baseline windows to the effective probe interval, so
+    /// a baseline outlives the gap between two probes.
+    fn stretch_windows(&mut self) {
+        let every = self.probe_every();
+        self.baseline.window = every;
+        self.aimd_base.window = every;
+    }
+
     fn maybe_start_probe(&mut self, now: Instant) {
-        if now < self.next_probe {
+        if now < self.last_probe + self.probe_every() {
             return;
         }
-        self.next_probe = now + self.probe_interval;
+        self.last_probe = now;
         if self.slow_start || self.probe.is_some() || self.limit < 2.0 * self.min {
             return;
         }
@@ -494,7 +518,7 @@ impl Law {
             }
             // AIMD's probe ends when its window closes (`aimd_window`).
             if (p.fresh >= PROBE_SAMPLES && self.algorithm != Algorithm::Aimd)
-                || now.saturating_duration_since(p.started) >= self.probe_interval
+                || now.saturating_duration_since(p.started) >= self.probe_every()
             {
                 self.probe = None;
                 // Calls from the probe ran at half the limit and would vouch
