@@ -53,6 +53,12 @@ const AIMD_MAX_CUT: f64 = 0.1;
 /// so against a 10 s backend a 30 s interval would cost a sixth of the
 /// throughput. The baseline windows stretch the same way.
 const PROBE_RTTS: f64 = 20.0;
+/// AIMD's slow start adds this much per success that met no queue: ×1.5
+/// per round trip rather than TCP's ×2. The first queueing round trip is
+/// seen a round trip after the knee is crossed, so the limit overshoots to
+/// about (1 + gain) × the knee before the cut; at ×2 that round trip's
+/// calls took twice the unloaded latency.
+const AIMD_SLOW_GAIN: f64 = 0.5;
 
 /// AIMD's current window: the successes of calls that started at or after
 /// `start` (the last cut or probe edge), so each decision judges the limit
@@ -385,7 +391,20 @@ impl Law {
                     self.slow_start = false;
                     self.limit = self.aimd(now, judged);
                 }
-                _ if !app_limited && raw <= bar => self.limit = self.limit.max(grown),
+                _ if !app_limited && raw <= bar => {
+                    // At least one more than in use, or a limit of 1 would
+                    // stop at 1.5.
+                    let cap = ((1.0 + AIMD_SLOW_GAIN) * in_use).max(in_use + 1.0);
+                    // Below 4 a step of less than one would take two round
+                    // trips per slot.
+                    let step = if self.limit < 4.0 {
+                        1.0
+                    } else {
+                        AIMD_SLOW_GAIN
+                    };
+                    let grown = (self.limit + step).min(cap);
+                    self.limit = self.limit.max(grown);
+                }
                 _ => {}
             }
             self.clamp(now);
@@ -789,14 +808,22 @@ mod tests {
             };
             let mut law = Law::new(&c, now);
             assert!(law.in_slow_start());
-            feed(&mut law, &mut now, 4, Sample::success(ms(10)));
-            assert_eq!(law.limit(), 8, "{a:?}");
-            feed(&mut law, &mut now, 8, Sample::success(ms(10)));
-            assert_eq!(law.limit(), 16, "{a:?}");
+            // AIMD grows ×1.5 per limit's worth (`AIMD_SLOW_GAIN`), the
+            // others double.
+            let (a1, a2, a3) = match a {
+                Algorithm::Aimd => (6, 9, 8),
+                _ => (8, 16, 14),
+            };
+            let l = law.limit();
+            feed(&mut law, &mut now, l, Sample::success(ms(10)));
+            assert_eq!(law.limit(), a1, "{a:?}");
+            let l = law.limit();
+            feed(&mut law, &mut now, l, Sample::success(ms(10)));
+            assert_eq!(law.limit(), a2, "{a:?}");
             // Congestion ends it.
             feed(&mut law, &mut now, 1, Sample::dropped(ms(10)));
             assert!(!law.in_slow_start());
-            assert_eq!(law.limit(), 14, "{a:?}");
+            assert_eq!(law.limit(), a3, "{a:?}");
         }
     }
 
@@ -847,7 +874,10 @@ mod tests {
             now += ms(30_000);
             feed(&mut law, &mut now, 1, Sample::success(ms(25)));
             assert!(law.in_slow_start(), "{a:?}");
-            feed(&mut law, &mut now, 60, Sample::success(ms(25)));
+            // About five round trips of doubling (AIMD: ×1.5 per round
+            // trip, so about eight).
+            let n = if a == Algorithm::Aimd { 100 } else { 60 };
+            feed(&mut law, &mut now, n, Sample::success(ms(25)));
             assert!(law.limit() >= 32, "{a:?}: {}", law.limit());
         }
     }
