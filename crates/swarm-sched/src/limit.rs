@@ -109,7 +109,10 @@
 //! floor (Envoy issue #38338). Every `probe_interval_ms` a probe halves the
 //! limit until ten calls started during it complete, so the minimum is
 //! measured without our own queueing (Envoy's gradient controller does the
-//! same, down to its minimum concurrency; half is gentler). AIMD's probe
+//! same, down to its minimum concurrency; half is gentler). Against a slow
+//! backend the interval stretches to 20 no-load round trips, and the
+//! baseline windows with it: a 30 s interval at a 10 s RTT halved the limit
+//! every third round trip. AIMD's probe
 //! lasts one window of calls started during it, which feeds its baseline.
 //!
 //! # Slow start
@@ -122,9 +125,15 @@
 //! double. AIMD's slow start is judged by its windows: only a call whose
 //! own RTT shows no queue vouches for growth (before any window has
 //! closed, the fastest RTT × `tolerance` is the bar), and the first window
-//! that queues ends it with the proportional cut. With one round trip of
-//! feedback delay, doubling still overshoots to about twice the knee for
-//! a round trip before that cut (`tests/limit_scenarios/sweeps/`). After a
+//! that queues ends it with the proportional cut. AIMD grows by half a
+//! call per such success, ×1.5 per round trip rather than ×2: a round trip
+//! passes between crossing the knee and seeing its queue, so the limit
+//! overshoots to about the growth factor × the knee before the cut; at ×2
+//! the calls of that round trip took twice the unloaded latency, at ×1.5
+//! it is 1.4–1.5× at knees ≥ 50 and bases ≥ 100 ms (`tests/limit_scenarios/sweeps/`;
+//! the price is 6 round trips instead of 3 to climb from 0.1× the knee).
+//! HyStart's delay-increase exit (Ha & Rhee 2011) would not help against a
+//! sharp knee: nothing rises before the knee is crossed. After a
 //! collapse (three drops at the floor, or the floor held for a probe
 //! interval), the next success re-enters it, so recovery after an outage
 //! takes a few round trips instead of minutes (vector issue #3255, where the
