@@ -39,12 +39,22 @@
 //! this).
 //!
 //! - **Fixed**: the constant `initial`; samples only update the statistics.
-//! - **AIMD** (additive increase, multiplicative decrease; Chiu & Jain 1989,
-//!   TCP Reno, Netflix `AIMDLimit`, vector's adaptive request concurrency),
-//!   decided once per round trip: +1, or × `backoff_ratio` when the round
-//!   trip was queueing (below), and × `backoff_ratio` on every drop.
-//!   Goal: hold in flight just above the backend's knee, because each call
-//!   beyond it adds queueing to every call's time in the backend.
+//! - **AIMD** (additive increase; Chiu & Jain 1989, TCP Reno, Netflix
+//!   `AIMDLimit`, vector's adaptive request concurrency), decided once per
+//!   round trip: +1, or, when the round trip was queueing (below), a cut
+//!   *in proportion to the excess*: to baseline × mean(in flight ÷ RTT)
+//!   over the window, the concurrency the backend serves without queueing
+//!   (Little's law: in flight × baseline ÷ RTT is the knee when latency
+//!   grows with the crowd), by at least one and at most tenfold per round
+//!   trip. A fixed ratio (×0.9) took dozens of round trips to come down
+//!   from a start above the knee; Swift (Kumar et al., "Swift: Delay is
+//!   Simple and Effective for Congestion Control in the Datacenter",
+//!   SIGCOMM 2020: `cwnd × (1 − β·(delay − target)/delay)`, bounded by
+//!   `max_mdf`, at most once per RTT) and Netflix concurrency-limits'
+//!   `Gradient2Limit` (`limit × long RTT ÷ short RTT`) cut by the measured
+//!   excess the same way. Drops (429s, timeouts) still cut × `backoff_ratio`
+//!   each. Goal: hold in flight just above the backend's knee, because
+//!   each call beyond it adds queueing to every call's time in the backend.
 //! - **Gradient2** (Netflix concurrency-limits `Gradient2Limit`):
 //!   `gradient = clamp(tolerance × long_rtt / rtt, 0.5, 1)`,
 //!   `new = limit × gradient + √limit`, smoothed by `smoothing`. The long RTT
@@ -73,7 +83,11 @@
 //! AIMD judges windows instead: the successes of a limit's worth of calls
 //! (at least 16) that started since the last cut or probe edge, about one
 //! round trip, so each verdict is about the limit in force (TCP Vegas and
-//! BBR likewise decide per round trip). A window is queueing when the lower
+//! BBR likewise decide per round trip). In slow start a window also closes
+//! a quarter of its fastest RTT after its first sample: the first window of
+//! a burst then holds the calls that met no queue (in a FIFO backend they
+//! return first) instead of teaching the baseline our own queueing. Below
+//! a limit of 16 a window may close after one mean RTT with 4 samples. A window is queueing when the lower
 //! confidence bound of its mean RTT (mean − 3 standard errors) exceeds
 //! `queue_tolerance` × the baseline, and the baseline is the windowed
 //! minimum of the windows' *upper* bounds (mean + 3 standard errors).
@@ -95,14 +109,31 @@
 //! floor (Envoy issue #38338). Every `probe_interval_ms` a probe halves the
 //! limit until ten calls started during it complete, so the minimum is
 //! measured without our own queueing (Envoy's gradient controller does the
-//! same, down to its minimum concurrency; half is gentler). AIMD's probe
+//! same, down to its minimum concurrency; half is gentler). Against a slow
+//! backend the interval stretches to 20 no-load round trips, and the
+//! baseline windows with it: a 30 s interval at a 10 s RTT halved the limit
+//! every third round trip. AIMD's probe
 //! lasts one window of calls started during it, which feeds its baseline.
 //!
 //! # Slow start
 //!
 //! With `slow_start`, the limit starts at `initial` and grows by one per
 //! success whose short RTT is within `tolerance` × baseline, doubling per limit's
-//! worth (TCP slow start); the first congestion signal ends it. After a
+//! worth (TCP slow start); the first congestion signal ends it. It never
+//! grows past twice the concurrency a call actually ran beside (the larger
+//! of in flight at its start and at its end), so an unused limit does not
+//! double. AIMD's slow start is judged by its windows: only a call whose
+//! own RTT shows no queue vouches for growth (before any window has
+//! closed, the fastest RTT × `tolerance` is the bar), and the first window
+//! that queues ends it with the proportional cut. AIMD grows by half a
+//! call per such success, ×1.5 per round trip rather than ×2: a round trip
+//! passes between crossing the knee and seeing its queue, so the limit
+//! overshoots to about the growth factor × the knee before the cut; at ×2
+//! the calls of that round trip took twice the unloaded latency, at ×1.5
+//! it is 1.4–1.5× at knees ≥ 50 and bases ≥ 100 ms (`tests/limit_scenarios/sweeps/`;
+//! the price is 6 round trips instead of 3 to climb from 0.1× the knee).
+//! HyStart's delay-increase exit (Ha & Rhee 2011) would not help against a
+//! sharp knee: nothing rises before the knee is crossed. After a
 //! collapse (three drops at the floor, or the floor held for a probe
 //! interval), the next success re-enters it, so recovery after an outage
 //! takes a few round trips instead of minutes (vector issue #3255, where the

@@ -274,7 +274,7 @@ fn config(sc: &Scenario, algo: Algorithm, name: &str) -> LimitConfig {
 }
 
 /// Runs one algorithm through the scenario; returns the record.
-async fn simulate(sc: &Scenario, cfg: LimitConfig) -> Record {
+async fn simulate(sc: &Scenario, cfg: LimitConfig, tick: Duration) -> Record {
     let limiter = Limiter::new(cfg);
     let t0 = Instant::now();
     let sim = Arc::new(Sim {
@@ -288,7 +288,7 @@ async fn simulate(sc: &Scenario, cfg: LimitConfig) -> Record {
     {
         let (sim, limiter) = (sim.clone(), limiter.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+            let mut tick = tokio::time::interval(tick);
             loop {
                 tick.tick().await;
                 let row = (sim.ms(), limiter.limit(), limiter.in_flight());
@@ -451,7 +451,8 @@ async fn run_scenario(path: &Path) -> Vec<String> {
     let mut fails = Vec::new();
     for &algo in &sc.algorithms {
         let a = algo_name(algo);
-        let rec = simulate(&sc, config(&sc, algo, &name)).await;
+        let tick = Duration::from_millis(TICK_MS);
+        let rec = simulate(&sc, config(&sc, algo, &name), tick).await;
         let m = measure(&sc, &rec, from, to);
         let exp = expectations(&sc, &a, &name);
         let mut f = Vec::new();
@@ -572,4 +573,355 @@ fn invalid_scenarios_fail_clearly() {
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("cannot read scenario"), "{msg}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+// === The convergence sweep (issue 16) ===
+//
+// `limit_scenarios/sweeps/*.toml` describe grids of cells (knee × base
+// latency × starting limit); every algorithm runs in every cell and the
+// targets are checked for the algorithms in `assert`. With
+// `LIMIT_SWEEP_OUT=path` the Markdown table is also written to `path`
+// (`bench/results/limit-convergence.md`); `LIMIT_SWEEP_ALGO=aimd` and
+// `LIMIT_SWEEP_KNEE=500` narrow a run while tuning.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sweep {
+    #[serde(default)]
+    description: String,
+    algorithms: Vec<Algorithm>,
+    #[serde(default)]
+    assert: Region,
+    knees: Vec<usize>,
+    base_latency_ms: Vec<f64>,
+    /// Starting limits, as multiples of the knee.
+    start: Vec<f64>,
+    /// Uniform jitter, as a fraction of the base latency.
+    jitter: f64,
+    /// Clients, as a multiple of the knee (closed loop, no think time).
+    overload: f64,
+    overload_ms: f64,
+    min_round_trips: f64,
+    max_round_trips: f64,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    limit: toml::Table,
+    targets: Targets,
+}
+
+/// The cells whose targets are asserted: these algorithms, and of the
+/// grid only these knees, bases and starts (each empty: all of them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Region {
+    #[serde(default)]
+    algorithms: Vec<Algorithm>,
+    #[serde(default)]
+    knees: Vec<usize>,
+    #[serde(default)]
+    base_latency_ms: Vec<f64>,
+    #[serde(default)]
+    start: Vec<f64>,
+}
+
+impl Region {
+    fn holds(&self, a: Algorithm, c: &Cell) -> bool {
+        self.algorithms.contains(&a)
+            && (self.knees.is_empty() || self.knees.contains(&c.knee))
+            && (self.base_latency_ms.is_empty() || self.base_latency_ms.contains(&c.base_ms))
+            && (self.start.is_empty() || self.start.contains(&c.start))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Targets {
+    rounds: u32,
+    band: f64,
+    p99_ratio: f64,
+    goodput: f64,
+}
+
+/// What one algorithm did in one cell.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    knee: usize,
+    base_ms: f64,
+    start: f64,
+    /// First unloaded round trip at whose end the limit is within the band.
+    rounds: Option<u32>,
+    /// Fraction of the time after `targets.rounds` spent within the band.
+    in_band: f64,
+    /// Admitted p99 ÷ unloaded p99, calls started after `targets.rounds`.
+    p99_ratio: f64,
+    /// The same over every call of the overload, the first round trips included.
+    p99_all_ratio: f64,
+    /// Successes after `targets.rounds` ÷ the backend's capacity.
+    goodput: f64,
+}
+
+impl Cell {
+    fn failures(&self, t: &Targets) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.rounds.is_none_or(|r| r > t.rounds) {
+            f.push(format!("rounds {:?} > {}", self.rounds, t.rounds));
+        }
+        // NaN (no calls) fails too.
+        if self.p99_ratio.is_nan() || self.p99_ratio > t.p99_ratio {
+            f.push(format!("p99 ratio {:.2} > {}", self.p99_ratio, t.p99_ratio));
+        }
+        if self.goodput.is_nan() || self.goodput < t.goodput {
+            f.push(format!("goodput {:.2} < {}", self.goodput, t.goodput));
+        }
+        f
+    }
+}
+
+fn p99(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(((xs.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn sweep_scenario(sw: &Sweep, knee: usize, base: f64, clients: usize, ms: f64) -> Scenario {
+    Scenario {
+        description: String::new(),
+        algorithms: Vec::new(),
+        limit: toml::Table::new(),
+        duration_ms: ms.ceil() as u64,
+        window_ms: None,
+        seed: sw.seed,
+        load: Load {
+            clients: Some(clients),
+            think_ms: 0,
+            rate: None,
+            queue_timeout_ms: default_queue_timeout(),
+        },
+        backend: Backend {
+            base_latency_ms: base,
+            jitter_ms: base * sw.jitter,
+            knee: knee as f64,
+            defer_above: None,
+            defer_latency_ms: default_defer_latency(),
+            timeout_ms: Some(f64::MAX),
+            all_timeout: false,
+            capacity_schedule: Vec::new(),
+        },
+        expect: toml::Table::new(),
+    }
+}
+
+/// The unloaded p99: knee/2 clients (at least one) for 20 round trips.
+async fn unloaded_p99(sw: &Sweep, knee: usize, base: f64) -> f64 {
+    let rtt = base * (1.0 + sw.jitter);
+    let sc = sweep_scenario(sw, knee, base, (knee / 2).max(1), 20.0 * rtt);
+    let tick = Duration::from_secs_f64(rtt / 1000.0);
+    let rec = simulate(&sc, LimitConfig::fixed(knee), tick).await;
+    p99(rec.calls.iter().map(|c| c.2).collect())
+}
+
+async fn run_cell(sw: &Sweep, algo: Algorithm, knee: usize, base: f64, start: f64) -> Cell {
+    let t = &sw.targets;
+    // The unit of time: an unloaded round trip, at its slowest.
+    let rtt = base * (1.0 + sw.jitter);
+    let ms = sw
+        .overload_ms
+        .clamp(sw.min_round_trips * rtt, sw.max_round_trips * rtt);
+    let clients = (sw.overload * knee as f64).round() as usize;
+    let sc = sweep_scenario(sw, knee, base, clients, ms);
+    let mut table = sw.limit.clone();
+    table.insert("algorithm".into(), toml::Value::try_from(algo).unwrap());
+    let initial = ((start * knee as f64).round() as i64).max(1);
+    table.insert("initial".into(), toml::Value::Integer(initial));
+    let cfg: LimitConfig = toml::Value::Table(table)
+        .try_into()
+        .unwrap_or_else(|e| panic!("sweep: invalid [limit]: {e}"));
+    cfg.validate()
+        .unwrap_or_else(|e| panic!("sweep: invalid [limit]: {e}"));
+    let unloaded = unloaded_p99(sw, knee, base).await;
+    // Four ticks per round trip; tick 4k is the end of round trip k.
+    let tick = Duration::from_secs_f64(rtt / 4000.0);
+    let rec = simulate(&sc, cfg, tick).await;
+
+    if std::env::var("LIMIT_SWEEP_TRACE").is_ok() {
+        let trace: Vec<_> = rec
+            .ticks
+            .iter()
+            .step_by(4)
+            .take(40)
+            .map(|x| (x.1, x.2))
+            .collect();
+        println!(
+            "{algo:?} knee {knee} base {base} start {start}: (limit, in flight) per round trip {trace:?}"
+        );
+    }
+    let k = knee as f64;
+    let in_band = |l: usize| (l as f64 - k).abs() <= t.band * k + 1e-9;
+    let rounds = (1..)
+        .map_while(|r| rec.ticks.get(4 * r as usize).map(|x| (r, x.1)))
+        .find(|&(_, l)| in_band(l))
+        .map(|(r, _)| r);
+    let settled = f64::from(t.rounds) * rtt;
+    let after: Vec<_> = rec.ticks.iter().filter(|x| x.0 >= settled).collect();
+    let band_frac =
+        after.iter().filter(|x| in_band(x.1)).count() as f64 / after.len().max(1) as f64;
+    let ok = |c: &&(f64, Outcome, f64)| c.1 == Outcome::Success;
+    let late: Vec<f64> = rec
+        .calls
+        .iter()
+        .filter(ok)
+        .filter(|c| c.0 - c.2 >= settled)
+        .map(|c| c.2)
+        .collect();
+    let done_late = rec
+        .calls
+        .iter()
+        .filter(ok)
+        .filter(|c| c.0 >= settled)
+        .count();
+    let capacity = k / base * (ms - settled);
+    Cell {
+        knee,
+        base_ms: base,
+        start,
+        rounds,
+        in_band: band_frac,
+        p99_ratio: p99(late) / unloaded,
+        p99_all_ratio: p99(rec.calls.iter().filter(ok).map(|c| c.2).collect()) / unloaded,
+        goodput: done_late as f64 / capacity,
+    }
+}
+
+fn sweep_markdown(sw: &Sweep, results: &[(Algorithm, Vec<Cell>)]) -> String {
+    let t = &sw.targets;
+    let mut md = format!(
+        "Targets: within ±{:.0}% of the knee by the end of round trip {}; admitted p99 \
+         (calls started after it) ≤ {}× the unloaded p99; goodput after it ≥ {:.0}%. \
+         Asserted for {} in the cells marked `asserted` ({:?} knees, {:?} ms, {:?}× \
+         starts; empty = all); the rest are reported.\n\n",
+        t.band * 100.0,
+        t.rounds,
+        t.p99_ratio,
+        t.goodput * 100.0,
+        sw.assert
+            .algorithms
+            .iter()
+            .map(|a| algo_name(*a))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sw.assert.knees,
+        sw.assert.base_latency_ms,
+        sw.assert.start,
+    );
+    md += "| algorithm | cells meeting all targets | worst rounds to ±20% | worst p99 ÷ unloaded | \
+           worst p99 ÷ unloaded, first round trips included | lowest goodput | least time in band |\n";
+    md += "|---|---|---|---|---|---|---|\n";
+    for (a, cells) in results {
+        let pass = cells.iter().filter(|c| c.failures(t).is_empty()).count();
+        let never = cells.iter().filter(|c| c.rounds.is_none()).count();
+        let worst_r = cells.iter().filter_map(|c| c.rounds).max().unwrap_or(0);
+        let worst = |f: &dyn Fn(&Cell) -> f64| cells.iter().map(f).fold(f64::NAN, f64::max);
+        let least = |f: &dyn Fn(&Cell) -> f64| cells.iter().map(f).fold(f64::NAN, f64::min);
+        let rounds = if never > 0 {
+            format!("never in {never} cells (else {worst_r})")
+        } else {
+            worst_r.to_string()
+        };
+        md += &format!(
+            "| {} | {pass} / {} | {rounds} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            algo_name(*a),
+            cells.len(),
+            worst(&|c| c.p99_ratio),
+            worst(&|c| c.p99_all_ratio),
+            least(&|c| c.goodput),
+            least(&|c| c.in_band),
+        );
+    }
+    md += "\nEvery cell (rounds: `-` = never within the band):\n\n";
+    md += "| algorithm | knee | base ms | start × knee | rounds | in band | p99 ÷ unl. | p99 all ÷ unl. | goodput | meets all | asserted |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for (a, cells) in results {
+        for c in cells {
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+                algo_name(*a),
+                c.knee,
+                c.base_ms,
+                c.start,
+                c.rounds.map_or("-".into(), |r| r.to_string()),
+                c.in_band,
+                c.p99_ratio,
+                c.p99_all_ratio,
+                c.goodput,
+                if c.failures(t).is_empty() {
+                    "yes"
+                } else {
+                    "no"
+                },
+                if sw.assert.holds(*a, c) { "yes" } else { "" }
+            );
+        }
+    }
+    md
+}
+
+fn load_sweep(path: &Path) -> Sweep {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read sweep {}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("invalid sweep {}: {e}", path.display()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn convergence_sweep() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/limit_scenarios/sweeps/convergence.toml");
+    let sw = load_sweep(&path);
+    let only_algo = std::env::var("LIMIT_SWEEP_ALGO").ok();
+    let only_knee: Option<usize> = std::env::var("LIMIT_SWEEP_KNEE")
+        .ok()
+        .and_then(|k| k.parse().ok());
+    let mut results = Vec::new();
+    let mut fails = Vec::new();
+    for &algo in &sw.algorithms {
+        let name = algo_name(algo);
+        if only_algo.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let mut cells = Vec::new();
+        for &knee in &sw.knees {
+            if only_knee.is_some_and(|k| k != knee) {
+                continue;
+            }
+            for &base in &sw.base_latency_ms {
+                for &start in &sw.start {
+                    let c = run_cell(&sw, algo, knee, base, start).await;
+                    if sw.assert.holds(algo, &c) {
+                        for f in c.failures(&sw.targets) {
+                            fails.push(format!(
+                                "{name} knee {knee} base {base} ms start {start}×: {f}"
+                            ));
+                        }
+                    }
+                    cells.push(c);
+                }
+            }
+        }
+        results.push((algo, cells));
+    }
+    let md = format!(
+        "{}\n\n{}",
+        sw.description.trim(),
+        sweep_markdown(&sw, &results)
+    );
+    println!("{md}");
+    if let Ok(out) = std::env::var("LIMIT_SWEEP_OUT") {
+        std::fs::write(&out, &md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
+    }
+    assert!(
+        fails.is_empty(),
+        "convergence targets not met:\n{}",
+        fails.join("\n")
+    );
 }

@@ -48,7 +48,8 @@ pub struct LimitConfig {
     pub min: usize,
     /// Ceiling: the limit never goes above it.
     pub max: usize,
-    /// Multiplicative decrease on back-pressure (AIMD, and all laws on drops).
+    /// Multiplicative decrease per drop (every adaptive law). AIMD's cut on
+    /// queueing latency is proportional to the excess instead.
     pub backoff_ratio: f64,
     /// An RTT above `tolerance` × the baseline counts as queueing
     /// (Gradient2's tolerance; ends slow start for every law).

@@ -34,6 +34,31 @@ const AIMD_MIN_WINDOW: u32 = 16;
 /// before AIMD calls it queueing: a one-sided test at about 0.1%, so jitter
 /// alone almost never cuts, while a real queue of a few calls does.
 const AIMD_Z: f64 = 3.0;
+/// In slow start a window also closes once a quarter of its fastest RTT has
+/// passed since its first sample (with at least [`AIMD_MIN_WINDOW`]), so the
+/// first window of a burst holds the calls that met no queue (in a FIFO
+/// backend they return first) rather than a mix that teaches the baseline
+/// our own queueing.
+const AIMD_EARLY_CLOSE: f64 = 0.25;
+/// With a limit below [`AIMD_MIN_WINDOW`] a window may close after a mean
+/// RTT with this many samples; otherwise a limit of 2 would decide once per
+/// 8 round trips. (Not above: short noisy windows drag the baseline down.)
+const AIMD_MIN_TIMED: u32 = 4;
+/// The deepest proportional cut in one round trip (Swift's `max_mdf`,
+/// here loose): a tenfold overshoot is undone in one step, yet one absurd
+/// window cannot take the limit to the floor.
+const AIMD_MAX_CUT: f64 = 0.1;
+/// Probes come at most once per this many no-load round trips (and at most
+/// once per `probe_interval_ms`): each halves the limit for a round trip,
+/// so against a 10 s backend a 30 s interval would cost a sixth of the
+/// throughput. The baseline windows stretch the same way.
+const PROBE_RTTS: f64 = 20.0;
+/// AIMD's slow start adds this much per success that met no queue: ×1.5
+/// per round trip rather than TCP's ×2. The first queueing round trip is
+/// seen a round trip after the knee is crossed, so the limit overshoots to
+/// about (1 + gain) × the knee before the cut; at ×2 that round trip's
+/// calls took twice the unloaded latency.
+const AIMD_SLOW_GAIN: f64 = 0.5;
 
 /// AIMD's current window: the successes of calls that started at or after
 /// `start` (the last cut or probe edge), so each decision judges the limit
@@ -49,6 +74,13 @@ struct RttWindow {
     sum_sq: f64,
     /// Samples from calls that found the limit mostly used.
     busy: u32,
+    /// When its first sample ended.
+    opened: Option<Instant>,
+    /// Its fastest sample, s.
+    fastest: f64,
+    /// Σ in_flight_at_start ÷ rtt: × the baseline, the mean concurrency
+    /// the backend would have served without queueing (Little's law).
+    load: f64,
 }
 
 /// A closed AIMD window: the lower confidence bound of its mean RTT, and
@@ -57,6 +89,10 @@ struct RttWindow {
 struct Judged {
     low: f64,
     busy: bool,
+    /// Mean of in_flight_at_start ÷ rtt over the window.
+    load: f64,
+    /// Samples in the window ÷ the round trip's worth it was sized for.
+    share: f64,
 }
 
 impl RttWindow {
@@ -176,10 +212,14 @@ pub(crate) struct Law {
     window: RttWindow,
     drops_at_min: u32,
     at_min_since: Option<Instant>,
-    next_probe: Instant,
+    /// When the last probe was due (at first: when the law was made).
+    last_probe: Instant,
     probe: Option<Probe>,
     samples: u64,
     drops: u64,
+    /// Fastest successful RTT ever seen, s (slow start's bar before any
+    /// AIMD window has closed).
+    fastest: f64,
 }
 
 impl Law {
@@ -227,10 +267,11 @@ impl Law {
             window: RttWindow::default(),
             drops_at_min: 0,
             at_min_since: None,
-            next_probe: now + probe_interval,
+            last_probe: now,
             probe: None,
             samples: 0,
             drops: 0,
+            fastest: f64::INFINITY,
         }
     }
 
@@ -267,12 +308,14 @@ impl Law {
     }
 
     /// Feeds one finished call: it started at `started` with
-    /// `in_flight_at_start` calls running (itself included).
+    /// `in_flight_at_start` calls running (itself included), and
+    /// `in_flight_at_end` were running as it ended (itself included).
     pub(crate) fn on_sample(
         &mut self,
         now: Instant,
         started: Instant,
         in_flight_at_start: usize,
+        in_flight_at_end: usize,
         sample: Sample,
     ) {
         if sample.outcome == Outcome::Ignore {
@@ -299,7 +342,7 @@ impl Law {
         let collapsed = self.drops_at_min >= COLLAPSE_DROPS
             || self
                 .at_min_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.probe_interval);
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.probe_every());
         self.drops_at_min = 0;
         if collapsed && self.slow_start_enabled {
             self.slow_start = true;
@@ -308,26 +351,70 @@ impl Law {
         }
         self.observe_rtt(now, sample.rtt.as_secs_f64().max(MIN_RTT_S));
         let rtt = self.short_rtt;
+        self.stretch_windows();
         self.maybe_start_probe(now);
 
         let base = self.baseline.get().unwrap_or(rtt);
         // App-limited: the limit was mostly unused, so a good RTT proves
         // nothing about a higher one (Netflix and vector both skip these).
-        let app_limited = (in_flight_at_start as f64) * 2.0 < self.limit.floor();
+        // In use: the most the call ran beside. Calls granted in one burst
+        // get in_flight_at_start 1, 2, 3..., yet all ran at the burst's size.
+        let in_use = in_flight_at_start.max(in_flight_at_end) as f64;
+        let app_limited = in_use * 2.0 < self.limit.floor();
         // AIMD's windows run in slow start and probes too, so its baseline
         // sees the round trips at low concurrency.
         let raw = sample.rtt.as_secs_f64().max(MIN_RTT_S);
+        self.fastest = self.fastest.min(raw);
         let judged = if self.algorithm == Algorithm::Aimd {
-            self.aimd_window(now, started, raw, app_limited)
+            self.aimd_window(now, started, raw, app_limited, in_flight_at_start)
         } else {
             None
         };
 
+        // Slow start never grows past twice the concurrency the call met:
+        // one doubling of what was actually in use, not of an unused limit.
+        let grown = (self.limit + 1.0).min(2.0 * in_use);
+        if self.slow_start && self.algorithm == Algorithm::Aimd {
+            // AIMD judges slow start by round trips, as it judges the rest:
+            // the first window that queues ends it with a proportional cut.
+            // Until then only a call that met no queue vouches for growth
+            // (a round trip of feedback delay already lets slow start
+            // overshoot up to twice the knee; calls that queued must not
+            // add to it). Before any baseline, the fastest call so far,
+            // with `tolerance` for jitter, stands in.
+            let bar = match self.aimd_base.get() {
+                Some(b) => self.queue_tolerance * b,
+                None => self.tolerance * self.fastest,
+            };
+            match judged {
+                Some(j) if self.aimd_queueing(&j) => {
+                    self.slow_start = false;
+                    self.limit = self.aimd(now, judged);
+                }
+                _ if !app_limited && raw <= bar => {
+                    // At least one more than in use, or a limit of 1 would
+                    // stop at 1.5.
+                    let cap = ((1.0 + AIMD_SLOW_GAIN) * in_use).max(in_use + 1.0);
+                    // Below 4 a step of less than one would take two round
+                    // trips per slot.
+                    let step = if self.limit < 4.0 {
+                        1.0
+                    } else {
+                        AIMD_SLOW_GAIN
+                    };
+                    let grown = (self.limit + step).min(cap);
+                    self.limit = self.limit.max(grown);
+                }
+                _ => {}
+            }
+            self.clamp(now);
+            return;
+        }
         if self.slow_start {
             if rtt <= self.tolerance * base {
                 if !app_limited {
                     // +1 per success doubles the limit per limit's worth.
-                    self.limit += 1.0;
+                    self.limit = self.limit.max(grown);
                 }
                 self.clamp(now);
                 return;
@@ -404,11 +491,28 @@ impl Law {
         }
     }
 
+    /// The effective probe interval: `probe_interval_ms`, or
+    /// [`PROBE_RTTS`] no-load round trips when that is longer.
+    fn probe_every(&self) -> Duration {
+        let rtts = self
+            .min_rtt()
+            .map_or(Duration::ZERO, |r| r.mul_f64(PROBE_RTTS));
+        self.probe_interval.max(rtts)
+    }
+
+    /// Stretches the baseline windows to the effective probe interval, so
+    /// a baseline outlives the gap between two probes.
+    fn stretch_windows(&mut self) {
+        let every = self.probe_every();
+        self.baseline.window = every;
+        self.aimd_base.window = every;
+    }
+
     fn maybe_start_probe(&mut self, now: Instant) {
-        if now < self.next_probe {
+        if now < self.last_probe + self.probe_every() {
             return;
         }
-        self.next_probe = now + self.probe_interval;
+        self.last_probe = now;
         if self.slow_start || self.probe.is_some() || self.limit < 2.0 * self.min {
             return;
         }
@@ -433,7 +537,7 @@ impl Law {
             }
             // AIMD's probe ends when its window closes (`aimd_window`).
             if (p.fresh >= PROBE_SAMPLES && self.algorithm != Algorithm::Aimd)
-                || now.saturating_duration_since(p.started) >= self.probe_interval
+                || now.saturating_duration_since(p.started) >= self.probe_every()
             {
                 self.probe = None;
                 // Calls from the probe ran at half the limit and would vouch
@@ -454,8 +558,11 @@ impl Law {
         started: Instant,
         rtt: f64,
         app_limited: bool,
+        in_flight_at_start: usize,
     ) -> Option<Judged> {
-        let size = AIMD_MIN_WINDOW.max(self.limit() as u32);
+        let limit = self.limit() as u32;
+        let size = AIMD_MIN_WINDOW.max(limit);
+        let slow_start = self.slow_start;
         let w = &mut self.window;
         if w.start.is_some_and(|s| started < s) {
             // Started under an older limit (before the last cut or probe edge).
@@ -464,18 +571,33 @@ impl Law {
         w.start.get_or_insert(started);
         if w.n == 0 {
             w.size = size;
+            w.opened = Some(now);
+            w.fastest = rtt;
         }
         w.n += 1;
         w.sum += rtt;
         w.sum_sq += rtt * rtt;
+        w.fastest = w.fastest.min(rtt);
+        w.load += in_flight_at_start.max(1) as f64 / rtt;
         if !app_limited {
             w.busy += 1;
         }
-        if w.n < w.size {
+        let open_s = w
+            .opened
+            .map_or(0.0, |o| now.saturating_duration_since(o).as_secs_f64());
+        // Early close only in slow start (a burst, from any start): in
+        // steady state many short noisy windows would drag the minimum of
+        // their upper bounds down until jitter reads as queueing.
+        let full = w.n >= w.size
+            || (slow_start && w.n >= AIMD_MIN_WINDOW && open_s >= AIMD_EARLY_CLOSE * w.fastest)
+            || (size > limit && w.n >= AIMD_MIN_TIMED && open_s >= w.sum / f64::from(w.n));
+        if !full {
             return None;
         }
         let (mean, se) = w.stats();
         let busy = w.busy * 2 >= w.n;
+        let load = w.load / f64::from(w.n);
+        let share = f64::from(w.n) / f64::from(w.size.max(1));
         // The next window continues from here: an increase of one changes
         // too little to void the calls already running.
         *w = RttWindow {
@@ -496,21 +618,36 @@ impl Law {
         Some(Judged {
             low: mean - AIMD_Z * se,
             busy,
+            load,
+            share,
         })
     }
 
-    /// AIMD, decided once per round trip: a window whose mean RTT is, with
-    /// confidence, above `queue_tolerance` × baseline is queueing: ×backoff;
-    /// otherwise +1 if the window mostly used the limit.
+    /// Whether a closed window is, with confidence, above
+    /// `queue_tolerance` × the baseline.
+    fn aimd_queueing(&self, j: &Judged) -> bool {
+        j.low > self.queue_tolerance * self.aimd_base.get().unwrap_or(f64::INFINITY)
+    }
+
+    /// AIMD's law, decided per window: a queueing window cuts the limit to
+    /// what the backend serves without queueing, baseline × mean(in flight
+    /// ÷ RTT) (Little's law; Swift and Gradient2 likewise cut in proportion
+    /// to the excess delay), by at least one and at most to
+    /// [`AIMD_MAX_CUT`] × the limit; otherwise +1 per round trip's worth
+    /// of samples if the window mostly used the limit.
     fn aimd(&mut self, now: Instant, judged: Option<Judged>) -> f64 {
         let Some(j) = judged else {
             return self.limit;
         };
-        let base = self.aimd_base.get().unwrap_or(f64::INFINITY);
-        if j.low > self.queue_tolerance * base {
-            self.decrease(now);
+        if self.aimd_queueing(&j) {
+            let base = self.aimd_base.get().unwrap_or(f64::INFINITY);
+            let floor = self.limit * AIMD_MAX_CUT;
+            let target = (base * j.load).clamp(floor, (self.limit - 1.0).max(floor));
+            self.limit = target;
+            self.window.reset(now);
+            self.clamp(now);
         } else if j.busy {
-            return self.limit + 1.0;
+            return self.limit + j.share;
         }
         self.limit
     }
@@ -577,7 +714,7 @@ mod tests {
         for _ in 0..n {
             *now += Duration::from_millis(1);
             let l = law.limit();
-            law.on_sample(*now, *now, l, s);
+            law.on_sample(*now, *now, l, l, s);
         }
     }
 
@@ -654,7 +791,7 @@ mod tests {
             let mut law = Law::new(&cfg(a), now);
             for _ in 0..500 {
                 now += ms(1);
-                law.on_sample(now, now, 1, Sample::success(ms(10)));
+                law.on_sample(now, now, 1, 1, Sample::success(ms(10)));
             }
             assert_eq!(law.limit(), 10, "{a:?}");
         }
@@ -671,14 +808,22 @@ mod tests {
             };
             let mut law = Law::new(&c, now);
             assert!(law.in_slow_start());
-            feed(&mut law, &mut now, 4, Sample::success(ms(10)));
-            assert_eq!(law.limit(), 8, "{a:?}");
-            feed(&mut law, &mut now, 8, Sample::success(ms(10)));
-            assert_eq!(law.limit(), 16, "{a:?}");
+            // AIMD grows ×1.5 per limit's worth (`AIMD_SLOW_GAIN`), the
+            // others double.
+            let (a1, a2, a3) = match a {
+                Algorithm::Aimd => (6, 9, 8),
+                _ => (8, 16, 14),
+            };
+            let l = law.limit();
+            feed(&mut law, &mut now, l, Sample::success(ms(10)));
+            assert_eq!(law.limit(), a1, "{a:?}");
+            let l = law.limit();
+            feed(&mut law, &mut now, l, Sample::success(ms(10)));
+            assert_eq!(law.limit(), a2, "{a:?}");
             // Congestion ends it.
             feed(&mut law, &mut now, 1, Sample::dropped(ms(10)));
             assert!(!law.in_slow_start());
-            assert_eq!(law.limit(), 14, "{a:?}");
+            assert_eq!(law.limit(), a3, "{a:?}");
         }
     }
 
@@ -690,10 +835,25 @@ mod tests {
             ..cfg(Algorithm::Aimd)
         };
         let mut law = Law::new(&c, now);
-        feed(&mut law, &mut now, 10, Sample::success(ms(10)));
+        // A round trip at 10 ms is the baseline; the first one over it ends
+        // slow start (AIMD judges whole windows, so one window each).
+        feed(
+            &mut law,
+            &mut now,
+            2 * AIMD_MIN_WINDOW as usize,
+            Sample::success(ms(10)),
+        );
         assert!(law.in_slow_start());
-        feed(&mut law, &mut now, 10, Sample::success(ms(30)));
+        let before = law.limit();
+        feed(
+            &mut law,
+            &mut now,
+            2 * AIMD_MIN_WINDOW as usize,
+            Sample::success(ms(30)),
+        );
         assert!(!law.in_slow_start());
+        // ...with a cut in proportion: a third of what ran, not ×0.9.
+        assert!(law.limit() < before / 2, "{before} -> {}", law.limit());
     }
 
     #[test]
@@ -714,7 +874,10 @@ mod tests {
             now += ms(30_000);
             feed(&mut law, &mut now, 1, Sample::success(ms(25)));
             assert!(law.in_slow_start(), "{a:?}");
-            feed(&mut law, &mut now, 60, Sample::success(ms(25)));
+            // About five round trips of doubling (AIMD: ×1.5 per round
+            // trip, so about eight).
+            let n = if a == Algorithm::Aimd { 100 } else { 60 };
+            feed(&mut law, &mut now, n, Sample::success(ms(25)));
             assert!(law.limit() >= 32, "{a:?}: {}", law.limit());
         }
     }
@@ -729,7 +892,7 @@ mod tests {
             for _ in 0..500 {
                 now += ms(50);
                 let l = law.limit();
-                law.on_sample(now, now, l, Sample::success(ms(30)));
+                law.on_sample(now, now, l, l, Sample::success(ms(30)));
             }
             let min = law.min_rtt().unwrap().as_secs_f64();
             assert!((min - 0.030).abs() < 1e-6, "{a:?}: {min}");
@@ -737,7 +900,7 @@ mod tests {
             for _ in 0..1000 {
                 now += ms(10);
                 let l = law.limit();
-                law.on_sample(now, now, l, Sample::success(ms(30)));
+                law.on_sample(now, now, l, l, Sample::success(ms(30)));
             }
             assert!(law.limit() > 20, "{a:?}: {}", law.limit());
         }
@@ -752,22 +915,26 @@ mod tests {
             let l = law.limit();
             now += ms(10_000);
             let before = now - ms(100);
-            law.on_sample(now, before, l, Sample::success(ms(10)));
+            law.on_sample(now, before, l, l, Sample::success(ms(10)));
             assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
             // Old calls do not end it; enough calls started during it do
             // (AIMD: a window's worth, so its baseline sees the probe).
             for _ in 0..20 {
-                law.on_sample(now, before, l, Sample::success(ms(10)));
+                law.on_sample(now, before, l, l, Sample::success(ms(10)));
             }
             assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
             let fresh = match a {
                 Algorithm::Aimd => AIMD_MIN_WINDOW,
                 _ => PROBE_SAMPLES,
             };
+            now += ms(5);
             for _ in 0..fresh {
                 assert_eq!(law.limit(), (l / 2).max(2), "{a:?}");
-                now += ms(10);
-                law.on_sample(now, now - ms(5), l / 2, Sample::success(ms(10)));
+                // Less than an RTT apart: a window closes by count here
+                // (spaced an RTT apart it would close by time, after
+                // AIMD_MIN_TIMED samples).
+                now += Duration::from_micros(500);
+                law.on_sample(now, now - ms(5), l / 2, l / 2, Sample::success(ms(10)));
             }
             assert!(law.limit() >= l, "{a:?}");
         }
@@ -783,7 +950,7 @@ mod tests {
             *now += ms(1);
             let l = law.limit();
             let rtt = 100.0 * (l as f64 / knee).max(1.0) + rng.f64() * jitter;
-            law.on_sample(*now, *now, l, Sample::success(ms(rtt as u64)));
+            law.on_sample(*now, *now, l, l, Sample::success(ms(rtt as u64)));
             if i >= n / 2 {
                 sum += l as f64;
             }
@@ -825,8 +992,8 @@ mod tests {
         };
         let mut law = Law::new(&bad, now);
         assert_eq!(law.limit(), 1);
-        law.on_sample(now, now, 1, Sample::success(Duration::ZERO));
-        law.on_sample(now, now, 1, Sample::dropped(Duration::MAX));
+        law.on_sample(now, now, 1, 1, Sample::success(Duration::ZERO));
+        law.on_sample(now, now, 1, 1, Sample::dropped(Duration::MAX));
         assert_eq!(law.limit(), 1);
     }
 }

@@ -253,10 +253,11 @@ impl Shared {
         sample: Option<Sample>,
     ) {
         let mut st = self.lock();
+        let at_end = st.in_flight;
         st.in_flight = st.in_flight.saturating_sub(1);
         if let Some(s) = sample {
             st.law
-                .on_sample(Instant::now(), started, in_flight_at_start, s);
+                .on_sample(Instant::now(), started, in_flight_at_start, at_end, s);
         }
         self.wake(&mut st);
     }
