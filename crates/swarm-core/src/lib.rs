@@ -20,4 +20,4 @@ pub mod task;
 pub mod whole;
 
 pub use error::FieldError;
-pub use task::{Priority, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};
+pub use task::{Blocker, Priority, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};

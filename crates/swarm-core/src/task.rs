@@ -443,6 +443,47 @@ pub struct Timings {
     pub total_ms: Option<f64>,
 }
 
+/// What a queued task is waiting for: the step of its department's
+/// dispatcher that cannot go on yet. A tenant over its quota is refused at
+/// admission (`429 tenant_quota`), so no queued task waits for a quota.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Blocker {
+    /// The department's concurrency limit (fixed or adaptive, per node or
+    /// cluster-wide) is in use: it starts when a running task ends.
+    DepartmentLimit,
+    /// The process-wide cap (`admission.global_max_inflight`, lowered while
+    /// CPU or memory is high) is in use.
+    GlobalCap,
+    /// The database takes no writes, and a start is a write.
+    Database,
+    /// This node is shutting down: the task waits for another node (or the
+    /// next start) to take it.
+    Shutdown,
+}
+
+impl Blocker {
+    /// Every blocker.
+    pub const ALL: [Blocker; 4] = [
+        Self::DepartmentLimit,
+        Self::GlobalCap,
+        Self::Database,
+        Self::Shutdown,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DepartmentLimit => "department_limit",
+            Self::GlobalCap => "global_cap",
+            Self::Database => "database",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// A task as stored and as returned by the API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -491,6 +532,9 @@ pub struct Task {
     pub nodes: Vec<String>,
     /// Per-stage latencies.
     pub timings: Timings,
+    /// While queued on the node answering: what it waits for. Not stored;
+    /// filled in when the task is read.
+    pub waiting_for: Option<Blocker>,
 }
 
 /// A [`Task`] on the wire: times as RFC 3339, `type` for `task_type`,
@@ -538,6 +582,10 @@ struct TaskView<'a> {
     attempts: i32,
     nodes: &'a [String],
     timings: &'a Timings,
+    /// While queued on the node answering: what it waits for (absent
+    /// otherwise, and for a task queued on another node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<Blocker>,
 }
 
 impl Serialize for Task {
@@ -565,6 +613,7 @@ impl Serialize for Task {
             attempts: self.attempts,
             nodes: &self.nodes,
             timings: &self.timings,
+            waiting_for: self.waiting_for,
         }
         .serialize(s)
     }
@@ -738,6 +787,7 @@ mod tests {
             finished_at: None,
             attempts: 1,
             nodes: Vec::new(),
+            waiting_for: None,
             timings: Timings {
                 run_ms: Some(1.5),
                 ..Default::default()

@@ -9,12 +9,22 @@
 //! (their start could not be stored); children, which are not stored, go
 //! on.
 //!
+//! Before each wait it records what it waits for ([`Blocker`]: the
+//! department limit, the global cap, the database), when the wait is real
+//! (a free permit is not a wait): that is what every task queued in the
+//! department waits for, shown in its JSON, its event stream and the
+//! pool's status.
+//!
 //! Once shutdown begins no stored task starts, but children still do until
 //! the grace period ends: running parents waiting for their children must
 //! be able to finish within the grace.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
+use swarm_core::Blocker;
 use swarm_core::clock::now_ms;
 use swarm_sched::limit::Limiter;
 use swarm_store::Health;
@@ -52,6 +62,9 @@ impl Dispatcher {
         loop {
             let draining = stop.is_cancelled();
             if !pool.ready(draining) {
+                if draining {
+                    pool.set_blocker(Blocker::Shutdown);
+                }
                 // Wake for new work, for the start of shutdown (to look
                 // again as draining), or to end.
                 tokio::select! {
@@ -61,9 +74,16 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let permit = tokio::select! {
-                p = pool.limiter().acquire() => p,
-                _ = end.cancelled() => return,
+            let mut acquire = std::pin::pin!(pool.limiter().acquire());
+            let permit = match ready_now(&mut acquire).await {
+                Some(p) => p,
+                None => {
+                    pool.set_blocker(Blocker::DepartmentLimit);
+                    tokio::select! {
+                        p = &mut acquire => p,
+                        _ = end.cancelled() => return,
+                    }
+                }
             };
             if let Some(job) = pool.pop_child() {
                 shutdown.spawn_run(child::run_queued(env.clone(), pool.clone(), job, permit));
@@ -75,6 +95,7 @@ impl Dispatcher {
             // A stored task's start is a write: wait for a database that
             // takes them, serving children meanwhile.
             if !health.is_up() {
+                pool.set_blocker(Blocker::Database);
                 drop(permit);
                 tokio::select! {
                     _ = health.wait_up() => {}
@@ -83,17 +104,28 @@ impl Dispatcher {
                 }
                 continue;
             }
+            if pool.blocker() == Blocker::Database {
+                pool.set_blocker(Blocker::DepartmentLimit);
+            }
             // A stored task also needs the global cap. A child that arrives
             // meanwhile must not wait behind the cap (its parent holds a
             // global permit already): give the pool permit back and serve it.
-            let global = loop {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => break None,
-                    g = global.acquire() => break Some(g),
-                    _ = pool.notified() => {
-                        if pool.has_child() {
-                            break None;
+            let mut acquire = std::pin::pin!(global.acquire());
+            let global = match ready_now(&mut acquire).await {
+                Some(g) if !stop.is_cancelled() => Some(g),
+                Some(_) => None,
+                None => {
+                    pool.set_blocker(Blocker::GlobalCap);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => break None,
+                            g = &mut acquire => break Some(g),
+                            _ = pool.notified() => {
+                                if pool.has_child() {
+                                    break None;
+                                }
+                            }
                         }
                     }
                 }
@@ -139,4 +171,17 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Polls `f` once: its output if it is ready now. A permit that is free
+/// is taken without saying the task waited for it; the future stays in
+/// line (a limiter's queue is FIFO) when it is not.
+async fn ready_now<F: Future>(f: &mut Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match f.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }

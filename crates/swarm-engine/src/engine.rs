@@ -561,6 +561,7 @@ impl Engine {
             finished_at: None,
             attempts: 0,
             nodes: Vec::new(),
+            waiting_for: None,
             // `admission_ms` is set as the row is written (lifecycle).
             timings: Timings::default(),
         };
@@ -627,10 +628,33 @@ impl Engine {
                 .ok_or(EngineError::NotFound)?,
         };
         if access.may_read(&task) {
+            let mut task = task;
+            task.waiting_for = self.waiting_for(&task);
             Ok(task)
         } else {
             Err(EngineError::NotFound)
         }
+    }
+
+    /// What `task` waits for, while it is queued on this node.
+    pub fn waiting_for(&self, task: &Task) -> Option<swarm_core::Blocker> {
+        if task.status != TaskStatus::Queued || !self.core.hub.contains(task.id) {
+            return None;
+        }
+        self.core.pools.get(&task.department).map(|p| p.blocker())
+    }
+
+    /// Follows what `task`'s department's queued tasks wait for, while
+    /// `task` is queued on this node (for its event stream).
+    pub fn waiting_watch(
+        &self,
+        task: &Task,
+    ) -> Option<tokio::sync::watch::Receiver<swarm_core::Blocker>> {
+        self.waiting_for(task)?;
+        self.core
+            .pools
+            .get(&task.department)
+            .map(|p| p.blocker_watch())
     }
 
     /// Tasks, newest first; clients see only their tenant's.
@@ -642,7 +666,11 @@ impl Engine {
         if !access.admin {
             q.tenant = Some(access.tenant.to_string());
         }
-        Ok(self.core.store.list(&q).await?)
+        let mut tasks = self.core.store.list(&q).await?;
+        for t in &mut tasks {
+            t.waiting_for = self.waiting_for(t);
+        }
+        Ok(tasks)
     }
 
     /// Outbox messages, newest first; clients see only their tenant's.

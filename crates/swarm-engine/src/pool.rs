@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use swarm_agents::Agent;
 use swarm_core::config::{PoolConfig, TenantConfig};
-use swarm_core::{Priority, TaskId, TaskStatus};
+use swarm_core::{Blocker, Priority, TaskId, TaskStatus};
 use swarm_sched::codel::CoDel;
 use swarm_sched::fair::FairQueue;
 use swarm_sched::limit::Limiter;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::ledger::{DrainRate, TenantRates};
@@ -195,6 +195,9 @@ pub(crate) struct Pool {
     codel_interval: Duration,
     /// Wakes the dispatcher when work arrives.
     notify: Notify,
+    /// What the dispatcher last had to wait for, so what every task queued
+    /// here waits for (event streams follow its changes).
+    waiting: watch::Sender<Blocker>,
     /// The pool's concurrency limit.
     limiter: Limiter,
     /// Runs in progress.
@@ -279,6 +282,7 @@ impl Pool {
             codel_on,
             codel_interval: interval,
             notify: Notify::new(),
+            waiting: watch::channel(Blocker::DepartmentLimit).0,
             limiter,
             running: Arc::default(),
             pending: Arc::default(),
@@ -287,6 +291,28 @@ impl Pool {
             rates: TenantRates::default(),
             metrics,
         }
+    }
+
+    // --- what queued tasks wait for ---
+
+    /// Records what the dispatcher waits for now; only a change wakes the
+    /// streams that follow it.
+    pub(crate) fn set_blocker(&self, b: Blocker) {
+        self.waiting.send_if_modified(|cur| {
+            let changed = *cur != b;
+            *cur = b;
+            changed
+        });
+    }
+
+    /// What the tasks queued here wait for.
+    pub(crate) fn blocker(&self) -> Blocker {
+        *self.waiting.borrow()
+    }
+
+    /// Follows [`Pool::blocker`].
+    pub(crate) fn blocker_watch(&self) -> watch::Receiver<Blocker> {
+        self.waiting.subscribe()
     }
 
     // --- what the pool is ---
@@ -656,6 +682,14 @@ impl Pool {
                 .map(|p| (p.as_str(), by_class[p.index()]))
                 .collect(),
             queued_by_tenant: tenants,
+            waiting_for: (queued > 0).then(|| self.blocker()),
+            queued_by_blocker: {
+                let now = self.blocker();
+                Blocker::ALL
+                    .iter()
+                    .map(|b| (b.as_str(), if *b == now { queued } else { 0 }))
+                    .collect()
+            },
             children_queued: children,
             queue_capacity: self.capacity,
             oldest_queued_ms: oldest,

@@ -87,6 +87,12 @@ pub struct PoolStatus {
     pub queued_by_priority: BTreeMap<&'static str, usize>,
     /// Queued by tenant (the ten largest).
     pub queued_by_tenant: BTreeMap<String, usize>,
+    /// While anything is queued: what the queued tasks wait for (the step
+    /// the department's dispatcher cannot pass yet).
+    #[schema(required)]
+    pub waiting_for: Option<swarm_core::Blocker>,
+    /// Queued tasks by what they wait for (every blocker listed).
+    pub queued_by_blocker: BTreeMap<&'static str, usize>,
     /// Child tasks waiting.
     pub children_queued: usize,
     /// Queue bound.

@@ -332,6 +332,7 @@ mod tests {
             finished_at: None,
             attempts: 1,
             nodes: Vec::new(),
+            waiting_for: None,
             timings: Timings::default(),
         }
     }

@@ -272,6 +272,7 @@ where
             .map(|n| split_nodes(&n))
             .unwrap_or_default(),
         timings: serde_json::from_str::<Timings>(&timings).unwrap_or_default(),
+        waiting_for: None,
     })
 }
 

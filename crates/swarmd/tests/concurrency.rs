@@ -230,3 +230,102 @@ async fn parents_waiting_on_children_cannot_deadlock_saturated_pools() {
     assert_eq!(pool(&st, "reviewers")["children"], 40, "two reviews each");
     assert_eq!(st["global"]["in_flight"], 0, "every permit came back");
 }
+
+/// A queued task says what holds it, in its JSON, its event stream and its
+/// pool's status, and says so again when that changes: first the global
+/// cap (another department's task holds the only global slot), then its
+/// own department's limit (the task ahead of it took the department's
+/// only slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_task_says_what_it_waits_for() {
+    let cfg = "[admission]\nglobal_max_inflight = 1\n\
+               [pools.a]\nagent = \"sim\"\nconcurrency = 2\nmax_timeout_ms = 600000\n\
+               [pools.b]\nagent = \"sim\"\nconcurrency = 1\nmax_timeout_ms = 600000\n\
+               [pools.b.queue]\ntarget_delay_ms = 0\n";
+    let s = server(cfg).await;
+    let holder = s.occupy("a", 60_000).await;
+    let sim = |pool: &str| json!({"type": "sim", "agent": pool, "args": {"latency_ms": 60_000}, "timeout_ms": 600_000});
+    let b1 = s.post("/api/tasks", &sim("b")).await.id();
+    let b2 = s.post("/api/tasks", &sim("b")).await.id();
+    let waits = |id: String| {
+        let s = &s;
+        async move {
+            let t = s.get(&format!("/api/tasks/{id}")).await.body;
+            assert_eq!(t["status"], "queued", "{t}");
+            t["waiting_for"].as_str().unwrap_or("").to_string()
+        }
+    };
+    // The dispatcher says so as soon as it finds the cap taken.
+    for _ in 0..100 {
+        if waits(b2.clone()).await == "global_cap" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in [&b1, &b2] {
+        assert_eq!(waits(id.clone()).await, "global_cap");
+    }
+    let status = s.get("/api/status").await.body;
+    let b = pool(&status, "b");
+    assert_eq!(b["waiting_for"], "global_cap", "{b}");
+    assert_eq!(b["queued_by_blocker"]["global_cap"], 2, "{b}");
+    assert_eq!(b["queued_by_blocker"]["department_limit"], 0, "{b}");
+    assert!(
+        pool(&status, "a")["waiting_for"].is_null(),
+        "nothing queued in a"
+    );
+    // A list says it too.
+    let listed = s.get("/api/tasks?status=queued").await.body;
+    let rows = listed["tasks"].as_array().expect("tasks");
+    assert!(
+        rows.iter().all(|t| t["waiting_for"] == "global_cap"),
+        "{listed}"
+    );
+
+    // b2's stream: global_cap first, department_limit once b1 takes the
+    // global slot and b's only one.
+    let mut resp = reqwest::Client::new()
+        .get(s.url(&format!("/api/tasks/{b2}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = String::new();
+    let mut cancelled = false;
+    while seen.last().map(String::as_str) != Some("department_limit") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a state event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if !block.contains("event: state") {
+                continue;
+            }
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("{}");
+            let v: Value = serde_json::from_str(data).unwrap();
+            seen.push(v["waiting_for"].as_str().unwrap_or("").to_string());
+        }
+        if !cancelled && !seen.is_empty() {
+            let r = s
+                .post(&format!("/api/tasks/{holder}/cancel"), &json!({}))
+                .await;
+            assert!(r.status.is_success(), "{}", r.text);
+            cancelled = true;
+        }
+    }
+    assert_eq!(seen, ["global_cap", "department_limit"]);
+    s.wait_status(&b1, "running").await;
+    assert_eq!(waits(b2.clone()).await, "department_limit");
+    let status = s.get("/api/status").await.body;
+    assert_eq!(
+        pool(&status, "b")["queued_by_blocker"]["department_limit"],
+        1,
+        "{status}"
+    );
+}

@@ -45,6 +45,7 @@ fn task(tenant: &str, key: Option<&str>) -> Task {
         finished_at: None,
         attempts: 0,
         nodes: Vec::new(),
+        waiting_for: None,
         timings: Timings::default(),
     }
 }

@@ -110,6 +110,7 @@ impl Fx {
             finished_at: None,
             attempts: 0,
             nodes: Vec::new(),
+            waiting_for: None,
             timings: Timings::default(),
         }
     }

@@ -11,7 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::json;
-use swarm_core::{FieldError, Task, TaskId, TaskSpec, TaskStatus};
+use swarm_core::{Blocker, FieldError, Task, TaskId, TaskSpec, TaskStatus};
 use swarm_engine::{CancelOutcome, ListQuery, Submission, TaskEvent, Watch};
 use tokio::time::Instant;
 
@@ -463,7 +463,7 @@ enum TaskEventName {
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The task's id."), TenantHeader),
     responses(
-        (status = 200, description = "Server-sent events: `state` (`id`, `status`, `instance`, `attempts`, `error`) on each change, `progress` for agent steps, then `result` with the whole `Task`; then the stream ends.", content_type = "text/event-stream", body = TaskEventFrame),
+        (status = 200, description = "Server-sent events: `state` (`id`, `status`, `instance`, `attempts`, `error`, and `waiting_for` while queued on the node answering) on each change, and when what a queued task waits for changes, `progress` for agent steps, then `result` with the whole `Task`; then the stream ends.", content_type = "text/event-stream", body = TaskEventFrame),
         TaskNotFound,
         StreamErrors,
         CallerErrors,
@@ -478,12 +478,13 @@ pub(crate) async fn events(
     let id = parse_id(&id)?;
     let slot = app.streams.take(&caller.tenant)?;
     let watch = app.engine.watch(id, caller.access()).await?;
+    let waiting = Waiting::new(app.engine.waiting_watch(watch.current()));
     let closing = app.closing.clone();
     // The slot lives in the stream's state: it is freed when the stream
     // ends or the client goes away.
     let stream = stream::unfold(
-        (watch, Phase::First, slot),
-        move |(mut watch, phase, slot): (Watch, Phase, Slot)| {
+        (watch, Phase::First, slot, waiting),
+        move |(mut watch, phase, slot, mut waiting): (Watch, Phase, Slot, Waiting)| {
             let closing = closing.clone();
             async move {
                 let (ev, phase) = match phase {
@@ -494,7 +495,7 @@ pub(crate) async fn events(
                         } else {
                             Phase::Follow
                         };
-                        (state_event(watch.current()), next)
+                        (state_event(watch.current(), waiting.shown), next)
                     }
                     Phase::Result => {
                         let ev = Event::default()
@@ -507,6 +508,10 @@ pub(crate) async fn events(
                         let next = tokio::select! {
                             n = watch.next() => n,
                             _ = closing.cancelled() => None,
+                            Some(b) = waiting.changed() => {
+                                let ev = state_event(watch.current(), Some(b));
+                                return Some((Ok(ev), (watch, Phase::Follow, slot, waiting)));
+                            }
                         };
                         match next {
                             Some(TaskEvent::State(t)) => {
@@ -515,7 +520,10 @@ pub(crate) async fn events(
                                 } else {
                                     Phase::Follow
                                 };
-                                (state_event(&t), phase)
+                                if t.status != TaskStatus::Queued {
+                                    waiting.stop();
+                                }
+                                (state_event(&t, waiting.shown), phase)
                             }
                             Some(TaskEvent::Progress(v)) => {
                                 let ev = Event::default()
@@ -528,22 +536,73 @@ pub(crate) async fn events(
                         }
                     }
                 };
-                Some((Ok(ev), (watch, phase, slot)))
+                Some((Ok(ev), (watch, phase, slot, waiting)))
             }
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-fn state_event(t: &Task) -> Event {
+fn state_event(t: &Task, waiting_for: Option<Blocker>) -> Event {
+    let mut v = json!({
+        "id": t.id,
+        "status": t.status,
+        "instance": t.instance,
+        "attempts": t.attempts,
+        "error": t.error,
+    });
+    if let Some(b) = waiting_for {
+        v["waiting_for"] = json!(b);
+    }
     Event::default()
         .event("state")
-        .json_data(json!({
-            "id": t.id,
-            "status": t.status,
-            "instance": t.instance,
-            "attempts": t.attempts,
-            "error": t.error,
-        }))
+        .json_data(v)
         .unwrap_or_default()
+}
+
+/// What a stream's queued task waits for, as last sent. Its department's
+/// blocker may change at every start under load; a change is sent once it
+/// has held for [`WAITING_SETTLE`], so a stream carries a few of these a
+/// second at most, and only real changes.
+struct Waiting {
+    rx: Option<tokio::sync::watch::Receiver<Blocker>>,
+    shown: Option<Blocker>,
+}
+
+/// How long a new blocker must hold before a stream reports it.
+const WAITING_SETTLE: Duration = Duration::from_millis(100);
+
+impl Waiting {
+    fn new(mut rx: Option<tokio::sync::watch::Receiver<Blocker>>) -> Self {
+        let shown = rx.as_mut().map(|r| *r.borrow_and_update());
+        Self { rx, shown }
+    }
+
+    /// The task left the queue: nothing to follow.
+    fn stop(&mut self) {
+        self.rx = None;
+        self.shown = None;
+    }
+
+    /// Resolves with a settled change (never, once stopped). Cancel-safe:
+    /// a change seen but not yet sent is looked at again on the next call.
+    async fn changed(&mut self) -> Option<Blocker> {
+        loop {
+            let Some(rx) = self.rx.as_mut() else {
+                return std::future::pending().await;
+            };
+            if Some(*rx.borrow_and_update()) != self.shown {
+                tokio::time::sleep(WAITING_SETTLE).await;
+                let now = *rx.borrow_and_update();
+                if Some(now) != self.shown {
+                    self.shown = Some(now);
+                    return Some(now);
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                self.rx = None;
+            }
+        }
+    }
 }
