@@ -736,10 +736,8 @@ impl Accumulator {
                 excerpt(data.as_bytes())
             )));
         };
-        if let Some(m) = chunk.model.filter(|m| !m.is_empty()) {
-            if *m != *self.model {
-                self.model = m.into_owned();
-            }
+        if let Some(m) = chunk.model.filter(|m| !m.is_empty() && **m != *self.model) {
+            self.model = m.into_owned();
         }
         if let Some(u) = chunk.usage.filter(Value::is_object) {
             self.usage = Some(u);
@@ -1006,6 +1004,27 @@ mod tests {
         assert_eq!(reply.model, "m1");
         assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
         assert_eq!(reply.usage, Some(json!({"total_tokens": 5})));
+    }
+
+    #[test]
+    fn chunk_fields_of_other_types_are_ignored_and_escapes_decoded() {
+        let mut acc = Accumulator::new("asked");
+        // `model` and `finish_reason` that are not strings were always
+        // ignored; content with escapes is decoded (an owned string).
+        let piece = acc
+            .event(r#"{"model":5,"choices":[{"delta":{"content":"a\"b\u00e9\n"},"finish_reason":{"x":[1]}}],"usage":null}"#)
+            .unwrap()
+            .to_string();
+        assert_eq!(piece, "a\"bé\n");
+        assert_eq!(acc.model, "asked");
+        assert_eq!(acc.finish_reason, None);
+        assert_eq!(acc.usage, None);
+        acc.event(r#"{"model":"m2","choices":[{"delta":{},"finish_reason":"stop"}]}"#)
+            .unwrap();
+        assert_eq!(
+            (acc.model.as_str(), acc.finish_reason.as_deref()),
+            ("m2", Some("stop"))
+        );
     }
 
     #[test]
