@@ -46,6 +46,7 @@ order=(
     retention
     neighbours
     cluster
+    lean-llm
 )
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${order[@]}")
@@ -68,12 +69,14 @@ for name in "${selected[@]}"; do
         neighbours) bench/pg-neighbours.sh > /dev/null ;;
         # Issue 14: its own tables (echo beside pgbench, 1-2-3 nodes, the burn-down).
         cluster) bench/cluster.sh > /dev/null ;;
+        # Issue 16: direct calls beside calls through swarmd, one table.
+        lean-llm) bench/lean-llm.sh > /dev/null ;;
         *) "$bin" bench --scenario "bench/scenarios/$name.toml" --out bench/results --quiet > /dev/null ;;
     esac
 done
 results=()
 for name in "${order[@]}"; do
-    case "$name" in balancing | flood | chaos | retention | neighbours | cluster) continue ;; esac # tables shown below
+    case "$name" in balancing | flood | chaos | retention | neighbours | cluster | lean-llm) continue ;; esac # tables shown below
     [ -f "bench/results/$name.json" ] && results+=("bench/results/$name.json")
 done
 {
@@ -97,7 +100,8 @@ done
         "retention-soak:Retention keeps the tables flat (\`bench/retention-soak.sh\`)" \
         "pg-neighbours:Other sessions on the same PostgreSQL (\`bench/pg-neighbours.sh\`)" \
         "cluster:The cluster on PostgreSQL, in one run (\`bench/cluster.sh\`)" \
-        "slow-readers:Slow readers of large list pages, issue 15 (\`bench/slow-readers.sh\`)"; do
+        "slow-readers:Slow readers of large list pages, issue 15 (\`bench/slow-readers.sh\`)" \
+        "lean-llm:Streamed LLM calls, direct and through swarmd, issue 16 (\`bench/lean-llm.sh\`)"; do
         if [ -f "bench/results/${part%%:*}.md" ]; then
             echo
             echo "### ${part#*:}"

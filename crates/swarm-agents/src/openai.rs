@@ -42,6 +42,7 @@
 //!   that is not a chunk is a `bad_backend_output`; an `error` object sent
 //!   in the stream is a retryable `backend_error` with its message.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,8 +56,8 @@ use swarm_core::FieldError;
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 use crate::http::{
     ClientSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_POOL_IDLE_TIMEOUT_MS, DEFAULT_POOL_MAX_IDLE, bounded, excerpt, parse_http_url,
-    read_reply, status_error, transport_error,
+    DEFAULT_POOL_IDLE_TIMEOUT_MS, bounded, excerpt, parse_http_url, read_reply, status_error,
+    transport_error,
 };
 
 /// Default `api_key_env`.
@@ -65,6 +66,11 @@ pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
 /// Largest `max_tokens` accepted (in the config and in `args`).
 pub const MAX_MAX_TOKENS: u64 = 1_000_000;
+/// Default `pool_max_idle`: higher than the `http` backend's, because a
+/// streamed call holds its connection for the whole reply, so a department
+/// at 2k tasks/s of 20 ms calls has 40+ in flight; every call past the idle
+/// pool paid a TCP handshake (seen in profiles as `connect` per task).
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
 /// Roles a message may have.
 const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
 
@@ -423,7 +429,7 @@ impl OpenAiClient {
             let mut text = String::new();
             for data in events {
                 match acc.event(&data) {
-                    Ok(piece) => text.push_str(&piece),
+                    Ok(piece) => text.push_str(piece),
                     Err(e) => return Err(self.stream_error(e)),
                 }
             }
@@ -529,11 +535,12 @@ impl SseParser {
             let end = start + nl;
             let line = &self.partial[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let line = std::str::from_utf8(line)
-                .map_err(|_| "the stream is not UTF-8".to_string())?
-                .to_string();
+            // Borrowed, not copied: this runs for every line of every
+            // stream.
+            let line =
+                std::str::from_utf8(line).map_err(|_| "the stream is not UTF-8".to_string())?;
             start = end + 1;
-            if let Some(ev) = self.line(&line) {
+            if let Some(ev) = sse_line(&mut self.data, line) {
                 events.push(ev);
             }
         }
@@ -552,33 +559,34 @@ impl SseParser {
         let rest = std::mem::take(&mut self.partial);
         if let Ok(line) = std::str::from_utf8(&rest) {
             let line = line.strip_suffix('\r').unwrap_or(line);
-            if let Some(ev) = self.line(line) {
+            if let Some(ev) = sse_line(&mut self.data, line) {
                 return vec![ev];
             }
         }
         self.data.take().into_iter().collect()
     }
+}
 
-    /// One line: a blank one dispatches the event; `data` lines gather;
-    /// comments (`:`) and other fields (`event`, `id`, `retry`, or a line
-    /// that is no field at all) are ignored.
-    fn line(&mut self, line: &str) -> Option<String> {
-        if line.is_empty() {
-            return self.data.take();
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        if field == "data" {
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
-            }
-        }
-        None
+/// One line of an SSE stream: a blank one dispatches the event gathered in
+/// `data`; `data` lines gather; comments (`:`) and other fields (`event`,
+/// `id`, `retry`, or a line that is no field at all) are ignored. A free
+/// function so the parser can pass a line borrowed from its own buffer.
+fn sse_line(data: &mut Option<String>, line: &str) -> Option<String> {
+    if line.is_empty() {
+        return data.take();
     }
+    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+    if field == "data" {
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(value);
+            }
+            None => *data = Some(value.to_string()),
+        }
+    }
+    None
 }
 
 /// Why a stream's event could not be used.
@@ -588,6 +596,93 @@ enum StreamError {
     Malformed(String),
     /// The provider sent `{"error": …}` in the stream.
     Provider(String),
+}
+
+/// The fields of a `chat.completion.chunk` that are read; strings borrow
+/// from the event where they have no escapes.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow, deserialize_with = "lenient_str")]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    /// `{"error": {...}}` sent mid-stream.
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow, deserialize_with = "lenient_str")]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    /// Not a string (nor null): the chunk is malformed.
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// A string, or `None` for any other JSON value: `model` and
+/// `finish_reason` of other types were always ignored, not errors.
+fn lenient_str<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// Builds the reply from the stream's events.
@@ -612,58 +707,54 @@ impl Accumulator {
     }
 
     /// Takes one event's data; returns the content it adds.
-    fn event(&mut self, data: &str) -> Result<String, StreamError> {
+    fn event(&mut self, data: &str) -> Result<&str, StreamError> {
         let data = data.trim();
         if data == "[DONE]" {
             self.done = true;
-            return Ok(String::new());
+            return Ok("");
         }
         if data.is_empty() || self.done {
-            return Ok(String::new());
+            return Ok("");
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
+        // Into borrowed fields rather than a `Value` tree: this runs for
+        // every token, and a tree is a map and a string per field.
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
             StreamError::Malformed(format!(
-                "an event that is not JSON ({e}): {}",
+                "an event that is not a chunk ({e}): {}",
                 excerpt(data.as_bytes())
             ))
         })?;
-        if let Some(err) = v.get("error") {
+        if let Some(err) = chunk.error {
             let msg = err["message"]
                 .as_str()
                 .map_or_else(|| err.to_string(), str::to_string);
             return Err(StreamError::Provider(msg));
         }
-        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        let Some(choices) = chunk.choices else {
             return Err(StreamError::Malformed(format!(
                 "an event without `choices`: {}",
                 excerpt(data.as_bytes())
             )));
         };
-        if let Some(m) = v["model"].as_str().filter(|m| !m.is_empty()) {
-            self.model = m.to_string();
+        if let Some(m) = chunk.model.filter(|m| !m.is_empty() && **m != *self.model) {
+            self.model = m.into_owned();
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(u.clone());
+        if let Some(u) = chunk.usage.filter(Value::is_object) {
+            self.usage = Some(u);
         }
         // The first choice only: we never ask for `n` > 1. A usage-only
         // chunk has no choices at all.
-        let Some(choice) = choices.first() else {
-            return Ok(String::new());
+        let Some(choice) = choices.into_iter().next() else {
+            return Ok("");
         };
-        if let Some(r) = choice["finish_reason"].as_str() {
-            self.finish_reason = Some(r.to_string());
+        if let Some(r) = choice.finish_reason {
+            self.finish_reason = Some(r.into_owned());
         }
-        let piece = match &choice["delta"]["content"] {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => {
-                return Err(StreamError::Malformed(format!(
-                    "`delta.content` is not a string: {other}"
-                )));
-            }
-        };
-        self.content.push_str(&piece);
-        Ok(piece)
+        let start = self.content.len();
+        if let Some(piece) = choice.delta.and_then(|d| d.content) {
+            self.content.push_str(&piece);
+        }
+        Ok(&self.content[start..])
     }
 
     /// The reply, if the stream ended properly: `[DONE]`, or at least a
@@ -904,7 +995,7 @@ mod tests {
         let mut acc = Accumulator::new("asked");
         let pieces: Vec<String> = parse_in_pieces(STREAM.as_bytes(), 7)
             .iter()
-            .map(|d| acc.event(d).unwrap())
+            .map(|d| acc.event(d).unwrap().to_string())
             .collect();
         assert_eq!(pieces.concat(), "Héllo, wörld");
         assert!(acc.done);
@@ -913,6 +1004,27 @@ mod tests {
         assert_eq!(reply.model, "m1");
         assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
         assert_eq!(reply.usage, Some(json!({"total_tokens": 5})));
+    }
+
+    #[test]
+    fn chunk_fields_of_other_types_are_ignored_and_escapes_decoded() {
+        let mut acc = Accumulator::new("asked");
+        // `model` and `finish_reason` that are not strings were always
+        // ignored; content with escapes is decoded (an owned string).
+        let piece = acc
+            .event(r#"{"model":5,"choices":[{"delta":{"content":"a\"b\u00e9\n"},"finish_reason":{"x":[1]}}],"usage":null}"#)
+            .unwrap()
+            .to_string();
+        assert_eq!(piece, "a\"bé\n");
+        assert_eq!(acc.model, "asked");
+        assert_eq!(acc.finish_reason, None);
+        assert_eq!(acc.usage, None);
+        acc.event(r#"{"model":"m2","choices":[{"delta":{},"finish_reason":"stop"}]}"#)
+            .unwrap();
+        assert_eq!(
+            (acc.model.as_str(), acc.finish_reason.as_deref()),
+            ("m2", Some("stop"))
+        );
     }
 
     #[test]

@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 pub enum TaskEvent {
     /// A new state (the whole task as it now is).
     State(Arc<Task>),
-    /// An intermediate step reported by the agent.
-    Progress(Value),
+    /// An intermediate step reported by the agent. Shared: the replay
+    /// buffer and every subscriber hold the same report (an LLM task
+    /// reports once per network read, so a deep copy each was measurable).
+    Progress(Arc<Value>),
 }
 
 struct Entry {
@@ -33,7 +35,7 @@ struct Entry {
     /// a start in progress, the run).
     cancel: CancellationToken,
     /// The last [`REPLAY`] progress reports, for subscribers who join late.
-    recent: VecDeque<Value>,
+    recent: VecDeque<Arc<Value>>,
 }
 
 /// Events a slow subscriber may fall behind by before it skips to the
@@ -49,7 +51,7 @@ const SHARDS: usize = 16;
 /// What a new subscriber starts from.
 pub(crate) struct Subscription {
     pub(crate) current: Arc<Task>,
-    pub(crate) recent: Vec<Value>,
+    pub(crate) recent: Vec<Arc<Value>>,
     pub(crate) rx: broadcast::Receiver<TaskEvent>,
 }
 
@@ -125,6 +127,7 @@ impl Hub {
             if entry.recent.len() == REPLAY {
                 entry.recent.pop_front();
             }
+            let value = Arc::new(value);
             entry.recent.push_back(value.clone());
             let _ = entry.tx.send(TaskEvent::Progress(value));
         }

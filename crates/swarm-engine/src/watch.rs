@@ -179,7 +179,7 @@ pub struct Watch {
     /// Following through the shared poller (while `rx` is `None`).
     follow: Option<Follow>,
     /// Progress reported before the watch began, not yet returned.
-    replay: VecDeque<Value>,
+    replay: VecDeque<Arc<Value>>,
     ended: bool,
 }
 

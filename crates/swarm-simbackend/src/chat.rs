@@ -313,7 +313,11 @@ fn events(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> +
             }
             Phase::Token(i) => match s.reply.tokens.get(i) {
                 Some(token) => {
-                    sleep(s.gap).await;
+                    // No gap: no timer either, so a whole reply can go out
+                    // in one write.
+                    if !s.gap.is_zero() {
+                        sleep(s.gap).await;
+                    }
                     s.phase = Phase::Token(i + 1);
                     s.meta.chunk(json!({"content": s.reply.delta(token)}), None)
                 }

@@ -67,6 +67,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 pub use config::{MAX_DURATION_MS, MAX_REPLY_TOKENS, ScriptedReply, SimConfig, Step};
@@ -119,6 +120,14 @@ pub async fn serve(
     let signal = tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
+    });
+    // Without TCP_NODELAY, Nagle's algorithm holds each small SSE chunk
+    // until the previous one is acknowledged, and the client's delayed ACK
+    // makes that tens of milliseconds: a 20 ms reply took 30-65 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!(error = %e, "set_nodelay failed");
+        }
     });
     let server = axum::serve(listener, router).with_graceful_shutdown(stopped(rx.clone()));
     let grace = async {

@@ -528,7 +528,7 @@ pub(crate) async fn events(
                             Some(TaskEvent::Progress(v)) => {
                                 let ev = Event::default()
                                     .event("progress")
-                                    .json_data(&v)
+                                    .json_data(&*v)
                                     .unwrap_or_default();
                                 (ev, Phase::Follow)
                             }
