@@ -104,9 +104,6 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if pool.blocker() == Blocker::Database {
-                pool.set_blocker(Blocker::DepartmentLimit);
-            }
             // A stored task also needs the global cap. A child that arrives
             // meanwhile must not wait behind the cap (its parent holds a
             // global permit already): give the pool permit back and serve it.

@@ -638,10 +638,7 @@ impl Engine {
 
     /// What `task` waits for, while it is queued on this node.
     pub fn waiting_for(&self, task: &Task) -> Option<swarm_core::Blocker> {
-        if task.status != TaskStatus::Queued || !self.core.hub.contains(task.id) {
-            return None;
-        }
-        self.core.pools.get(&task.department).map(|p| p.blocker())
+        self.queued_here_in(task).map(|p| p.blocker())
     }
 
     /// Follows what `task`'s department's queued tasks wait for, while
@@ -650,11 +647,15 @@ impl Engine {
         &self,
         task: &Task,
     ) -> Option<tokio::sync::watch::Receiver<swarm_core::Blocker>> {
-        self.waiting_for(task)?;
-        self.core
-            .pools
-            .get(&task.department)
-            .map(|p| p.blocker_watch())
+        self.queued_here_in(task).map(|p| p.blocker_watch())
+    }
+
+    /// The pool `task` is queued in on this node, if it is.
+    fn queued_here_in(&self, task: &Task) -> Option<&Arc<crate::pool::Pool>> {
+        if task.status != TaskStatus::Queued || !self.core.hub.contains(task.id) {
+            return None;
+        }
+        self.core.pools.get(&task.department)
     }
 
     /// Tasks, newest first; clients see only their tenant's.

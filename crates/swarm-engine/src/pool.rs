@@ -666,6 +666,8 @@ impl Pool {
         };
         let c = &self.counters;
         let rejections = self.rejections();
+        // One reading for both views, so they agree.
+        let blocker = self.blocker();
         let limit = self.limiter.snapshot();
         let balancer = self.agent.balanced().map(|b| b.snapshot());
         let tasks = c.tasks.view();
@@ -682,14 +684,11 @@ impl Pool {
                 .map(|p| (p.as_str(), by_class[p.index()]))
                 .collect(),
             queued_by_tenant: tenants,
-            waiting_for: (queued > 0).then(|| self.blocker()),
-            queued_by_blocker: {
-                let now = self.blocker();
-                Blocker::ALL
-                    .iter()
-                    .map(|b| (b.as_str(), if *b == now { queued } else { 0 }))
-                    .collect()
-            },
+            waiting_for: (queued > 0).then_some(blocker),
+            queued_by_blocker: Blocker::ALL
+                .iter()
+                .map(|b| (b.as_str(), if *b == blocker { queued } else { 0 }))
+                .collect(),
             children_queued: children,
             queue_capacity: self.capacity,
             oldest_queued_ms: oldest,
