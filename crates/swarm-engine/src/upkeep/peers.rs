@@ -22,9 +22,10 @@
 //! - **tenant quotas**: while other nodes are alive, each tick publishes
 //!   this node's outstanding tasks per tenant and reads the others' sums,
 //!   so `max_outstanding` counts the cluster (to within what the nodes
-//!   admit in one tick). A task claimed away keeps counting on its old
-//!   node for [`PARTING`], until the claimer has published it: a moving
-//!   task counts twice for a moment, never nowhere;
+//!   admit in one tick). A claimer publishes its counts before it tells
+//!   the old owner, and the old owner keeps counting a task claimed away
+//!   until its next read of the others' counts: a moving task counts twice
+//!   for a moment, never nowhere;
 //! - **draining** (SIGTERM): the node stops starting stored tasks and
 //!   announces its queue as draining; the others take all of it, not only
 //!   what fits their spare capacity, so a rolling restart leaves nothing
@@ -48,7 +49,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
-use crate::ledger::TenantLedger;
+use crate::ledger::{TenantLedger, TenantSlot};
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::shutdown::Shutdown;
@@ -79,11 +80,6 @@ const RESCUE_BATCH: i64 = 1000;
 /// A node's part of a cluster-wide limit that it has not renewed for this
 /// long is free for the others (a node killed returns its part then).
 pub(crate) const PERMIT_LEASE: Duration = Duration::from_secs(2);
-
-/// How long a task claimed away still counts for its tenant here: long
-/// enough for the claimer to publish it (every [`TICK`], later when its loop
-/// is slowed), so a quota never sees the task on neither node.
-pub(crate) const PARTING: Duration = Duration::from_secs(1);
 
 /// The cluster loop of one node.
 pub(crate) struct Peers {
@@ -119,6 +115,9 @@ impl Peers {
         let mut heard: BTreeMap<String, Instant> = BTreeMap::new();
         let mut lock_lost = false;
         let mut leased_at: Option<Instant> = None;
+        // Tenant slots of tasks claimed away, held until a read of the
+        // others' counts that began after the claimer published them.
+        let mut parting: Vec<TenantSlot> = Vec::new();
         loop {
             if notices.is_none() && self.store.health().is_up() {
                 match self.store.notifications().await {
@@ -162,7 +161,7 @@ impl Peers {
                 }
                 Some(Ok(Notice::Claimed(c))) => {
                     if c.from == self.node_id {
-                        self.drop_claimed(&c);
+                        parting.extend(self.drop_claimed(&c));
                     }
                     continue;
                 }
@@ -192,11 +191,14 @@ impl Peers {
                 lock_lost = !held;
             }
             // One read of `nodes` a tick: who lives, who died, and the
-            // others' tenant counts.
+            // others' tenant counts. Slots parted before it began are
+            // counted by their claimers in what it reads.
+            let parted = std::mem::take(&mut parting);
             let nodes = match self.store.nodes().await {
                 Ok(n) => n,
                 Err(e) => {
                     debug!(error = %e, "reading the cluster's nodes failed");
+                    parting.extend(parted);
                     continue;
                 }
             };
@@ -222,6 +224,7 @@ impl Peers {
             heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
             if peers == 0 {
                 self.tenants.set_elsewhere(HashMap::new());
+                drop(parted);
                 heard.clear();
                 continue;
             }
@@ -232,6 +235,7 @@ impl Peers {
                 }
             }
             self.tenants.set_elsewhere(elsewhere);
+            drop(parted);
             if let Err(e) = self
                 .store
                 .publish_tenants(&self.node_id, &self.tenants.snapshot())
@@ -428,6 +432,15 @@ impl Peers {
                 .push(c.task.id.to_string());
             self.lifecycle.adopt(c.task).await;
         }
+        // Counted here before the old owners hear of it, so their next read
+        // of the counts has these tasks (see `drop_claimed`).
+        if let Err(e) = self
+            .store
+            .publish_tenants(&self.node_id, &self.tenants.snapshot())
+            .await
+        {
+            debug!(error = %e, "publishing tenant counts failed");
+        }
         for (from, ids) in by_owner {
             self.stats
                 .claimed
@@ -447,7 +460,10 @@ impl Peers {
     }
 
     /// Another node took these of our queued tasks: drop our copies.
-    fn drop_claimed(&self, c: &Claimed) {
+    /// Returns their tenant slots: the caller holds them until its next
+    /// read of the others' counts, which has them (the claimer published
+    /// before it told us), so a quota never sees them on neither node.
+    fn drop_claimed(&self, c: &Claimed) -> Vec<TenantSlot> {
         let mut n = 0u64;
         let mut parting = Vec::new();
         for id in &c.ids {
@@ -467,15 +483,7 @@ impl Peers {
         self.stats
             .claimed_from_us
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        // The claimer counts these tasks for its tenants only from its next
-        // publish; until then they count here too, so the others' sum of a
-        // moving tenant errs high (a quota refuses early) and never low.
-        if !parting.is_empty() {
-            tokio::spawn(async move {
-                tokio::time::sleep(PARTING).await;
-                drop(parting);
-            });
-        }
+        parting
     }
 }
 
