@@ -462,15 +462,24 @@ pub enum Blocker {
     /// This node is shutting down: the task waits for another node (or the
     /// next start) to take it.
     Shutdown,
+    /// The department's token budget (`tokens_per_minute`,
+    /// `tokens_per_day`) is spent: starts wait until it refills.
+    TokenBudget,
+    /// The provider said its quota is spent (a `429` with `Retry-After`, or
+    /// rate-limit headers with nothing remaining): starts wait until its
+    /// reset rather than probing into refusals.
+    ProviderPause,
 }
 
 impl Blocker {
     /// Every blocker.
-    pub const ALL: [Blocker; 4] = [
+    pub const ALL: [Blocker; 6] = [
         Self::DepartmentLimit,
         Self::GlobalCap,
         Self::Database,
         Self::Shutdown,
+        Self::TokenBudget,
+        Self::ProviderPause,
     ];
 
     /// The wire spelling.
@@ -480,6 +489,8 @@ impl Blocker {
             Self::GlobalCap => "global_cap",
             Self::Database => "database",
             Self::Shutdown => "shutdown",
+            Self::TokenBudget => "token_budget",
+            Self::ProviderPause => "provider_pause",
         }
     }
 }

@@ -9,7 +9,11 @@
 //! (their start could not be stored); children, which are not stored, go
 //! on.
 //!
-//! Before each wait it records what it waits for ([`Blocker`]: the
+//! A pause ([`Pool::pause`]: a provider's quota spent until its reset, the
+//! department's token budget spent until it refills) holds every start
+//! before any permit is taken.
+//!
+//! Before each wait it records what it waits for ([`Blocker`]: a pause, the
 //! department limit, the global cap, the database), when the wait is real
 //! (a free permit is not a wait): that is what every task queued in the
 //! department waits for, shown in its JSON, its event stream and the
@@ -70,6 +74,18 @@ impl Dispatcher {
                 tokio::select! {
                     _ = pool.notified() => {}
                     _ = stop.cancelled(), if !draining => {}
+                    _ = end.cancelled() => return,
+                }
+                continue;
+            }
+            // A pause (provider quota, token budget) holds every start
+            // until it ends; a longer one set meanwhile is waited for too.
+            if let Some((why, until)) = pool.paused(tokio::time::Instant::now()) {
+                pool.set_blocker(why);
+                let changed = pool.pause_changed();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = changed => {}
                     _ = end.cancelled() => return,
                 }
                 continue;

@@ -198,6 +198,10 @@ pub(crate) struct Pool {
     /// What the dispatcher last had to wait for, so what every task queued
     /// here waits for (event streams follow its changes).
     waiting: watch::Sender<Blocker>,
+    /// Starts held until a time, and why ([`Pool::pause`]).
+    pause: Mutex<Option<(Blocker, Instant)>>,
+    /// Wakes the dispatcher when a pause is set or lengthened.
+    pause_changed: Notify,
     /// The pool's concurrency limit.
     limiter: Limiter,
     /// Runs in progress.
@@ -283,6 +287,8 @@ impl Pool {
             codel_interval: interval,
             notify: Notify::new(),
             waiting: watch::channel(Blocker::DepartmentLimit).0,
+            pause: Mutex::new(None),
+            pause_changed: Notify::new(),
             limiter,
             running: Arc::default(),
             pending: Arc::default(),
@@ -313,6 +319,42 @@ impl Pool {
     /// Follows [`Pool::blocker`].
     pub(crate) fn blocker_watch(&self) -> watch::Receiver<Blocker> {
         self.waiting.subscribe()
+    }
+
+    /// Holds every start in the department (stored tasks and children)
+    /// until `until`, because of `why` (a provider's quota reset, a spent
+    /// token budget). A pause only ever lengthens: an earlier `until` than
+    /// the one in force changes nothing, so two signals never shorten each
+    /// other's wait. Queued tasks stay queued with their deadlines.
+    #[allow(dead_code)] // Set by provider signals and token budgets (issue 16), landing next.
+    pub(crate) fn pause(&self, why: Blocker, until: Instant) {
+        let mut p = lock(&self.pause);
+        let longer = match *p {
+            Some((_, cur)) => until > cur,
+            None => until > Instant::now(),
+        };
+        if longer {
+            *p = Some((why, until));
+            drop(p);
+            self.pause_changed.notify_one();
+        }
+    }
+
+    /// The pause in force at `now`, if any (an ended one is cleared).
+    pub(crate) fn paused(&self, now: Instant) -> Option<(Blocker, Instant)> {
+        let mut p = lock(&self.pause);
+        match *p {
+            Some((_, until)) if until <= now => {
+                *p = None;
+                None
+            }
+            other => other,
+        }
+    }
+
+    /// Resolves when [`Pool::pause`] sets or lengthens a pause.
+    pub(crate) fn pause_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.pause_changed.notified()
     }
 
     // --- what the pool is ---
