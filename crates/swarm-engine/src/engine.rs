@@ -30,7 +30,7 @@ use crate::env::RunEnv;
 use crate::error::EngineError;
 use crate::hub::Hub;
 use crate::ledger::TenantLedger;
-use crate::lifecycle::{Accepted, Cancelled, Lifecycle};
+use crate::lifecycle::{Accepted, Admitted, Cancelled, Lifecycle};
 use crate::monitor::{Alerts, AlertsView, Resources};
 use crate::pool::{Pool, Pools};
 use crate::roster::{Roster, Tenants};
@@ -510,7 +510,99 @@ impl Engine {
         if c.shutdown.is_draining() {
             return Err(EngineError::ShuttingDown);
         }
-        let mut spec = sub.spec;
+        let item = self.prepare(sub.spec, &sub.tenant)?;
+        let lifecycle = c.lifecycle.clone();
+        let received_at = sub.received_at;
+        let accepted = c
+            .runtime
+            .spawn(async move {
+                lifecycle
+                    .accept(
+                        &item.pool,
+                        item.new,
+                        item.pending,
+                        item.slot,
+                        received_at,
+                        sub.request_id,
+                    )
+                    .await
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("storing the task failed: {e}")))??;
+        self.answer(accepted)
+    }
+
+    /// Validates, routes, admits, stores and queues many tasks of one
+    /// tenant, all stored in one commit: one answer per spec, in order
+    /// (`POST /api/tasks/batch`). Each item is judged on its own, as if
+    /// submitted alone, so a bad or refused item fails only itself. Fails
+    /// whole only when the engine is shutting down.
+    pub async fn submit_batch(
+        &self,
+        specs: Vec<TaskSpec>,
+        tenant: &str,
+        received_at: Instant,
+        request_id: Option<String>,
+    ) -> Result<Vec<Result<Submitted, EngineError>>, EngineError> {
+        let c = &self.core;
+        if c.shutdown.is_draining() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut answers: Vec<Option<Result<Submitted, EngineError>>> =
+            (0..specs.len()).map(|_| None).collect();
+        let mut admitted = Vec::with_capacity(specs.len());
+        let mut slots = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            match self.prepare(spec, tenant) {
+                Ok(item) => {
+                    admitted.push(item);
+                    slots.push(i);
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        let lifecycle = c.lifecycle.clone();
+        let stored = c
+            .runtime
+            .spawn(async move {
+                lifecycle
+                    .accept_many(admitted, received_at, request_id)
+                    .await
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("storing the tasks failed: {e}")))?;
+        for (i, accepted) in slots.into_iter().zip(stored) {
+            answers[i] = Some(accepted.and_then(|a| self.answer(a)));
+        }
+        let metrics = &c.metrics;
+        let out: Vec<Result<Submitted, EngineError>> = answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(EngineError::Internal("a batch item went unanswered".into()))
+                })
+            })
+            .collect();
+        if metrics.enabled() {
+            for r in &out {
+                match r {
+                    Ok(s) if s.created => metrics.submitted(tenant, true),
+                    Err(
+                        EngineError::Overloaded { .. }
+                        | EngineError::QuotaExceeded { .. }
+                        | EngineError::Unavailable(_),
+                    ) => metrics.submitted(tenant, false),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything a submission goes through before it is stored:
+    /// validation, routing, admission, and the row.
+    fn prepare(&self, mut spec: TaskSpec, tenant: &str) -> Result<Admitted, EngineError> {
+        let c = &self.core;
         spec.validate(SpecLimits {
             max_wait_ms: c.cfg.server.max_wait_ms,
         })?;
@@ -535,12 +627,12 @@ impl Engine {
         }
         let ticket = c
             .admission
-            .admit(pool, &sub.tenant, Duration::from_millis(timeout_ms))?;
+            .admit(pool, tenant, Duration::from_millis(timeout_ms))?;
         let now = now_ms();
         let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
         let task = Task {
             id: TaskId::new(),
-            tenant: sub.tenant,
+            tenant: tenant.to_string(),
             task_type: spec.task_type.clone(),
             status: TaskStatus::Queued,
             priority: spec.priority.unwrap_or_default(),
@@ -565,29 +657,20 @@ impl Engine {
             // `admission_ms` is set as the row is written (lifecycle).
             timings: Timings::default(),
         };
-        let new = NewTask {
-            task,
-            request_hash,
-            owner: c.node_id.clone(),
-        };
-        let (lifecycle, pool) = (c.lifecycle.clone(), pool.clone());
-        let received_at = sub.received_at;
-        let accepted = c
-            .runtime
-            .spawn(async move {
-                lifecycle
-                    .accept(
-                        &pool,
-                        new,
-                        ticket.pending,
-                        ticket.slot,
-                        received_at,
-                        sub.request_id,
-                    )
-                    .await
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("storing the task failed: {e}")))??;
+        Ok(Admitted {
+            pool: pool.clone(),
+            new: NewTask {
+                task,
+                request_hash,
+                owner: c.node_id.clone(),
+            },
+            pending: ticket.pending,
+            slot: ticket.slot,
+        })
+    }
+
+    /// The answer to a stored (or replayed) submission.
+    fn answer(&self, accepted: Accepted) -> Result<Submitted, EngineError> {
         match accepted {
             Accepted::New(task) => Ok(Submitted {
                 task,
@@ -604,7 +687,7 @@ impl Engine {
                         ),
                     });
                 }
-                let task = match c.hub.current(task.id) {
+                let task = match self.core.hub.current(task.id) {
                     Some(live) => (*live).clone(),
                     None => task,
                 };

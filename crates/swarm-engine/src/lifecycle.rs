@@ -167,6 +167,26 @@ struct Counts {
     abandoned: AtomicU64,
 }
 
+/// What a task being stored holds until its insert is answered.
+struct Held<'a> {
+    pool: &'a Pool,
+    id: TaskId,
+    pending: PendingGuard,
+    slot: TenantSlot,
+}
+
+/// A batch item admitted and ready to store ([`Lifecycle::accept_many`]).
+pub(crate) struct Admitted {
+    /// Its department.
+    pub(crate) pool: Arc<Pool>,
+    /// The row to insert.
+    pub(crate) new: NewTask,
+    /// Counts it as queued while its row is written.
+    pub(crate) pending: PendingGuard,
+    /// Its tenant's outstanding-task slot.
+    pub(crate) slot: TenantSlot,
+}
+
 /// What a submission's store write produced.
 #[derive(Debug)]
 pub(crate) enum Accepted {
@@ -258,14 +278,98 @@ impl Lifecycle {
         let mut new = new;
         let id = new.task.id;
         let asked = Instant::now();
+        self.register(&mut new, asked, received_at)?;
+        let outcome = self.store.insert(new).await;
+        let held = Held {
+            pool,
+            id,
+            pending,
+            slot,
+        };
+        self.settle(held, outcome, asked, received_at, request_id)
+    }
+
+    /// Stores new tasks in one commit (a batch submit), then queues each:
+    /// [`Lifecycle::accept`] for many, with one answer per item in order.
+    /// Fails whole only when nothing could be sent to the writer.
+    pub(crate) async fn accept_many(
+        &self,
+        items: Vec<Admitted>,
+        received_at: Instant,
+        request_id: Option<String>,
+    ) -> Vec<Result<Accepted, EngineError>> {
+        let asked = Instant::now();
+        let mut news = Vec::with_capacity(items.len());
+        let mut held = Vec::with_capacity(items.len());
+        let mut answers: Vec<Option<Result<Accepted, EngineError>>> =
+            (0..items.len()).map(|_| None).collect();
+        for (i, mut item) in items.into_iter().enumerate() {
+            match self.register(&mut item.new, asked, received_at) {
+                Ok(()) => {
+                    let id = item.new.task.id;
+                    news.push(item.new);
+                    held.push((i, id, item.pool, item.pending, item.slot));
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        let outcomes = match self.store.insert_many(news).await {
+            Ok(v) => v,
+            Err(e) => (0..held.len()).map(|_| Err(e.clone())).collect(),
+        };
+        for ((i, id, pool, pending, slot), outcome) in held.into_iter().zip(outcomes) {
+            let held = Held {
+                pool: &pool,
+                id,
+                pending,
+                slot,
+            };
+            answers[i] = Some(self.settle(held, outcome, asked, received_at, request_id.clone()));
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(EngineError::Internal("a batch item went unanswered".into()))
+                })
+            })
+            .collect()
+    }
+
+    /// Registers a task about to be stored, so the sweep never mistakes it
+    /// for an orphan.
+    fn register(
+        &self,
+        new: &mut NewTask,
+        asked: Instant,
+        received_at: Instant,
+    ) -> Result<(), EngineError> {
         // Each stage ends where the next begins, so they add up to the total.
         new.task.timings.admission_ms = Some(ms(asked - received_at));
         if self.hub.register(new.task.clone()).is_none() {
             return Err(EngineError::Internal(format!(
-                "task id {id} is already live"
+                "task id {} is already live",
+                new.task.id
             )));
         }
-        let outcome = self.store.insert(new).await;
+        Ok(())
+    }
+
+    /// Queues a task whose insert answered `outcome`, or forgets it.
+    fn settle(
+        &self,
+        held: Held<'_>,
+        outcome: Result<InsertOutcome, StoreError>,
+        asked: Instant,
+        received_at: Instant,
+        request_id: Option<String>,
+    ) -> Result<Accepted, EngineError> {
+        let Held {
+            pool,
+            id,
+            pending,
+            slot,
+        } = held;
         match outcome {
             Ok(InsertOutcome::Created(mut task)) => {
                 let stored_at = Instant::now();

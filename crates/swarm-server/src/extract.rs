@@ -83,6 +83,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Reads an already-parsed JSON object as `T`, shape errors as in
+/// [`parse_json`] (a batch item: one bad item fails only itself).
+pub(crate) fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "each task must be a JSON object",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        shape_error(&path, e.inner())
+    })
+}
+
 fn shape_error(path: &str, e: &serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {

@@ -3,6 +3,7 @@
 //! path from the handler's `#[utoipa::path]` annotation, so the router and
 //! the OpenAPI document (`doc`) cannot disagree about what is served.
 
+pub(crate) mod batch;
 pub(crate) mod dashboard;
 pub(crate) mod doc;
 pub(crate) mod instances;
@@ -159,6 +160,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(tasks::submit_prototype))
+        .routes(routes!(batch::submit_batch))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::events))

@@ -152,16 +152,53 @@ impl Store {
     /// [`StoreError::Unavailable`] instead of waiting for a connection.
     /// [`StoreError::InDoubt`] means the row may have been stored.
     pub async fn insert(&self, new: NewTask) -> Result<InsertOutcome, StoreError> {
-        if !self.inner.health.is_up() {
-            return Err(StoreError::Unavailable(
-                self.inner
-                    .health
-                    .snapshot()
-                    .reason
-                    .unwrap_or_else(|| "the database is down".into()),
-            ));
-        }
+        self.refuse_while_down()?;
         self.write(|r| Op::Insert(Box::new(new), r)).await
+    }
+
+    /// New tasks fail at once while the database is down, instead of each
+    /// waiting for a connection.
+    fn refuse_while_down(&self) -> Result<(), StoreError> {
+        if self.inner.health.is_up() {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(
+            self.inner
+                .health
+                .snapshot()
+                .reason
+                .unwrap_or_else(|| "the database is down".into()),
+        ))
+    }
+
+    /// Stores new tasks in one transaction (a batch submit): each gets its
+    /// own answer, in order, after the one commit. Idempotency keys repeated
+    /// within `news` replay the first, as across requests.
+    pub async fn insert_many(
+        &self,
+        news: Vec<NewTask>,
+    ) -> Result<Vec<Result<InsertOutcome, StoreError>>, StoreError> {
+        self.refuse_while_down()?;
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ops = Vec::with_capacity(news.len());
+        let mut replies = Vec::with_capacity(news.len());
+        for new in news {
+            let (tx, rx) = oneshot::channel();
+            ops.push(Op::Insert(Box::new(new), tx));
+            replies.push(rx);
+        }
+        self.inner
+            .admit
+            .send(Op::Group(ops))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.unwrap_or(Err(StoreError::Closed)));
+        }
+        Ok(out)
     }
 
     /// Marks a queued task owned by `owner` as running on `instance`. Returns

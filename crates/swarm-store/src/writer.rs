@@ -87,6 +87,9 @@ pub(crate) enum Op {
         limit: i64,
         reply: Reply<Pruned>,
     },
+    /// Inserts that must share one transaction (a batch submit): the writer
+    /// puts all of them in the batch it is filling, even past `batch_max`.
+    Group(Vec<Op>),
 }
 
 /// Which lane an op travels in (see the module docs).
@@ -100,7 +103,7 @@ pub(crate) enum Lane {
 impl Op {
     pub(crate) fn lane(&self) -> Lane {
         match self {
-            Op::Insert(..) => Lane::Admit,
+            Op::Insert(..) | Op::Group(_) => Lane::Admit,
             Op::Prune { .. } => Lane::Background,
             _ => Lane::Urgent,
         }
@@ -146,7 +149,25 @@ impl Op {
             Op::Heartbeat { reply, .. } | Op::Outbox(_, reply) => {
                 let _ = reply.send(answer.map(|_| ()));
             }
+            // Groups are taken apart before a batch runs (`push_op`), so
+            // only a refusal of the whole group reaches here.
+            Op::Group(ops) => {
+                for op in ops {
+                    op.send(match &answer {
+                        Err(e) => Err(e.clone()),
+                        Ok(_) => Err(mismatch()),
+                    });
+                }
+            }
         }
+    }
+}
+
+/// Adds `op` to `batch`, a group as its members (one transaction for all).
+fn push_op(batch: &mut Vec<Op>, op: Op) {
+    match op {
+        Op::Group(ops) => batch.extend(ops),
+        op => batch.push(op),
     }
 }
 
@@ -244,7 +265,7 @@ impl Writer {
                     return;
                 }
             };
-            batch.push(first);
+            push_op(&mut batch, first);
             self.fill(&mut batch);
             let ctx = Commit {
                 db: self.db.clone(),
@@ -273,7 +294,7 @@ impl Writer {
         }
         while batch.len() < max {
             match self.lanes.admit.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => push_op(batch, op),
                 Err(_) => break,
             }
         }
@@ -557,7 +578,8 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
                     continue;
                 }
                 let answer = match op {
-                    Op::Insert(..) => continue,
+                    // Groups never reach a batch whole (`push_op`).
+                    Op::Insert(..) | Op::Group(_) => continue,
                     Op::Start { id, instance, at, owner, .. } => {
                         let row = sqlx::query(db::SQL_START)
                             .bind(id.clone())

@@ -171,6 +171,36 @@ fn tailor(doc: &mut OpenApi, cfg: &Config) {
     {
         wait.maximum = Some(cfg.server.max_wait_ms.into());
     }
+    batch_items(doc);
+}
+
+/// A batch's items are task specs without `wait_ms` (a batch answers at
+/// once): schema `BatchTaskSpec`, derived from `TaskSpec` so the two never
+/// drift.
+fn batch_items(doc: &mut OpenApi) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(spec))) = components
+        .schemas
+        .get(swarm_core::TaskSpec::name().as_ref())
+    else {
+        return;
+    };
+    let mut item = spec.clone();
+    item.properties.remove("wait_ms");
+    item.description =
+        Some("A task of a batch: the body of `POST /api/tasks` without `wait_ms`.".into());
+    components
+        .schemas
+        .insert("BatchTaskSpec".into(), RefOr::T(Schema::Object(item)));
+    if let Some(RefOr::T(Schema::Object(req))) = components
+        .schemas
+        .get_mut(crate::routes::batch::BatchRequest::name().as_ref())
+        && let Some(RefOr::T(Schema::Array(tasks))) = req.properties.get_mut("tasks")
+    {
+        tasks.items = RefOr::<Schema>::Ref(openapi::Ref::from_schema_name("BatchTaskSpec")).into();
+    }
 }
 
 /// `schema`, or the empty string.

@@ -100,21 +100,8 @@ pub(crate) async fn submit(
             _ => spec.idempotency_key = Some(key),
         }
     }
-    if spec.timeout_ms.is_none()
-        && let Some(h) = headers.get("request-timeout")
-    {
-        let ms = h
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .ok_or_else(|| {
-                FieldError::invalid(
-                    "Request-Timeout",
-                    "must be a whole number of milliseconds, at least 1",
-                )
-            })?;
-        spec.timeout_ms = Some(ms);
+    if spec.timeout_ms.is_none() {
+        spec.timeout_ms = request_timeout(&headers)?;
     }
     let wait_ms = spec.wait_ms.unwrap_or(0);
     // Taken before the submit: a waiter refused for its tenant's cap
@@ -157,6 +144,26 @@ pub(crate) async fn submit(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// The `Request-Timeout` header, milliseconds (a deadline for the
+/// submissions that give no `timeout_ms`).
+pub(crate) fn request_timeout(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(h) = headers.get("request-timeout") else {
+        return Ok(None);
+    };
+    let ms = h
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            FieldError::invalid(
+                "Request-Timeout",
+                "must be a whole number of milliseconds, at least 1",
+            )
+        })?;
+    Ok(Some(ms))
 }
 
 /// `POST /task`: the prototype's spelling of [`submit`].
