@@ -18,7 +18,7 @@ def test_async_submit_wait_and_events(server):
         async with AsyncClient(server.url) as c:
             t = await c.submit("echo", {"a": 1}, wait_ms=5000)
             assert t.status == TaskStatus.SUCCEEDED and t.result["echo"] == {"a": 1}
-            t = await c.submit("py", {"progress": 2, "sleep_ms": 100})
+            t = await c.submit("py", {"progress": 2, "sleep_ms": 500})
             events = [e async for e in c.events(t.id, timeout=10)]
             assert [e.data for e in events if e.event == "progress"] == [{"step": 1, "of": 2}, {"step": 2, "of": 2}]
             assert events[-1].task.status == TaskStatus.SUCCEEDED

@@ -40,7 +40,7 @@ def test_wait_follows_a_task_to_its_end(client):
 
 
 def test_events_stream_state_progress_and_result(client):
-    t = client.submit("py", {"progress": 3, "sleep_ms": 100})
+    t = client.submit("py", {"progress": 3, "sleep_ms": 500})
     events = list(client.events(t.id, timeout=10))
     names = [str(e.event) for e in events]
     assert names[0] == "state" and names[-1] == "result", names
@@ -170,22 +170,28 @@ def test_a_tenant_over_quota_gets_retry_after(keyed_server):
 
 
 def test_batch_submit_answers_per_item(client):
+    key = uuid.uuid4().hex
     specs = [
         TaskSpec(type="echo", args={"i": 0}),
         {"type": "no-such-department"},
-        TaskSpec(type="echo", args={"i": 2}, idempotency_key=uuid.uuid4().hex),
+        TaskSpec(type="echo", args={"i": 2}, idempotency_key=key),
+        {"type": "echo", "args": {"i": 2}, "idempotency_key": key},
     ]
     try:
-        items = client.submit_batch(specs)
+        items = client.submit_batch(specs, request_id="batch-1")
     except Exception as e:
         if route_missing(e):
             pytest.skip(f"this swarmd has no POST /api/tasks/batch yet ({e})")
         raise
-    assert [i.index for i in items] == [0, 1, 2]
-    assert items[0].ok and items[2].ok and not items[1].ok
-    assert items[1].error.error_code == "unknown_type" and items[1].error.field.endswith("type")
+    assert [i.index for i in items] == [0, 1, 2, 3]
+    assert [i.ok for i in items] == [True, False, True, True]
+    assert items[0].status == 202 and not items[0].replayed
+    assert items[1].status == 422 and items[1].error.error_code == "unknown_type"
+    assert items[1].error.field.endswith("type") and items[1].id is None
+    assert items[3].id == items[2].id and items[3].replayed and items[3].task.replayed
     for item in (items[0], items[2]):
-        assert client.wait(item.id, timeout=10).result["echo"]["i"] == item.index
+        done = client.wait(item.id, timeout=10)
+        assert done.result["echo"]["i"] == item.index and done.result["request_id"] == "batch-1"
     with pytest.raises(ValueError):
         client.submit_batch([{"type": "echo"}] * 1001)
 

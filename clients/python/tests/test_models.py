@@ -19,6 +19,7 @@ MODELS = [
     models.ErrorBody,
     models.Status,
     models.PoolStatus,
+    models.BatchItem,
 ]
 ENUMS = [models.TaskStatus, models.Priority, models.Blocker, models.TaskEventName]
 
@@ -47,6 +48,8 @@ def props(schemas, name):
 
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
 def test_model_fields_match_the_schema(schemas, cls):
+    if cls.__schema__ not in schemas and cls is models.BatchItem:
+        pytest.skip("this swarmd has no POST /api/tasks/batch yet (no BatchItem schema)")
     properties, required = props(schemas, cls.__schema__)
     ours = set(cls.schema_fields())
     theirs = set(properties)

@@ -14,7 +14,7 @@ def test_an_agent_function_runs_as_a_department(client):
     t = client.submit("fn", {"text": "one two three four", "max_words": 2}, wait_ms=5000, request_id="rq-fn")
     assert t.status == TaskStatus.SUCCEEDED, t.error
     assert t.result == {"summary": "one two", "request_id": "rq-fn"}  # the stray print did not break it
-    events = list(client.events(client.submit("fn", {"text": "a b c"}).id, timeout=10))
+    events = list(client.events(client.submit("fn", {"text": "a b c", "pause_s": 0.5}).id, timeout=10))
     assert [e.data for e in events if e.event == "progress"] == [{"words": 3}]
 
 

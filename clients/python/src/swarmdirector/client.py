@@ -34,7 +34,6 @@ from ._sse import SseParser
 from .errors import RateLimited, WaitTimeout, error_from_response
 from .models import (
     BatchItem,
-    ErrorBody,
     Event,
     Priority,
     Status,
@@ -87,33 +86,15 @@ def _spec(spec: SpecLike) -> Dict[str, Any]:
 
 
 def _batch_items(r: httpx.Response) -> List[BatchItem]:
-    """Reads a batch answer: a list (or `{"items"|"results"|"tasks": [...]}`)
-    with, per item, the task (or `{"task": …}` / `{"id": …}`), or an error
-    (`{"error_code", …}` or `{"error": {"error_code", …}}`, with an optional
-    per-item HTTP `status`)."""
-    body = r.json()
-    if isinstance(body, dict):
-        for key in ("items", "results", "tasks"):
-            if isinstance(body.get(key), list):
-                body = body[key]
-                break
-    if not isinstance(body, list):
-        raise ValueError(f"unexpected batch answer: {str(body)[:200]}")
-    out = []
-    for i, item in enumerate(body):
-        code = item.get("status") if isinstance(item.get("status"), int) else None
-        err = item.get("error")
-        if "error_code" in item:
-            out.append(BatchItem(i, error=ErrorBody.from_dict(item), status=code))
-        elif isinstance(err, dict) and "error_code" in err:
-            out.append(BatchItem(i, error=ErrorBody.from_dict(err), status=code))
-        elif isinstance(item.get("task"), dict):
-            out.append(BatchItem(i, task=Task.from_dict(item["task"]), status=code))
-        elif {"id", "type", "status", "created_at"} <= item.keys():
-            out.append(BatchItem(i, task=Task.from_dict(item), status=code))
-        else:
-            out.append(BatchItem(i, task_id=item.get("id"), status=code))
-    return out
+    """`{"items": [BatchItem, …]}`, one per task in request order."""
+    items = []
+    for i, raw in enumerate(r.json()["items"]):
+        item = BatchItem.from_dict(raw)
+        item.index = i
+        if item.task is not None:
+            item.task.replayed = item.replayed
+        items.append(item)
+    return items
 
 
 def _event(name: str, data: str, event_id: Optional[str]) -> Event:

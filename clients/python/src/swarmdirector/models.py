@@ -388,15 +388,22 @@ def _json_name(f: "dataclasses.Field[Any]") -> str:
 
 
 @dataclass
-class BatchItem:
-    """One answer of `POST /api/tasks/batch`, in the order of the request:
-    the stored task, or why that item was refused."""
+class BatchItem(_Model):
+    """Schema `BatchItem`: one answer of `POST /api/tasks/batch`, in the
+    order of the request. `status` is what the task would have got alone:
+    `202` stored, `200` an idempotent replay of a task that ended, else the
+    error's status, with `error` (and `retry_after`, seconds, for a
+    refusal)."""
 
-    index: int
+    __schema__ = "BatchItem"
+    _convert = {"task": Task.from_dict, "error": ErrorBody.from_dict}
+    status: int
     task: Optional[Task] = None
+    replayed: bool = False
     error: Optional[ErrorBody] = None
-    status: Optional[int] = None
-    task_id: Optional[str] = None
+    retry_after: Optional[float] = None
+    extra: Dict[str, Any] = _local(factory=dict)
+    index: int = _local(0)  # its place in the request
 
     @property
     def ok(self) -> bool:
@@ -404,7 +411,7 @@ class BatchItem:
 
     @property
     def id(self) -> Optional[str]:
-        return self.task.id if self.task is not None else self.task_id
+        return self.task.id if self.task is not None else None
 
 
 @dataclass
