@@ -13,6 +13,7 @@ string; both are marked `local` (not part of the schema).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,7 +115,7 @@ def parse_time(value: Optional[str]) -> Optional[datetime]:
         # Older fromisoformat takes exactly 3 or 6 fraction digits.
         head, sep, rest = text.partition(".")
         if sep:
-            digits = "".join(c for c in rest if c.isdigit())
+            digits = "".join(itertools.takewhile(str.isdigit, rest))
             tz = rest[len(digits):]
             text = f"{head}.{digits[:6].ljust(6, '0')}{tz}"
     dt = datetime.fromisoformat(text)
