@@ -101,3 +101,10 @@ def test_the_example_agent_config_runs_its_example_request(client):
     t = client.submit("py", {"progress": 2}, wait_ms=5000)
     assert t.status == TaskStatus.SUCCEEDED
     assert t.result["type"] == "py" and t.result["echo"] == {"progress": 2}
+
+
+def test_the_worker_helper_needs_no_httpx():
+    # swarmd runs workers with a cleared environment, maybe where only the
+    # standard library is: importing the helper must not pull in the client.
+    code = "import sys, swarmdirector.worker; assert 'httpx' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(PKG_ROOT)}, timeout=10)

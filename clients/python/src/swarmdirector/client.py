@@ -1,8 +1,9 @@
 """`Client` (blocking) and `AsyncClient` (asyncio) for swarmd's HTTP API,
 both on httpx.
 
-What a call sends and how its answer is read is written once, in `_Api`
-(a `_Req` per operation); the two clients differ only in how they send it.
+What a call sends and how its answer is read is written once (`_Ops`, a
+`_Req` per operation, built by `_Api`); the two clients differ only in how
+they send it and in their iterators (`events`, `iter_tasks`, `wait`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
+from . import __version__
 from ._sse import SseParser
 from .errors import RateLimited, WaitTimeout, error_from_response
 from .models import (
@@ -45,8 +47,6 @@ from .models import (
 )
 
 __all__ = ["Client", "AsyncClient", "MAX_BATCH"]
-
-__version__ = "0.1.0"
 
 #: Most tasks `POST /api/tasks/batch` takes in one request.
 MAX_BATCH = 1000
