@@ -7,7 +7,8 @@ started once per test session.
 - `keyed_server`: `[[tenants]]` with API keys (`acme`, `tiny` with
   `max_outstanding = 1`, admin `boss`).
 
-The binary is `$SWARMD_BIN`, default `target/debug/swarmd` of the
+The package tested is `src/` unless `SWARMDIRECTOR_TEST_INSTALLED=1`. The
+binary is `$SWARMD_BIN`, default `target/debug/swarmd` of the
 repository, built with `cargo build -p swarmd` when missing.
 """
 
@@ -32,11 +33,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 
-try:  # the installed package (CI: `pip install ./clients/python`), else the checkout's
-    import swarmdirector  # noqa: F401
-except ImportError:
+# The checkout's package (src/), or with SWARMDIRECTOR_TEST_INSTALLED=1 (as in
+# .ci/run, after `pip install ./clients/python`) the installed one.
+if os.environ.get("SWARMDIRECTOR_TEST_INSTALLED") != "1":
     sys.path.insert(0, str(REPO / "clients" / "python" / "src"))
-    import swarmdirector  # noqa: F401
+import swarmdirector  # noqa: E402
 
 # Where the workers swarmd starts import the package from: the same copy.
 PKG_ROOT = Path(swarmdirector.__file__).resolve().parent.parent
