@@ -1,19 +1,10 @@
 #!/usr/bin/env python3
-"""A SwarmDirector `process` worker: JSON lines on stdin/stdout.
+"""A SwarmDirector `process` worker built on `swarmdirector.worker`.
 
-The protocol loop (`main`) is generic; `handle` is the agent. To plug in an
-existing Python agent, replace `handle` with a call into it. Standard
-library only.
-
-Protocol (see README.md):
-  worker -> {"ready": true}                                   once, at start
-  engine -> {"id", "type", "args", "title", "description",
-             "deadline_ms", "request_id", "task_id", "tenant"}  one per task
-  worker -> {"id", "progress": {...}}                         zero or more
-  worker -> {"id", "result": ...}                             then exactly one
-         or {"id", "error": {"code", "message", "retryable"}}
-
-stdout carries the protocol only: log to stderr.
+`handle` is the agent; `run_worker` speaks the protocol (JSON lines on
+stdin/stdout, see README.md). To plug in an existing Python agent, call into
+it from `handle`, or decorate a function of the task's args with
+`@agent` (see README.md). Log to stderr: stdout carries the protocol.
 
 This demo's `args` (all optional), for tests and experiments:
   sleep_ms    wait this long before answering
@@ -28,45 +19,33 @@ Otherwise the result echoes the task: {"echo": args, "type", "title",
 "description", "request_id", "deadline_ms", "pid"}.
 """
 
-import json
 import os
 import sys
 import time
 
-# Returned by `handle` when it has already written what it wanted (the
-# `bad_output` demo): main then sends no result line.
-NO_ANSWER = object()
+# In a checkout, use the package beside this example (clients/python), so
+# the example runs without `pip install ./clients/python`; elsewhere, the
+# installed one.
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python", "src")
+if os.path.isdir(os.path.join(_SRC, "swarmdirector")):
+    sys.path.insert(0, _SRC)
 
-
-class TaskError(Exception):
-    """An error result: `code` is stable, `message` for humans."""
-
-    def __init__(self, code, message, retryable=False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
+from swarmdirector.worker import TaskError, run_worker  # noqa: E402
 
 
 def log(msg):
     print(f"agent.py[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
-def send(obj):
-    # One line per message, flushed at once: the engine waits for it.
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
-
-
-def handle(task, progress):
+def handle(task):
     """The agent: returns a JSON-able result or raises TaskError."""
-    args = task.get("args") or {}
+    args = task.args
     if args.get("stderr_kb"):
         for _ in range(int(args["stderr_kb"])):
             print("x" * 1023, file=sys.stderr)
         sys.stderr.flush()
     for i in range(int(args.get("progress", 0))):
-        progress({"step": i + 1, "of": int(args["progress"])})
+        task.progress({"step": i + 1, "of": int(args["progress"])})
     if args.get("sleep_ms"):
         time.sleep(args["sleep_ms"] / 1000)
     if args.get("crash"):
@@ -77,50 +56,23 @@ def handle(task, progress):
         while True:
             time.sleep(3600)
     if args.get("bad_output"):
-        sys.stdout.write("this is not JSON\n")
-        sys.stdout.flush()
-        return NO_ANSWER
+        # Past the helper, straight onto the protocol channel (which the
+        # helper points `sys.stdout` away from while a task runs).
+        sys.__stdout__.write("this is not JSON\n")
+        sys.__stdout__.flush()
     if args.get("fail"):
         message = args["fail"] if isinstance(args["fail"], str) else "failed as asked"
         raise TaskError("agent_failed", message, bool(args.get("retryable")))
     return {
         "echo": args,
-        "type": task.get("type"),
-        "title": task.get("title"),
-        "description": task.get("description"),
-        "request_id": task.get("request_id"),
-        "deadline_ms": task.get("deadline_ms"),
+        "type": task.type,
+        "title": task.title,
+        "description": task.description,
+        "request_id": task.request_id,
+        "deadline_ms": task.deadline_ms,
         "pid": os.getpid(),
     }
 
 
-def main():
-    send({"ready": True, "pid": os.getpid()})
-    log("ready")
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            log("stdin closed, exiting")
-            return
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        task_id = task["id"]
-
-        def progress(value, task_id=task_id):
-            send({"id": task_id, "progress": value})
-
-        try:
-            result = handle(task, progress)
-            if result is NO_ANSWER:
-                continue
-            send({"id": task_id, "result": result})
-        except TaskError as e:
-            send({"id": task_id, "error": {"code": e.code, "message": e.message, "retryable": e.retryable}})
-        except Exception as e:  # a bug in the agent fails its task, not the worker
-            log(f"task {task_id} raised {e!r}")
-            send({"id": task_id, "error": {"code": "agent_exception", "message": repr(e), "retryable": False}})
-
-
 if __name__ == "__main__":
-    main()
+    run_worker(handle)
