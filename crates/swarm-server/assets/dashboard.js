@@ -541,6 +541,7 @@
       const st = await fetchStatus();
       const t = performance.now() / 1000;
       ingest(st, t);
+      fillDepartments(st);
       polls += 1;
       lastOk = t;
       document.body.dataset.polls = String(polls);
@@ -621,6 +622,293 @@
   });
   window.addEventListener("resize", drawAll);
 
+  // --- task explorer: recent tasks (filters, cursor pages) and a task's page ---
+  //
+  // `#tasks?status=&department=&tenant=&limit=&cursor=` is the list,
+  // `#task=<id>` one task. Pages go by `next_cursor` (the API's keyset
+  // pages), so a page costs the same with millions of tasks. The first
+  // page refreshes every 2 s; older pages stay put. A task's page follows
+  // its event stream (read with fetch, so the key goes in a header). For
+  // tests: `#tasks[data-rows]`, `tr[data-task][data-status]`,
+  // `#task[data-status][data-events]`.
+
+  const TERMINAL = new Set(["succeeded", "failed", "timed_out", "cancelled"]);
+  let listTimer = null;
+  let cursors = [];   // cursors of the pages before this one
+  let nextCursor = null;
+  let streamCtl = null;
+
+  function hashParams() {
+    const h = location.hash.replace(/^#/, "");
+    const [view, query] = h.split("?");
+    return { view, q: new URLSearchParams(query || "") };
+  }
+
+  function listPath(cursor) {
+    const q = new URLSearchParams();
+    const status = $("f-status").value;
+    const dep = $("f-department").value;
+    const tenant = $("f-tenant").value.trim();
+    if (status) q.set("status", status);
+    if (dep) q.set("department", dep);
+    if (tenant) q.set("tenant", tenant);
+    q.set("limit", String(pageSize));
+    if (cursor) q.set("cursor", cursor);
+    return "api/tasks?" + q.toString();
+  }
+
+  let pageSize = 25;
+  let cursor = "";
+
+  async function loadList() {
+    clearTimeout(listTimer);
+    const err = $("tasks-error");
+    try {
+      const page = await fetchJson(listPath(cursor));
+      renderList(page.tasks || []);
+      nextCursor = page.next_cursor || null;
+      $("t-older").disabled = !nextCursor;
+      $("tasks").dataset.nextCursor = nextCursor || "";
+      err.hidden = true;
+    } catch (e) {
+      err.textContent = `Cannot list tasks: ${e.message}`;
+      err.hidden = false;
+    }
+    if (!cursor && hashParams().view !== "task") listTimer = setTimeout(loadList, 2 * POLL_MS);
+  }
+
+  function renderList(tasks) {
+    const body = $("tasklist").tBodies[0];
+    body.replaceChildren();
+    for (const t of tasks) {
+      const tr = el("tr");
+      tr.dataset.task = t.id;
+      tr.dataset.status = t.status;
+      const id = el("td", "id");
+      const a = el("a", "", t.id.slice(0, 8) + "…" + t.id.slice(-4));
+      a.href = "#task=" + encodeURIComponent(t.id);
+      a.title = t.id;
+      id.append(a);
+      tr.append(id);
+      const total = t.timings && num(t.timings.total_ms);
+      for (const [text, cls] of [
+        [t.type, ""],
+        [t.status, "st-" + t.status],
+        [t.department, ""],
+        [t.tenant, ""],
+        [(t.created_at || "").replace("T", " ").replace("Z", ""), ""],
+        [total === null || total === undefined ? "" : total.toFixed(1), ""],
+        [t.waiting_for || "", ""],
+      ]) tr.append(el("td", cls, text));
+      body.append(tr);
+    }
+    $("tasks").dataset.rows = String(tasks.length);
+  }
+
+  function showList() {
+    if (streamCtl) streamCtl.abort();
+    $("task").hidden = true;
+    $("tasks").hidden = false;
+    const { q } = hashParams();
+    for (const f of ["status", "department", "tenant"]) {
+      if (q.has(f)) {
+        const input = $("f-" + f);
+        if (f === "department" && ![...input.options].some((o) => o.value === q.get(f))) {
+          input.append(el("option", "", q.get(f)));
+        }
+        input.value = q.get(f);
+      }
+    }
+    if (q.has("limit")) pageSize = Math.max(1, Math.min(500, parseInt(q.get("limit"), 10) || 25));
+    cursor = q.get("cursor") || "";
+    loadList();
+  }
+
+  function fillDepartments(st) {
+    const sel = $("f-department");
+    const have = new Set([...sel.options].map((o) => o.value));
+    for (const p of st.pools || []) {
+      if (!have.has(p.name)) sel.append(el("option", "", p.name));
+    }
+  }
+
+  $("taskfilter").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    cursors = [];
+    cursor = "";
+    loadList();
+  });
+  $("t-newest").addEventListener("click", () => {
+    cursors = [];
+    cursor = "";
+    loadList();
+  });
+  $("t-older").addEventListener("click", () => {
+    if (!nextCursor) return;
+    cursors.push(cursor);
+    cursor = nextCursor;
+    loadList();
+  });
+
+  // One task: facts, a timeline of its stages, its outcome, live events.
+  async function showTask(id) {
+    clearTimeout(listTimer);
+    $("tasks").hidden = true;
+    const sec = $("task");
+    sec.hidden = false;
+    sec.dataset.events = "0";
+    $("task-events").replaceChildren();
+    $("task-action-result").textContent = "";
+    try {
+      renderTask(await fetchJson("api/tasks/" + encodeURIComponent(id)));
+    } catch (e) {
+      $("task-title").textContent = `task ${id}: ${e.message}`;
+      sec.dataset.status = "error";
+      return;
+    }
+    followEvents(id);
+  }
+
+  function renderTask(t) {
+    const sec = $("task");
+    sec.dataset.status = t.status;
+    sec.dataset.task = t.id;
+    $("task-title").textContent = `${t.type} · ${t.status} · ${t.id}`;
+    const facts = $("task-facts");
+    facts.replaceChildren();
+    const fact = (k, v) => {
+      if (v === null || v === undefined || v === "") return;
+      facts.append(el("dt", "", k), el("dd", "", String(v)));
+    };
+    fact("status", t.status);
+    fact("waiting for", t.waiting_for);
+    fact("department", t.department);
+    fact("agent / instance", `${t.agent} / ${t.instance || "–"}`);
+    fact("tenant", t.tenant);
+    fact("priority", t.priority);
+    fact("attempts", t.attempts);
+    fact("nodes (per attempt)", (t.nodes || []).join(", "));
+    fact("created", t.created_at);
+    fact("started", t.started_at);
+    fact("finished", t.finished_at);
+    fact("deadline", t.deadline_at);
+    const tl = $("task-timeline");
+    tl.replaceChildren();
+    const tm = t.timings || {};
+    const stages = ["admission", "persist", "queue", "run"]
+      .map((s) => [s, num(tm[s + "_ms"])])
+      .filter(([, v]) => v !== null);
+    const total = stages.reduce((a, [, v]) => a + v, 0) || 1;
+    for (const [s, v] of stages) {
+      const d = el("div", "stage stage-" + s, `${s} ${v.toFixed(1)} ms`);
+      d.dataset.stage = s;
+      d.dataset.ms = String(v);
+      d.style.flexGrow = String(Math.max(v / total, 0.02));
+      d.title = `${s}: ${v.toFixed(3)} ms`;
+      tl.append(d);
+    }
+    const failed = t.error !== null && t.error !== undefined;
+    $("task-outcome-title").textContent = failed ? "error" : "result";
+    const out = failed ? t.error : t.result;
+    $("task-outcome").textContent =
+      out === null || out === undefined ? (TERMINAL.has(t.status) ? "–" : "(not yet)") : JSON.stringify(out, null, 2);
+    $("task-cancel").disabled = TERMINAL.has(t.status);
+    $("task-retry").disabled = !TERMINAL.has(t.status) || t.status === "succeeded";
+  }
+
+  function logEvent(kind, text) {
+    const li = el("li", "", `${new Date().toISOString().slice(11, 23)} ${kind} ${text}`);
+    li.dataset.kind = kind;
+    $("task-events").append(li);
+    const sec = $("task");
+    sec.dataset.events = String(Number(sec.dataset.events || 0) + 1);
+  }
+
+  // Server-sent events over fetch: EventSource cannot send the key.
+  async function followEvents(id) {
+    if (streamCtl) streamCtl.abort();
+    const ctl = new AbortController();
+    streamCtl = ctl;
+    const headers = { Accept: "text/event-stream" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    try {
+      const r = await fetch("api/tasks/" + encodeURIComponent(id) + "/events", { headers, signal: ctl.signal });
+      if (!r.ok || !r.body) {
+        logEvent("error", `event stream: HTTP ${r.status}`);
+        return;
+      }
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          let kind = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) kind = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (!data.length) continue;
+          let v = null;
+          try {
+            v = JSON.parse(data.join("\n"));
+          } catch (_) {
+            v = data.join("\n");
+          }
+          if (kind === "state" && v && v.status) {
+            logEvent("state", v.status + (v.waiting_for ? ` (waiting for ${v.waiting_for})` : ""));
+          } else if (kind === "progress") {
+            logEvent("progress", JSON.stringify(v).slice(0, 200));
+          } else if (kind === "result" && v && v.id) {
+            logEvent("result", v.status);
+            renderTask(v);
+          } else {
+            logEvent(kind, typeof v === "string" ? v : JSON.stringify(v).slice(0, 200));
+          }
+        }
+      }
+    } catch (e) {
+      if (!ctl.signal.aborted) logEvent("error", `event stream: ${e.message}`);
+    }
+  }
+
+  async function act(what) {
+    const id = $("task").dataset.task;
+    if (!id) return;
+    const headers = { Accept: "application/json" };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const out = $("task-action-result");
+    try {
+      const r = await fetch(`api/tasks/${encodeURIComponent(id)}/${what}`, { method: "POST", headers });
+      const body = await r.json().catch(() => ({}));
+      if (r.ok) {
+        out.textContent = `${what}: ${r.status}`;
+        if (body && body.id) renderTask(body);
+        if (what === "retry") followEvents(id);
+      } else {
+        out.textContent = `${what}: ${r.status} ${body.error_code || ""} ${body.message || ""}`;
+      }
+    } catch (e) {
+      out.textContent = `${what}: ${e.message}`;
+    }
+  }
+  $("task-cancel").addEventListener("click", () => act("cancel"));
+  $("task-retry").addEventListener("click", () => act("retry"));
+
+  function route() {
+    const { view } = hashParams();
+    if (view.startsWith("task=")) showTask(decodeURIComponent(view.slice(5)));
+    else showList();
+  }
+  window.addEventListener("hashchange", route);
+
   poll();
   pollNodes();
+  route();
 })();

@@ -468,3 +468,130 @@ async fn the_page_lists_the_nodes_of_a_cluster() {
         page.dom
     );
 }
+
+/// The task explorer: the list filters by status and pages by cursor, and a
+/// task's page shows its timeline, its result and its event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
+async fn the_task_explorer_lists_filters_pages_and_opens_a_task() {
+    let browser = chromium();
+    let s = server("").await;
+    let mut ok = Vec::new();
+    for n in 0..3 {
+        let r = s
+            .post(
+                "/api/tasks",
+                &json!({"type": "echo", "args": {"n": n, "word": "explorer-check"}, "wait_ms": 5000}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+        ok.push(r.id());
+    }
+    let failed = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "args": {"latency_ms": 1, "fail_rate": 1.0}, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.text);
+    let rows = |dom: &str| -> Vec<(String, String)> {
+        tags(dom, "tr")
+            .into_iter()
+            .filter_map(|t| Some((t.get("data-task")?.clone(), t.get("data-status")?.clone())))
+            .collect()
+    };
+    let section = |dom: &str, id: &str| -> HashMap<String, String> {
+        tags(dom, "section")
+            .into_iter()
+            .find(|t| t.get("id").map(String::as_str) == Some(id))
+            .unwrap_or_else(|| panic!("no section {id} in:\n{dom}"))
+    };
+
+    // All four, newest first.
+    let scratch = Scratch::new("tasks-all");
+    let page = open(&browser, &s.url("/dashboard#tasks"), &scratch, 3_000).await;
+    let all = rows(&page.dom);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all[0], (failed.id(), "failed".to_string()));
+    assert_eq!(all[3].0, ok[0]);
+    drop(scratch);
+
+    // Filtered by status.
+    let scratch = Scratch::new("tasks-failed");
+    let page = open(
+        &browser,
+        &s.url("/dashboard#tasks?status=failed"),
+        &scratch,
+        3_000,
+    )
+    .await;
+    assert_eq!(rows(&page.dom), vec![(failed.id(), "failed".to_string())]);
+    drop(scratch);
+
+    // Pages of two: the first holds the newest two and names the next page.
+    let scratch = Scratch::new("tasks-page");
+    let page = open(
+        &browser,
+        &s.url("/dashboard#tasks?limit=2"),
+        &scratch,
+        3_000,
+    )
+    .await;
+    let first = rows(&page.dom);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let next = section(&page.dom, "tasks")
+        .get("data-next-cursor")
+        .cloned()
+        .unwrap_or_default();
+    assert!(!next.is_empty(), "no next cursor:\n{}", page.dom);
+    drop(scratch);
+    let scratch = Scratch::new("tasks-page2");
+    let url = s.url(&format!("/dashboard#tasks?limit=2&cursor={next}"));
+    let page = open(&browser, &url, &scratch, 3_000).await;
+    let second = rows(&page.dom);
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(
+        second.iter().all(|r| !first.contains(r)),
+        "{first:?} then {second:?}"
+    );
+    drop(scratch);
+
+    // One task's page.
+    let scratch = Scratch::new("task-one");
+    let url = s.url(&format!("/dashboard#task={}", ok[1]));
+    let page = open(&browser, &url, &scratch, 3_000).await;
+    let dom = &page.dom;
+    let task = section(dom, "task");
+    assert_eq!(
+        task.get("data-status").map(String::as_str),
+        Some("succeeded"),
+        "{dom}"
+    );
+    assert!(!task.contains_key("hidden"), "{dom}");
+    let stages: Vec<String> = tags(dom, "div")
+        .into_iter()
+        .filter_map(|d| d.get("data-stage").cloned())
+        .collect();
+    assert_eq!(stages, ["admission", "persist", "queue", "run"], "{dom}");
+    assert!(
+        dom.contains("explorer-check"),
+        "the result is shown:\n{dom}"
+    );
+    let events: u64 = task
+        .get("data-events")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        events >= 2,
+        "{events} events shown (a state and the result):\n{dom}"
+    );
+    assert!(
+        tags(dom, "li")
+            .iter()
+            .any(|l| l.get("data-kind").map(String::as_str) == Some("result")),
+        "{dom}"
+    );
+}

@@ -250,6 +250,7 @@ impl ListFields {
     params(
         ("status" = Option<TaskStatus>, Query, description = "Only tasks in this state."),
         ("department" = Option<String>, Query, description = "Only tasks of this department."),
+        ("tenant" = Option<String>, Query, description = "Admins: only this tenant's tasks. A client's list is always its own tenant's, whatever this says."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)."),
         ("cursor" = Option<String>, Query, format = "uuid", description = "`next_cursor` of the previous page."),
         ("fields" = Option<String>, Query, pattern = r"^((args|result)(,(args|result))*)?$", description = "Large fields to include: `args`, `result`, comma-separated (default: neither)."),
@@ -280,6 +281,10 @@ pub(crate) async fn list(
             );
         }
         q.department = Some(d.clone());
+    }
+    if let Some(t) = params.get("tenant").filter(|s| !s.is_empty()) {
+        // The engine puts a client's own tenant in its place.
+        q.tenant = Some(t.clone());
     }
     if let Some(l) = params.get("limit") {
         q.limit = l
