@@ -71,6 +71,16 @@ replicas = 2
 [pools.sim]
 max_timeout_ms = 5000
 default_timeout_ms = 5000
+# Batches of up to 1,000 fuzzed tasks build real queues; without shedding
+# and with room to run them, a later request is judged on its own input,
+# not refused 503 for the load an earlier batch left.
+concurrency = 2000
+[pools.sim.queue]
+capacity = 1000000
+target_delay_ms = 0
+[pools.echo.queue]
+capacity = 1000000
+target_delay_ms = 0
 
 $extra
 TOML

@@ -145,7 +145,8 @@ pub(crate) async fn submit_batch(
     };
     let mut specs = Vec::with_capacity(n);
     for (i, v) in body.tasks.into_iter().enumerate() {
-        let spec = parse_value::<TaskSpec>(v)
+        let spec = whole_timeout(&v)
+            .and_then(|()| parse_value::<TaskSpec>(v))
             .and_then(|s| batch_spec(s, timeout_ms, limits))
             .map_err(|e| in_item(e, i))?;
         specs.push(spec);
@@ -176,6 +177,22 @@ pub(crate) async fn submit_batch(
         })
         .collect();
     Ok(Json(BatchAnswer { items }))
+}
+
+/// `timeout_ms` must be a whole number the document allows (at most
+/// `i64::MAX`, the stored deadline's range): a larger one is a malformed item, refused with the
+/// batch, not read as some other deadline.
+fn whole_timeout(v: &serde_json::Value) -> Result<(), ApiError> {
+    match v.get("timeout_ms") {
+        Some(t) if !t.is_null() && !t.as_u64().is_some_and(|ms| ms <= i64::MAX as u64) => {
+            Err(FieldError::invalid(
+                "timeout_ms",
+                "`timeout_ms` must be a whole number of milliseconds, at least 1",
+            )
+            .into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `e`, found in item `i`, naming its field within the request.
