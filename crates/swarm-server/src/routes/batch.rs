@@ -184,7 +184,7 @@ pub(crate) async fn submit_batch(
 /// batch, not read as some other deadline.
 fn whole_timeout(v: &serde_json::Value) -> Result<(), ApiError> {
     match v.get("timeout_ms") {
-        Some(t) if !t.is_null() && !t.as_u64().is_some_and(|ms| ms <= i64::MAX as u64) => {
+        Some(t) if !t.is_null() && t.as_u64().is_none_or(|ms| ms > i64::MAX as u64) => {
             Err(FieldError::invalid(
                 "timeout_ms",
                 "`timeout_ms` must be a whole number of milliseconds, at least 1",
