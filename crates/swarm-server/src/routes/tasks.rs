@@ -100,8 +100,11 @@ pub(crate) async fn submit(
             _ => spec.idempotency_key = Some(key),
         }
     }
+    // Checked even when the body's `timeout_ms` wins: a malformed header
+    // is refused, not silently ignored.
+    let header_timeout = request_timeout(&headers)?;
     if spec.timeout_ms.is_none() {
-        spec.timeout_ms = request_timeout(&headers)?;
+        spec.timeout_ms = header_timeout;
     }
     let wait_ms = spec.wait_ms.unwrap_or(0);
     // Taken before the submit: a waiter refused for its tenant's cap
