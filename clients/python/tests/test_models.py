@@ -20,6 +20,8 @@ MODELS = [
     models.Status,
     models.PoolStatus,
     models.BatchItem,
+    models.RetryPolicy,
+    models.Attempt,
 ]
 ENUMS = [models.TaskStatus, models.Priority, models.Blocker, models.TaskEventName]
 

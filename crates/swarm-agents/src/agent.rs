@@ -62,6 +62,9 @@ pub struct AgentContext {
     pub task_id: TaskId,
     /// Its tenant.
     pub tenant: String,
+    /// Which attempt of the task this is, from 1 (a retry, or a run after
+    /// its node stopped, has a higher number).
+    pub attempt: u32,
     /// The instance name running it (`communications-0`).
     pub instance: String,
     /// When the task's time is up; the engine enforces it, agents may use it

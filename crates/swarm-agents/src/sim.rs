@@ -15,7 +15,10 @@
 //!    `base * inflight / capacity`. The wait is a `tokio::time::sleep` raced
 //!    against the task's cancellation token.
 //! 4. Fails with `simulated_failure` with probability `fail_rate` (after the
-//!    wait, as a real provider's error costs its round trip too).
+//!    wait, as a real provider's error costs its round trip too). Fails
+//!    *retryably* (`simulated_transient_failure`, like a provider's 503)
+//!    while the task's attempt is at most `fail_first`, and with
+//!    probability `transient_rate`: what task retries are tested with.
 //! 5. Burns `cpu_ms` of CPU on the engine's bounded CPU pool
 //!    ([`swarm_sched::cpu::CpuPool`], `[cpu_pool]` in the configuration),
 //!    never on an async worker, so `/health` stays fast while burns run. A
@@ -61,6 +64,8 @@ const KNOWN_KEYS: &[&str] = &[
     "cpu_ms",
     "capacity",
     "group",
+    "fail_first",
+    "transient_rate",
 ];
 
 /// Parsed `sim` arguments.
@@ -78,6 +83,10 @@ pub struct SimArgs {
     pub capacity: u64,
     /// The capacity group.
     pub group: String,
+    /// Attempts that fail retryably before one may succeed.
+    pub fail_first: u64,
+    /// Probability of a retryable failure.
+    pub transient_rate: f64,
 }
 
 impl Default for SimArgs {
@@ -89,6 +98,8 @@ impl Default for SimArgs {
             cpu_ms: 0,
             capacity: 0,
             group: "default".into(),
+            fail_first: 0,
+            transient_rate: 0.0,
         }
     }
 }
@@ -128,16 +139,21 @@ impl SimArgs {
             // 0 means unlimited; any other value is a real bound.
             out.capacity = int_in(v, "capacity", 0, u64::from(u32::MAX))?;
         }
-        if let Some(v) = obj.get("fail_rate") {
-            out.fail_rate = match v.as_f64() {
-                Some(f) if (0.0..=1.0).contains(&f) => f,
-                _ => {
-                    return Err(FieldError::invalid(
-                        "fail_rate",
-                        "must be a number from 0.0 to 1.0",
-                    ));
-                }
-            };
+        if let Some(v) = obj.get("fail_first") {
+            out.fail_first = int_in(v, "fail_first", 0, 100)?;
+        }
+        for (key, slot) in [
+            ("fail_rate", &mut out.fail_rate),
+            ("transient_rate", &mut out.transient_rate),
+        ] {
+            if let Some(v) = obj.get(key) {
+                *slot = match v.as_f64() {
+                    Some(f) if (0.0..=1.0).contains(&f) => f,
+                    _ => {
+                        return Err(FieldError::invalid(key, "must be a number from 0.0 to 1.0"));
+                    }
+                };
+            }
         }
         if let Some(v) = obj.get("group") {
             out.group = match v.as_str() {
@@ -341,6 +357,17 @@ impl SimAgent {
             _ = tokio::time::sleep(Duration::from_millis(latency_ms)) => {}
         }
 
+        if u64::from(ctx.attempt) <= args.fail_first
+            || (args.transient_rate > 0.0 && fastrand::f64() < args.transient_rate)
+        {
+            return Err(AgentError::failed_retryable(
+                "simulated_transient_failure",
+                format!(
+                    "simulated transient provider failure (attempt {}, fail_first {}, transient_rate {})",
+                    ctx.attempt, args.fail_first, args.transient_rate
+                ),
+            ));
+        }
         // `f64()` is in [0, 1): a rate of 0 never fails, a rate of 1 always does.
         if args.fail_rate > 0.0 && fastrand::f64() < args.fail_rate {
             return Err(AgentError::failed(

@@ -37,6 +37,7 @@ pub(crate) fn ctx() -> AgentContext {
     AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "test-0".into(),
         deadline: Instant::now() + Duration::from_secs(3600),
         cancel: CancellationToken::new(),

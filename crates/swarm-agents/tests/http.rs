@@ -125,6 +125,7 @@ fn ctx(deadline: Duration) -> AgentContext {
     AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "http-0".into(),
         deadline: Instant::now() + deadline,
         cancel: CancellationToken::new(),

@@ -46,6 +46,7 @@ fn ctx() -> AgentContext {
     AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "https-0".into(),
         deadline: Instant::now() + Duration::from_secs(10),
         cancel: CancellationToken::new(),

@@ -92,6 +92,7 @@ fn ctx_for(timeout: Duration) -> (AgentContext, Reports) {
     let ctx = AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "llm-0".into(),
         deadline: Instant::now() + timeout,
         cancel: CancellationToken::new(),

@@ -42,6 +42,7 @@ fn ctx(deadline: Duration) -> AgentContext {
     AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "process-0".into(),
         deadline: Instant::now() + deadline,
         cancel: CancellationToken::new(),

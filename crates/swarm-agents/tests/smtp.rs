@@ -33,6 +33,7 @@ fn ctx() -> AgentContext {
     AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "email-0".into(),
         deadline: Instant::now() + Duration::from_secs(30),
         cancel: CancellationToken::new(),

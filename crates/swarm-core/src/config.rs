@@ -48,6 +48,85 @@ pub struct Config {
     /// `swarm_agents::openai::OpenAiConfig`). Without it they use their
     /// built-in rules.
     pub llm: Option<toml::Table>,
+    /// Periodic tasks: a cron expression in a time zone and a task
+    /// template each (`[[schedules]]`).
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// `[[schedules]]`: a task submitted on every tick of a cron expression.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Its name (1-64 of letters, digits, `_`, `-`, `.`), unique.
+    pub name: String,
+    /// Five fields (minute hour day-of-month month day-of-week), or six
+    /// with seconds first; `@hourly`, `@daily`… too (croner's syntax).
+    pub cron: String,
+    /// The IANA time zone the expression is read in (`Europe/Paris`);
+    /// default `UTC`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// The tenant the tasks belong to; default `default`.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// After downtime, submit the ticks missed since the last one (at most
+    /// 100); by default they are skipped and the next tick runs.
+    #[serde(default)]
+    pub catch_up: bool,
+    /// The task each tick submits (the body of `POST /api/tasks`, without
+    /// `wait_ms`, `idempotency_key`, `run_at` or `delay_ms`).
+    pub task: crate::task::TaskSpec,
+}
+
+fn utc() -> String {
+    "UTC".to_string()
+}
+
+fn default_tenant() -> String {
+    "default".to_string()
+}
+
+impl ScheduleConfig {
+    /// The parsed expression and time zone.
+    pub fn parse(&self) -> Result<(croner::Cron, chrono_tz::Tz), String> {
+        use std::str::FromStr as _;
+        let cron = croner::Cron::from_str(self.cron.trim())
+            .map_err(|e| format!("`cron` = \"{}\" does not parse: {e}", self.cron))?;
+        let tz = chrono_tz::Tz::from_str(self.timezone.trim()).map_err(|_| {
+            format!(
+                "`timezone` = \"{}\" is not an IANA time zone (e.g. `UTC`, `Europe/Paris`)",
+                self.timezone
+            )
+        })?;
+        Ok((cron, tz))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err("`name` must be 1-64 letters, digits, `_`, `-` or `.`".into());
+        }
+        self.parse()?;
+        let t = &self.task;
+        if t.wait_ms.is_some()
+            || t.idempotency_key.is_some()
+            || t.run_at.is_some()
+            || t.delay_ms.is_some()
+        {
+            return Err(
+                "`task` takes no `wait_ms`, `idempotency_key`, `run_at` or `delay_ms` (each tick is keyed by the schedule)".into(),
+            );
+        }
+        let mut spec = t.clone();
+        spec.validate(crate::task::SpecLimits { max_wait_ms: 0 })
+            .map_err(|e| format!("`task.{}`: {}", e.field.unwrap_or_default(), e.message))?;
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -67,6 +146,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             telemetry: TelemetryConfig::default(),
             llm: None,
+            schedules: Vec::new(),
         }
     }
 }
@@ -315,6 +395,74 @@ pub struct RuleConfig {
     pub keywords: Vec<String>,
 }
 
+/// `[pools.NAME.retry_task]`: task retries in a department.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskRetryConfig {
+    /// Attempts in all for tasks that give no `retry.max_attempts` (1: no
+    /// retries).
+    pub max_attempts: u32,
+    /// The first retry's backoff ceiling, ms (doubled per retry, full
+    /// jitter).
+    pub backoff_ms: u64,
+    /// The highest backoff ceiling, ms.
+    pub max_backoff_ms: u64,
+    /// Retries allowed per first attempt over the budget's window (0–1),
+    /// so an outage where every task fails cannot multiply the load.
+    pub budget_ratio: f32,
+    /// Retries allowed per second whatever the traffic.
+    pub budget_min_per_sec: u32,
+    /// The budget's window, s (1–60).
+    pub budget_ttl_secs: u64,
+}
+
+impl Default for TaskRetryConfig {
+    fn default() -> Self {
+        let p = crate::task::RetryPolicy::default();
+        Self {
+            max_attempts: p.max_attempts,
+            backoff_ms: p.backoff_ms,
+            max_backoff_ms: p.max_backoff_ms,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            budget_ttl_secs: 10,
+        }
+    }
+}
+
+impl TaskRetryConfig {
+    /// The policy of tasks that give no `retry`.
+    pub fn policy(&self) -> crate::task::RetryPolicy {
+        crate::task::RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff_ms: self.backoff_ms,
+            max_backoff_ms: self.max_backoff_ms,
+        }
+    }
+
+    /// Checks ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::task::{MAX_RETRY_ATTEMPTS, MAX_RETRY_BACKOFF_MS};
+        if !(1..=MAX_RETRY_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(format!(
+                "`max_attempts` must be between 1 and {MAX_RETRY_ATTEMPTS}"
+            ));
+        }
+        if self.backoff_ms > MAX_RETRY_BACKOFF_MS || self.max_backoff_ms > MAX_RETRY_BACKOFF_MS {
+            return Err(format!(
+                "`backoff_ms` and `max_backoff_ms` must be at most {MAX_RETRY_BACKOFF_MS}"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.budget_ratio) {
+            return Err("`budget_ratio` must be between 0 and 1".into());
+        }
+        if !(1..=60).contains(&self.budget_ttl_secs) {
+            return Err("`budget_ttl_secs` must be between 1 and 60".into());
+        }
+        Ok(())
+    }
+}
+
 /// One department: an agent kind and how much of it runs at once.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -351,6 +499,10 @@ pub struct PoolConfig {
     /// Retries of a failed call on another instance (`max_retries`, the
     /// budget's `ratio`, backoff); pools with several instances only.
     pub retry: Option<swarm_sched::balance::RetryConfig>,
+    /// Task retries: how often a task that failed retryably runs again
+    /// (the default of tasks that give no `retry`), and the budget that
+    /// bounds retries across the department.
+    pub retry_task: Option<TaskRetryConfig>,
     /// For `policy = "hash"`: the `args` field whose value keeps a task on
     /// one instance (e.g. `conversation_id`).
     pub hash_key: Option<String>,
@@ -747,6 +899,17 @@ impl Config {
     /// Checks cross-references and ranges. `agent_kinds` are the agent kinds
     /// this build provides.
     pub fn validate(&self, agent_kinds: &[&str]) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sch) in self.schedules.iter().enumerate() {
+            sch.validate()
+                .map_err(|m| cfg_err(format!("schedules[{i}]"), m))?;
+            if !names.insert(sch.name.as_str()) {
+                return Err(cfg_err(
+                    format!("schedules[{i}].name"),
+                    format!("`{}` names two schedules", sch.name),
+                ));
+            }
+        }
         if self.database.max_connections == 0 {
             return Err(cfg_err("database.max_connections", "must be at least 1"));
         }
@@ -834,6 +997,9 @@ impl Config {
             }
             if let Some(b) = &pool.balance {
                 b.validate().map_err(|m| cfg_err(key("balance"), m))?;
+            }
+            if let Some(r) = &pool.retry_task {
+                r.validate().map_err(|m| cfg_err(key("retry_task"), m))?;
             }
             if let Some(r) = &pool.retry {
                 r.validate().map_err(|m| cfg_err(key("retry"), m))?;
@@ -1096,6 +1262,36 @@ mod tests {
             cfg.validate(KINDS).unwrap_err().key,
             "pools.sim.default_timeout_ms"
         );
+    }
+
+    #[test]
+    fn schedules_and_task_retries_are_checked_at_load() {
+        let check = |toml: &str| Config::from_toml(toml).unwrap().validate(KINDS);
+        let sch = |cron: &str, tz: &str, task: &str| {
+            format!(
+                "[[schedules]]\nname = \"n\"\ncron = \"{cron}\"\ntimezone = \"{tz}\"\n[schedules.task]\n{task}\n"
+            )
+        };
+        check(&sch("0 9 * * MON-FRI", "Europe/Paris", "type = \"echo\"")).unwrap();
+        let err = check(&sch("61 * * * *", "UTC", "type = \"echo\"")).unwrap_err();
+        assert_eq!(err.key, "schedules[0]");
+        assert!(err.message.contains("cron"), "{err}");
+        let err = check(&sch("* * * * *", "Mars/Olympus", "type = \"echo\"")).unwrap_err();
+        assert!(err.message.contains("time zone"), "{err}");
+        let err = check(&sch("* * * * *", "UTC", "type = \"echo\"\nwait_ms = 5")).unwrap_err();
+        assert!(err.message.contains("wait_ms"), "{err}");
+        let err = check(&sch("* * * * *", "UTC", "type = \"a b\"")).unwrap_err();
+        assert!(err.message.contains("task.type"), "{err}");
+        let two = format!(
+            "{}{}",
+            sch("* * * * *", "UTC", "type = \"echo\""),
+            sch("* * * * *", "UTC", "type = \"echo\"")
+        );
+        assert_eq!(check(&two).unwrap_err().key, "schedules[1].name");
+        let err = check("[pools.sim.retry_task]\nmax_attempts = 0\n").unwrap_err();
+        assert_eq!(err.key, "pools.sim.retry_task");
+        let err = check("[pools.sim.retry_task]\nbudget_ratio = 2.0\n").unwrap_err();
+        assert!(err.message.contains("budget_ratio"), "{err}");
     }
 
     #[test]

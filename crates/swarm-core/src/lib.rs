@@ -20,4 +20,7 @@ pub mod task;
 pub mod whole;
 
 pub use error::FieldError;
-pub use task::{Blocker, Priority, Task, TaskError, TaskId, TaskSpec, TaskStatus, Timings};
+pub use task::{
+    Attempt, Blocker, Priority, RetryPolicy, RetrySpec, Task, TaskError, TaskId, TaskSpec,
+    TaskStatus, Timings,
+};

@@ -60,6 +60,14 @@ impl Serialize for TaskId {
     }
 }
 
+impl<'de> Deserialize<'de> for TaskStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown task status `{s}`")))
+    }
+}
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSchema)]
 #[schema(rename_all = "snake_case")]
@@ -271,6 +279,135 @@ pub struct TaskSpec {
         pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
     )]
     pub idempotency_key: Option<String>,
+    /// Try the task again after a retryable failure (a timeout of the
+    /// agent's own call, a backend's 429 or 5xx, a worker crash); bad input
+    /// is never retried. Default: the department's `[pools.NAME.retry_task]`.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Start no earlier than this time (RFC 3339, any offset; at most 30
+    /// days ahead; a time past means now). The deadline (`timeout_ms`)
+    /// counts from then.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub run_at: Option<String>,
+    /// Start no earlier than this long after acceptance, ms (at most 30
+    /// days). Not with `run_at`.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(maximum = 2592000000_u64)]
+    pub delay_ms: Option<u64>,
+}
+
+/// The furthest ahead a task may be scheduled (`run_at`, `delay_ms`): 30 days.
+pub const MAX_DELAY_MS: u64 = 30 * 24 * 3_600_000;
+
+/// `retry` on submit: fields left out take the department's values (or
+/// the defaults: 1000 ms backoff, 60000 ms at most).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first included: 1 (no retries) to 100.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_attempts: Option<u32>,
+    /// The backoff ceiling before the first retry, doubled for each later
+    /// one (full jitter: the wait is uniform between 0 and the ceiling).
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(maximum = 3600000)]
+    pub backoff_ms: Option<u64>,
+    /// The highest backoff ceiling.
+    #[serde(default, deserialize_with = "crate::whole::optional")]
+    #[schema(maximum = 3600000)]
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// Longest backoff a retry may ask for (one hour).
+pub const MAX_RETRY_BACKOFF_MS: u64 = 3_600_000;
+/// Most attempts a task may ask for.
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+
+impl RetrySpec {
+    /// Checks the ranges; the field is named `retry.<key>`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(n) = self.max_attempts
+            && !(1..=MAX_RETRY_ATTEMPTS).contains(&n)
+        {
+            return Err(FieldError::invalid(
+                "retry.max_attempts",
+                format!("`retry.max_attempts` must be between 1 and {MAX_RETRY_ATTEMPTS}"),
+            ));
+        }
+        for (field, v) in [
+            ("retry.backoff_ms", self.backoff_ms),
+            ("retry.max_backoff_ms", self.max_backoff_ms),
+        ] {
+            if v.is_some_and(|v| v > MAX_RETRY_BACKOFF_MS) {
+                return Err(FieldError::invalid(
+                    field,
+                    format!("`{field}` must be at most {MAX_RETRY_BACKOFF_MS} (one hour)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy this spec asks for over the department's `default`.
+    pub fn over(&self, default: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(default.max_attempts),
+            backoff_ms: self.backoff_ms.unwrap_or(default.backoff_ms),
+            max_backoff_ms: self.max_backoff_ms.unwrap_or(default.max_backoff_ms),
+        }
+    }
+}
+
+/// How a task is tried again, as resolved at admission and stored with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The first retry's backoff ceiling, ms (doubled per retry).
+    pub backoff_ms: u64,
+    /// The highest ceiling, ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// One attempt: no retries.
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+        }
+    }
+}
+
+/// One attempt of a task, as its `history` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    /// Its number, from 1.
+    pub attempt: i32,
+    /// The node that ran it.
+    #[schema(required)]
+    pub node: Option<String>,
+    /// The instance that ran it.
+    #[schema(required)]
+    pub instance: Option<String>,
+    /// `running` while it runs, else how it ended (`failed` for one that
+    /// was retried).
+    pub status: TaskStatus,
+    /// When it started, RFC 3339.
+    #[schema(required)]
+    pub started_at: Option<String>,
+    /// When it ended, RFC 3339.
+    #[schema(required)]
+    pub finished_at: Option<String>,
+    /// Its run time, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<f64>,
+    /// Why it did not succeed.
+    #[schema(required)]
+    pub error: Option<TaskError>,
 }
 
 /// Bounds a submission is checked against.
@@ -327,6 +464,10 @@ impl TaskSpec {
                 ),
             ));
         }
+        if let Some(r) = &self.retry {
+            r.validate()?;
+        }
+        self.start_after(crate::clock::now_ms())?;
         if let Some(k) = &self.idempotency_key
             && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
         {
@@ -350,6 +491,46 @@ impl TaskSpec {
             return Err(nul_error(path));
         }
         Ok(())
+    }
+
+    /// When a delayed task may start (epoch ms), from `run_at` or
+    /// `delay_ms`; `None` for a task that may start at once.
+    pub fn start_after(&self, now_ms: i64) -> Result<Option<i64>, FieldError> {
+        let max = i64::try_from(MAX_DELAY_MS).unwrap_or(i64::MAX);
+        match (&self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => Err(FieldError::invalid(
+                "delay_ms",
+                "give `run_at` or `delay_ms`, not both",
+            )),
+            (None, None) | (None, Some(0)) => Ok(None),
+            (None, Some(ms)) => {
+                if ms > MAX_DELAY_MS {
+                    return Err(FieldError::invalid(
+                        "delay_ms",
+                        format!("`delay_ms` must be at most {MAX_DELAY_MS} (30 days)"),
+                    ));
+                }
+                Ok(Some(now_ms.saturating_add(ms as i64)))
+            }
+            (Some(at), None) => {
+                let t = chrono::DateTime::parse_from_rfc3339(at.trim()).map_err(|e| {
+                    FieldError::invalid(
+                        "run_at",
+                        format!(
+                            "`run_at` must be an RFC 3339 time such as 2026-12-24T18:00:00Z ({e})"
+                        ),
+                    )
+                })?;
+                let at_ms = t.timestamp_millis();
+                if at_ms - now_ms > max {
+                    return Err(FieldError::invalid(
+                        "run_at",
+                        "`run_at` must be at most 30 days ahead",
+                    ));
+                }
+                Ok((at_ms > now_ms).then_some(at_ms))
+            }
+        }
     }
 
     /// The agent input object (`{}` when none was given).
@@ -546,6 +727,13 @@ pub struct Task {
     /// While queued on the node answering: what it waits for. Not stored;
     /// filled in when the task is read.
     pub waiting_for: Option<Blocker>,
+    /// How it is retried (`None`: one attempt).
+    pub retry: Option<RetryPolicy>,
+    /// A queued task does not start before this (epoch ms): a retry's
+    /// backoff.
+    pub run_after: Option<i64>,
+    /// Every attempt that has ended or runs, oldest first.
+    pub history: Vec<Attempt>,
 }
 
 /// A [`Task`] on the wire: times as RFC 3339, `type` for `task_type`,
@@ -597,6 +785,65 @@ struct TaskView<'a> {
     /// otherwise, and for a task queued on another node).
     #[serde(skip_serializing_if = "Option::is_none")]
     waiting_for: Option<Blocker>,
+    /// How it is retried after a retryable failure (`null`: one attempt).
+    #[schema(required)]
+    retry: Option<&'a RetryPolicy>,
+    /// A queued retry does not start before this time (its backoff).
+    #[schema(format = DateTime, required)]
+    run_after: Option<String>,
+    /// Every attempt, oldest first: its number, node, instance, outcome,
+    /// times and error.
+    history: Vec<Attempt>,
+}
+
+impl Task {
+    /// Every attempt, oldest first: the stored ones that ended with a
+    /// retry, attempts whose outcome was lost (their node stopped while
+    /// they ran, and the task was taken up again), and the current or last
+    /// one, built from the task itself.
+    pub fn all_attempts(&self) -> Vec<Attempt> {
+        let mut out = self.history.clone();
+        let started = self.attempts.max(0);
+        let recorded = out.last().map_or(0, |a| a.attempt);
+        // The last attempt is the task's own unless it is queued again (a
+        // retry in its backoff, or an attempt handed back).
+        let current = if self.status == TaskStatus::Queued {
+            None
+        } else {
+            Some(started)
+        };
+        for n in recorded + 1..=started {
+            let node = self.nodes.get((n - 1) as usize).cloned();
+            if Some(n) == current {
+                out.push(Attempt {
+                    attempt: n,
+                    node,
+                    instance: self.instance.clone(),
+                    status: self.status,
+                    started_at: self.started_at.map(rfc3339),
+                    finished_at: self.finished_at.map(rfc3339),
+                    run_ms: self.timings.run_ms,
+                    error: self.error.clone(),
+                });
+            } else {
+                out.push(Attempt {
+                    attempt: n,
+                    node,
+                    instance: None,
+                    status: TaskStatus::Failed,
+                    started_at: None,
+                    finished_at: None,
+                    run_ms: None,
+                    error: Some(TaskError::new(
+                        "attempt_lost",
+                        "the attempt did not end on its node (it stopped, or handed the task back); the task was taken up again",
+                        Some("run"),
+                    )),
+                });
+            }
+        }
+        out
+    }
 }
 
 impl Serialize for Task {
@@ -625,6 +872,9 @@ impl Serialize for Task {
             nodes: &self.nodes,
             timings: &self.timings,
             waiting_for: self.waiting_for,
+            retry: self.retry.as_ref(),
+            run_after: self.run_after.map(rfc3339),
+            history: self.all_attempts(),
         }
         .serialize(s)
     }
@@ -799,6 +1049,9 @@ mod tests {
             attempts: 1,
             nodes: Vec::new(),
             waiting_for: None,
+            retry: None,
+            run_after: None,
+            history: Vec::new(),
             timings: Timings {
                 run_ms: Some(1.5),
                 ..Default::default()

@@ -115,11 +115,18 @@ impl Admission {
 
     /// Decides whether a task of `tenant` with deadline `timeout` may be
     /// queued in `pool` now.
-    pub(crate) fn admit(
+    ///
+    /// That is for a task that may start now; with `scheduled`, for one
+    /// that starts later (`run_at`, `delay_ms`): that one
+    /// is not judged by the queue it does not join yet (its bound, CoDel,
+    /// the expected wait), but by the database, memory and its tenant's
+    /// quota like any other.
+    pub(crate) fn admit_at(
         &self,
         pool: &Pool,
         tenant: &str,
         timeout: Duration,
+        scheduled: bool,
     ) -> Result<Ticket, EngineError> {
         let refuse = |why: Refusal, code: &'static str, message: String, retry_after_s: u64| {
             pool.count_refusal(why);
@@ -165,6 +172,21 @@ impl Admission {
                 });
             }
         };
+        let backlog = self.store.admissions_waiting();
+        if backlog >= self.backlog_max {
+            return refuse(
+                Refusal::DatabaseBusy,
+                "database_busy",
+                format!("{backlog} new tasks are waiting to be stored; retry shortly"),
+                1,
+            );
+        }
+        if scheduled {
+            return Ok(Ticket {
+                slot,
+                pending: pool.begin_scheduled(),
+            });
+        }
         let now = Instant::now();
         let q = pool.queue_reading(tenant, now);
         if q.queued >= q.capacity {
@@ -177,15 +199,6 @@ impl Admission {
                     q.queued
                 ),
                 pool.retry_after_s(q.queued),
-            );
-        }
-        let backlog = self.store.admissions_waiting();
-        if backlog >= self.backlog_max {
-            return refuse(
-                Refusal::DatabaseBusy,
-                "database_busy",
-                format!("{backlog} new tasks are waiting to be stored; retry shortly"),
-                1,
             );
         }
         let wait = pool.expected_wait(q.queued);
@@ -261,22 +274,22 @@ mod tests {
         );
         let t = Duration::from_secs(10);
         let a = adm
-            .admit(&pool, "x", t)
+            .admit_at(&pool, "x", t, false)
             .map_err(|e| e.to_string())
             .expect("first");
         let _b = adm
-            .admit(&pool, "x", t)
+            .admit_at(&pool, "x", t, false)
             .map_err(|e| e.to_string())
             .expect("second");
         // Nothing is in the queue yet, but two are on their way into it.
-        match adm.admit(&pool, "x", t) {
+        match adm.admit_at(&pool, "x", t, false) {
             Err(EngineError::Overloaded { code, .. }) => assert_eq!(code, "queue_full"),
             Err(e) => panic!("expected queue_full, got {e}"),
             Ok(_) => panic!("expected queue_full, got a ticket"),
         }
         drop(a);
         assert!(
-            adm.admit(&pool, "x", t).is_ok(),
+            adm.admit_at(&pool, "x", t, false).is_ok(),
             "a stored (or failed) task frees its place"
         );
         std::fs::remove_dir_all(&dir).ok();

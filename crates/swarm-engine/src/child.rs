@@ -140,6 +140,7 @@ async fn run_call(
         let ctx = AgentContext {
             task_id: call.parent,
             tenant: call.tenant,
+            attempt: 1,
             instance: pool.pick_instance().to_string(),
             deadline: call.deadline,
             cancel: call.cancel.clone(),

@@ -65,14 +65,21 @@ impl Dispatcher {
         let end = shutdown.runs_over().clone();
         loop {
             let draining = stop.is_cancelled();
+            // Retries whose backoff is over join the queue.
+            let next_due = pool.promote(now_ms());
             if !pool.ready(draining) {
                 if draining {
                     pool.set_blocker(Blocker::Shutdown);
                 }
-                // Wake for new work, for the start of shutdown (to look
-                // again as draining), or to end.
+                // Wake for new work, for the next retry's time, for the
+                // start of shutdown (to look again as draining), or to end.
+                let due = next_due.map(|at| {
+                    tokio::time::Instant::now()
+                        + std::time::Duration::from_millis((at - now_ms()).max(0) as u64)
+                });
                 tokio::select! {
                     _ = pool.notified() => {}
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() && !draining => {}
                     _ = stop.cancelled(), if !draining => {}
                     _ = end.cancelled() => return,
                 }
@@ -147,6 +154,7 @@ impl Dispatcher {
                 continue;
             };
             let now = now_ms();
+            pool.promote(now);
             let mut next = None;
             while let Some(queued) = pool.pop_task() {
                 if now >= queued.task.deadline_at {

@@ -149,6 +149,8 @@ struct Core {
     started: Instant,
     /// The dispatchers and upkeep loops.
     background: TaskTracker,
+    /// `[[schedules]]`, parsed.
+    schedules: crate::schedules::Schedules,
     /// The runtime the engine was started on: its loops and runs live there,
     /// and so does every submission's store write and queueing (see
     /// [`Engine::submit`]).
@@ -325,6 +327,7 @@ impl Engine {
         ));
         let cfg = Arc::new(cfg);
         let remote = Remote::new(hub.clone(), store.clone());
+        let schedules = crate::schedules::Schedules::new(&cfg.schedules)?;
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
@@ -347,12 +350,41 @@ impl Engine {
             metrics,
             started: Instant::now(),
             background: TaskTracker::new(),
+            schedules,
             runtime: tokio::runtime::Handle::current(),
         });
+        // A schedule whose template routes nowhere would fail every tick.
+        for sch in &core.cfg.schedules {
+            core.director.route(&sch.task).map_err(|e| {
+                EngineError::Internal(format!(
+                    "schedule `{}`: its task does not route to a department: {e}",
+                    sch.name
+                ))
+            })?;
+        }
         core.lifecycle.recover().await?;
         let engine = Engine { core };
         engine.spawn_loops(env, lock);
+        engine.spawn_schedules();
         Ok(engine)
+    }
+
+    /// `[[schedules]]`, parsed.
+    pub(crate) fn schedules(&self) -> &crate::schedules::Schedules {
+        &self.core.schedules
+    }
+
+    /// Runs `f` with the engine's loops (tracked, ended by shutdown).
+    pub(crate) fn spawn_background<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.core.background.spawn(f);
+    }
+
+    /// Fired when shutdown begins.
+    pub(crate) fn draining_token(&self) -> tokio_util::sync::CancellationToken {
+        self.core.shutdown.draining().clone()
     }
 
     /// The dispatchers and the upkeep loops.
@@ -625,10 +657,16 @@ impl Engine {
             )
             .into());
         }
-        let ticket = c
-            .admission
-            .admit(pool, tenant, Duration::from_millis(timeout_ms))?;
         let now = now_ms();
+        let run_after = spec.start_after(now)?;
+        let ticket = c.admission.admit_at(
+            pool,
+            tenant,
+            Duration::from_millis(timeout_ms),
+            run_after.is_some(),
+        )?;
+        // A delayed task's deadline counts from its start time.
+        let begins = run_after.unwrap_or(now);
         let request_hash = spec.idempotency_key.as_ref().map(|_| request_hash(&spec));
         let task = Task {
             id: TaskId::new(),
@@ -647,7 +685,7 @@ impl Engine {
             idempotency_key: spec.idempotency_key.clone(),
             // Bounded by `max_timeout_ms` (at most 30 days at load).
             timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
-            deadline_at: now.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
+            deadline_at: begins.saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -656,6 +694,12 @@ impl Engine {
             waiting_for: None,
             // `admission_ms` is set as the row is written (lifecycle).
             timings: Timings::default(),
+            retry: {
+                let p = spec.retry.unwrap_or_default().over(pool.retry_policy());
+                (p.max_attempts > 1).then_some(p)
+            },
+            run_after,
+            history: Vec::new(),
         };
         Ok(Admitted {
             pool: pool.clone(),
@@ -835,6 +879,24 @@ impl Engine {
         } else {
             Ok(CancelOutcome::Requested(ended))
         }
+    }
+}
+
+impl Engine {
+    /// Runs an ended task that did not succeed again, as a new attempt on
+    /// this node (`POST /api/tasks/{id}/retry`).
+    pub async fn retry(&self, id: TaskId, access: Access<'_>) -> Result<Task, EngineError> {
+        let task = self.get(id, access).await?;
+        let Some(pool) = self.core.pools.get(&task.department) else {
+            return Err(EngineError::Conflict {
+                code: "department_gone",
+                message: format!(
+                    "department `{}` of task {id} is no longer configured",
+                    task.department
+                ),
+            });
+        };
+        self.core.lifecycle.rerun(pool, task).await
     }
 }
 

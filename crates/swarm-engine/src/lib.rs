@@ -51,6 +51,7 @@ pub mod monitor;
 mod pool;
 pub mod roster;
 mod run;
+pub mod schedules;
 mod shutdown;
 pub mod stats;
 pub mod status;

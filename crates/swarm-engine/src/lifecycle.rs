@@ -376,7 +376,7 @@ impl Lifecycle {
                 task.timings.persist_ms = Some(ms(stored_at - asked));
                 self.hub.publish(task.clone());
                 pool.count_accepted();
-                pool.push(Queued {
+                let queued = Queued {
                     task: task.clone(),
                     enqueued_at: stored_at,
                     received_at: Some(received_at),
@@ -385,7 +385,12 @@ impl Lifecycle {
                     request_id,
                     started: None,
                     start_at: None,
-                });
+                };
+                match task.run_after {
+                    // Delayed (`run_at`, `delay_ms`): held until its time.
+                    Some(at) => pool.push_later(queued, at),
+                    None => pool.push(queued),
+                }
                 drop(pending);
                 Ok(Accepted::New(task))
             }
@@ -696,6 +701,158 @@ impl Lifecycle {
         }
     }
 
+    // === retry ===
+
+    /// A running task's attempt failed retryably: stored back as queued, not
+    /// to start before `run_after` (epoch ms), with the attempt added to
+    /// its history (retrying the write until stored or stopped, like an
+    /// outcome). Returns the task to hold until then, or `None` when it is
+    /// no longer this node's (the hub has been told) or the engine stopped
+    /// first (the row stays running and runs again after a restart).
+    pub(crate) async fn retry(
+        &self,
+        mut queued: Queued,
+        running: Task,
+        error: Option<TaskError>,
+        run_time: Duration,
+        run_after: i64,
+    ) -> Option<Queued> {
+        let id = running.id;
+        let ended_at = now_ms();
+        let mut history = running.history.clone();
+        history.push(swarm_core::Attempt {
+            attempt: running.attempts,
+            node: Some(self.node_id.clone()),
+            instance: running.instance.clone(),
+            status: TaskStatus::Failed,
+            started_at: running.started_at.map(swarm_core::clock::rfc3339),
+            finished_at: Some(swarm_core::clock::rfc3339(ended_at)),
+            run_ms: Some(ms(run_time)),
+            error: error.clone(),
+        });
+        let mut timings = running.timings.clone();
+        timings.run_ms = Some(ms(run_time));
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let write = swarm_store::Retry {
+                id,
+                owner: self.node_id.clone(),
+                run_after,
+                history: history.clone(),
+                error: error.clone(),
+                timings: timings.clone(),
+            };
+            match self.store.retry(write).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    debug!(task = %id, "retry not stored: the task had already ended or moved");
+                    self.resolve(id).await;
+                    return None;
+                }
+                Err(e) if e.is_unavailable() => {
+                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                    if !self.wait_to_retry(&mut backoff).await {
+                        self.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    // Not the database's weather: end it with the error it has.
+                    warn!(task = %id, error = %e, "could not store a retry; the task fails instead");
+                    let verdict = Verdict {
+                        status: TaskStatus::Failed,
+                        result: None,
+                        error,
+                    };
+                    let _ = self
+                        .end(
+                            None,
+                            running,
+                            Expect::Running,
+                            verdict,
+                            timings,
+                            Patience::UntilStored,
+                        )
+                        .await;
+                    return None;
+                }
+            }
+        }
+        let mut back = running;
+        back.status = TaskStatus::Queued;
+        back.run_after = Some(run_after);
+        back.history = history;
+        back.error = error;
+        back.timings = timings;
+        self.hub.publish(back.clone());
+        queued.task = back;
+        // A new attempt: its start is a new write with a new token.
+        queued.start_at = None;
+        queued.started = None;
+        Some(queued)
+    }
+
+    /// `POST /api/tasks/{id}/retry`: runs an ended task that did not succeed
+    /// again on this node, as a new attempt with a new deadline (its
+    /// `timeout_ms` from now). Refused (409 `not_retryable`) unless it is
+    /// failed, timed out or cancelled.
+    pub(crate) async fn rerun(&self, pool: &Pool, task: Task) -> Result<Task, EngineError> {
+        let id = task.id;
+        let not_retryable = |status: TaskStatus| EngineError::Conflict {
+            code: "not_retryable",
+            message: format!(
+                "task {id} is {status}; only a failed, timed out or cancelled task can be retried"
+            ),
+        };
+        if !matches!(
+            task.status,
+            TaskStatus::Failed | TaskStatus::TimedOut | TaskStatus::Cancelled
+        ) {
+            return Err(not_retryable(task.status));
+        }
+        let history = task.all_attempts();
+        let deadline_at = now_ms().saturating_add(task.timeout_ms);
+        // Registered before the write, so the sweep never takes it for an
+        // orphan.
+        let mut live = task.clone();
+        live.status = TaskStatus::Queued;
+        if self.hub.register(live).is_none() {
+            return Err(not_retryable(TaskStatus::Queued));
+        }
+        match self
+            .store
+            .rerun(id, &self.node_id, deadline_at, &history)
+            .await
+        {
+            Ok(Some(stored)) => {
+                self.hub.publish(stored.clone());
+                pool.push(Queued {
+                    slot: self.tenants.take(&stored.tenant),
+                    enqueued_at: Instant::now(),
+                    received_at: None,
+                    stored_at: None,
+                    request_id: None,
+                    started: None,
+                    start_at: None,
+                    task: stored.clone(),
+                });
+                Ok(stored)
+            }
+            Ok(None) => {
+                self.hub.forget(id);
+                let now = self.store.get(id).await.ok().flatten();
+                Err(not_retryable(now.map_or(task.status, |t| t.status)))
+            }
+            Err(e) => {
+                self.hub.forget(id);
+                if matches!(e, StoreError::InDoubt(_)) {
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     // === hand back ===
 
     /// Shutdown's grace ended while `running` ran: back to queued in the
@@ -762,7 +919,8 @@ impl Lifecycle {
             return false;
         }
         self.counts.adopted.fetch_add(1, Ordering::Relaxed);
-        pool.push(Queued {
+        let run_after = task.run_after.filter(|at| *at > now_ms());
+        let queued = Queued {
             slot: self.tenants.take(&task.tenant),
             enqueued_at: Instant::now(),
             received_at: None,
@@ -771,7 +929,12 @@ impl Lifecycle {
             started: None,
             start_at: None,
             task,
-        });
+        };
+        match run_after {
+            // A retry still in its backoff keeps waiting here.
+            Some(at) => pool.push_later(queued, at),
+            None => pool.push(queued),
+        }
         true
     }
 

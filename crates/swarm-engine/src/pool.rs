@@ -14,6 +14,17 @@
 //! it can start at once (queue wait is honest, and cancelling a queued task
 //! is a queue removal).
 //!
+//! # Retries and delayed tasks waiting for their time
+//! A task whose attempt failed retryably waits out its backoff in the
+//! pool's `later` set, ordered by its `run_after` (epoch ms), not in the
+//! queue, and so does a task submitted with `run_at` or `delay_ms`: it is
+//! `scheduled`, counted apart from `queued` by status and by
+//! admission, and it holds no permit. The dispatcher moves the due ones
+//! into the queue ([`Pool::promote`]) before each look at the queue, and
+//! sleeps until the next one is due when there is nothing else to do.
+//! Cancels, the deadline sweep and a shutdown's hand-off see `later` as
+//! they see the queue.
+//!
 //! # What the pool does not decide
 //! Whether a submission is admitted is `admission`'s decision, made from
 //! the readings this pool offers ([`Pool::queue_reading`],
@@ -26,8 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use swarm_agents::Agent;
-use swarm_core::config::{PoolConfig, TenantConfig};
-use swarm_core::{Blocker, Priority, TaskId, TaskStatus};
+use swarm_core::config::{PoolConfig, TaskRetryConfig, TenantConfig};
+use swarm_core::{Blocker, Priority, RetryPolicy, TaskId, TaskStatus};
+use swarm_sched::balance::{RetryBudget, RetryConfig};
 use swarm_sched::codel::CoDel;
 use swarm_sched::fair::FairQueue;
 use swarm_sched::limit::Limiter;
@@ -70,6 +82,8 @@ impl Pools {
 
 struct Queues {
     tasks: FairQueue<Queued>,
+    /// Retries waiting for their `run_after`, by (run_after, id).
+    later: BTreeMap<(i64, TaskId), Queued>,
     children: VecDeque<ChildJob>,
     codel: CoDel,
     /// The target `codel` was built with; `None` while an automatic target
@@ -211,6 +225,9 @@ pub(crate) struct Pool {
     /// second, a group commit's few milliseconds hold dozens of them, and
     /// counting only the queue would admit all of them on the same view.
     pending: Arc<AtomicUsize>,
+    /// Delayed tasks admitted and not yet held (their rows are being
+    /// committed): scheduled, not queued.
+    pending_later: Arc<AtomicUsize>,
     counters: Counters,
     /// Stage histograms and recent latencies.
     metrics: PoolMetrics,
@@ -218,6 +235,25 @@ pub(crate) struct Pool {
     drain: DrainRate,
     /// Admission rates per tenant (fair shedding).
     rates: TenantRates,
+    /// The retry policy of tasks that give none.
+    retry_policy: RetryPolicy,
+    /// Bounds retries across the department: first attempts deposit,
+    /// retries withdraw.
+    retry_budget: RetryBudget,
+    /// Retries scheduled, and retries the budget refused.
+    retries: AtomicU64,
+    retries_refused: AtomicU64,
+}
+
+/// tower's budget behind the balancer's retries, with the task retry
+/// settings.
+fn retry_budget(cfg: &TaskRetryConfig) -> RetryBudget {
+    RetryBudget::new(&RetryConfig {
+        ratio: cfg.budget_ratio,
+        min_per_sec: cfg.budget_min_per_sec,
+        ttl_secs: cfg.budget_ttl_secs,
+        ..RetryConfig::default()
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -261,7 +297,12 @@ impl Pool {
         for t in tenants {
             tasks.set_tenant_weight(&t.name, t.weight);
         }
+        let retry = cfg.retry_task.clone().unwrap_or_default();
         Self {
+            retry_policy: retry.policy(),
+            retry_budget: retry_budget(&retry),
+            retries: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
             name: name.to_string(),
             agent_kind: cfg.agent_kind(name).to_string(),
             agent,
@@ -278,6 +319,7 @@ impl Pool {
             next_instance: AtomicUsize::new(0),
             queues: Mutex::new(Queues {
                 tasks,
+                later: BTreeMap::new(),
                 children: VecDeque::new(),
                 codel: CoDel::new(target, interval),
                 codel_target: codel_fixed,
@@ -292,6 +334,7 @@ impl Pool {
             limiter,
             running: Arc::default(),
             pending: Arc::default(),
+            pending_later: Arc::default(),
             counters: Counters::default(),
             drain: DrainRate::default(),
             rates: TenantRates::default(),
@@ -436,6 +479,13 @@ impl Pool {
         PendingGuard(self.pending.clone())
     }
 
+    /// [`Pool::begin_pending`] for a task that starts later: counted as
+    /// scheduled, not queued, while its row is written.
+    pub(crate) fn begin_scheduled(&self) -> PendingGuard {
+        self.pending_later.fetch_add(1, Ordering::Relaxed);
+        PendingGuard(self.pending_later.clone())
+    }
+
     pub(crate) fn count_refusal(&self, why: Refusal) {
         self.counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -518,6 +568,65 @@ impl Pool {
         Some(item)
     }
 
+    /// Holds a retry until `at` (epoch ms); [`Pool::promote`] queues it then.
+    pub(crate) fn push_later(&self, q: Queued, at: i64) {
+        let id = q.task.id;
+        lock(&self.queues).later.insert((at, id), q);
+        // The dispatcher may be asleep with no deadline: let it see this one.
+        self.notify.notify_one();
+    }
+
+    /// Queues the retries due at `now_ms`; returns when the next one is due.
+    pub(crate) fn promote(&self, now_ms: i64) -> Option<i64> {
+        let mut q = lock(&self.queues);
+        let mut moved = false;
+        while let Some(entry) = q.later.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let mut item = entry.remove();
+            // Its queue wait starts now, not at the commit before its delay.
+            item.enqueued_at = Instant::now();
+            item.stored_at = Some(item.enqueued_at);
+            let class = item.task.priority.index();
+            let tenant = item.task.tenant.clone();
+            let _ = q.tasks.push(class, &tenant, item);
+            moved = true;
+        }
+        let next = q.later.keys().next().map(|k| k.0);
+        drop(q);
+        if moved {
+            self.notify.notify_one();
+        }
+        next
+    }
+
+    /// Retries and delayed tasks waiting for their time.
+    pub(crate) fn scheduled_len(&self) -> usize {
+        lock(&self.queues).later.len() + self.pending_later.load(Ordering::Relaxed)
+    }
+
+    /// The policy of a task that gives no `retry`.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry_policy
+    }
+
+    /// Records a first attempt (the budget's deposit).
+    pub(crate) fn count_first_attempt(&self) {
+        self.retry_budget.deposit();
+    }
+
+    /// Takes the right to one retry from the department's budget.
+    pub(crate) fn take_retry(&self) -> bool {
+        if self.retry_budget.withdraw() {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.retries_refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
     /// Stored tasks waiting in the queue.
     pub(crate) fn queued_len(&self) -> usize {
         lock(&self.queues).tasks.len()
@@ -536,20 +645,23 @@ impl Pool {
 
     /// Takes a queued task out, if it is here.
     pub(crate) fn remove_queued(&self, id: TaskId) -> Option<Queued> {
-        lock(&self.queues)
-            .tasks
-            .remove_first(|q| q.task.id == id)
-            .map(|(q, _)| q)
+        let mut q = lock(&self.queues);
+        if let Some((item, _)) = q.tasks.remove_first(|q| q.task.id == id) {
+            return Some(item);
+        }
+        let key = q.later.keys().find(|k| k.1 == id).copied()?;
+        q.later.remove(&key)
     }
 
     /// Whether task `id` is queued here (a scan: for the rare recheck).
     pub(crate) fn holds_queued(&self, id: TaskId) -> bool {
         let mut found = false;
-        lock(&self.queues).tasks.retain(|q, _| {
+        let mut q = lock(&self.queues);
+        q.tasks.retain(|q, _| {
             found |= q.task.id == id;
             true
         });
-        found
+        found || q.later.keys().any(|k| k.1 == id)
     }
 
     /// Takes every queued task out (shutdown); waiting children are
@@ -557,7 +669,13 @@ impl Pool {
     pub(crate) fn drain_queue(&self) -> Vec<Queued> {
         let mut q = lock(&self.queues);
         q.children.clear();
-        q.tasks.drain().into_iter().map(|(q, _)| q).collect()
+        let later = std::mem::take(&mut q.later);
+        q.tasks
+            .drain()
+            .into_iter()
+            .map(|(q, _)| q)
+            .chain(later.into_values())
+            .collect()
     }
 
     // --- runs ---
@@ -599,12 +717,21 @@ impl Pool {
         self.retune_codel();
         self.rates.prune(now);
         self.refavour(now);
-        lock(&self.queues)
+        let mut q = lock(&self.queues);
+        let mut expired: Vec<Queued> = q
             .tasks
             .retain(|q, _| q.task.deadline_at > wall_ms)
             .into_iter()
             .map(|(q, _)| q)
-            .collect()
+            .collect();
+        let gone: Vec<(i64, TaskId)> = q
+            .later
+            .iter()
+            .filter(|(_, t)| t.task.deadline_at <= wall_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        expired.extend(gone.iter().filter_map(|k| q.later.remove(k)));
+        expired
     }
 
     /// Marks the tenants asking for less than their fair share of what the
@@ -721,6 +848,9 @@ impl Pool {
             limit,
             running: self.running_count(),
             queued,
+            scheduled: self.scheduled_len(),
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_refused: self.retries_refused.load(Ordering::Relaxed),
             queued_by_priority: Priority::ALL
                 .iter()
                 .map(|p| (p.as_str(), by_class[p.index()]))

@@ -77,6 +77,10 @@ impl TaskRun {
             }
         };
         let _running = pool.begin_run();
+        if running.history.is_empty() && running.attempts <= 1 {
+            // A first attempt: what the retry budget is a share of.
+            pool.count_first_attempt();
+        }
         if cancel.is_cancelled() {
             // The cancel reached it while its start was being stored.
             drop((permit, global));
@@ -101,6 +105,7 @@ impl TaskRun {
         let ctx = AgentContext {
             task_id: running.id,
             tenant: running.tenant.clone(),
+            attempt: running.attempts.max(1) as u32,
             instance,
             deadline,
             cancel: env.shutdown().runs_over().child_token(),
@@ -143,7 +148,25 @@ impl TaskRun {
                 format!("deadline of {timeout_ms} ms passed while running"),
                 "run",
             ),
-            Ended::Returned(Err(e)) => agent_failure(&e),
+            Ended::Returned(Err(e)) => match retry_decision(&pool, &running, &e) {
+                Retry::At(run_after) => {
+                    let error = agent_failure(&e).error;
+                    if let Some(back) = lifecycle
+                        .retry(queued, running, error, finished.rtt, run_after)
+                        .await
+                    {
+                        pool.push_later(back, run_after);
+                    }
+                    return;
+                }
+                Retry::No(why) => {
+                    let mut v = agent_failure(&e);
+                    if let (Some(why), Some(err)) = (why, v.error.as_mut()) {
+                        err.message = format!("{} ({why})", err.message);
+                    }
+                    v
+                }
+            },
             Ended::Panicked(m) => {
                 Verdict::failed("agent_panic", format!("the agent crashed: {m}"), "run")
             }
@@ -157,6 +180,60 @@ impl TaskRun {
             .finish(&pool, &queued, running, verdict, finished.at)
             .await;
     }
+}
+
+/// Whether a failed attempt runs again.
+enum Retry {
+    /// Back to the queue, to start at this time (epoch ms) or later.
+    At(i64),
+    /// Final; why, when the task had attempts left.
+    No(Option<String>),
+}
+
+/// Decides a retry: only a retryable failure ([`AgentError::is_retryable`]:
+/// a timeout of the agent's own call, a backend's refusal or 5xx, a
+/// crashed worker; never bad input), with attempts left, a backoff that
+/// ends before the deadline, and a share of the department's retry budget.
+/// The backoff is exponential with full jitter, never shorter than the
+/// backend's `Retry-After`.
+fn retry_decision(pool: &Pool, running: &swarm_core::Task, e: &AgentError) -> Retry {
+    let Some(policy) = running.retry else {
+        return Retry::No(None);
+    };
+    let attempt = running.attempts.max(1) as u32;
+    if !e.is_retryable() || policy.max_attempts <= 1 {
+        return Retry::No(None);
+    }
+    if attempt >= policy.max_attempts {
+        return Retry::No(Some(format!(
+            "attempt {attempt} of {}, none left",
+            policy.max_attempts
+        )));
+    }
+    let retry_after = match e {
+        AgentError::Overloaded { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    let backoff = swarm_sched::balance::Backoff {
+        base: Duration::from_millis(policy.backoff_ms),
+        max: Duration::from_millis(policy.max_backoff_ms.max(policy.backoff_ms)),
+    }
+    .delay(attempt - 1, retry_after, &mut fastrand::Rng::new());
+    let run_after = now_ms().saturating_add(backoff.as_millis() as i64);
+    if run_after >= running.deadline_at {
+        return Retry::No(Some(format!(
+            "attempt {attempt} of {}; not retried: the backoff of {} ms would pass the deadline",
+            policy.max_attempts,
+            backoff.as_millis()
+        )));
+    }
+    if !pool.take_retry() {
+        return Retry::No(Some(format!(
+            "attempt {attempt} of {}; not retried: the department's retry budget is spent",
+            policy.max_attempts
+        )));
+    }
+    Retry::At(run_after)
 }
 
 /// An agent's error as the task's failure, naming the field of `args` it

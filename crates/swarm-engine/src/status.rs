@@ -83,6 +83,13 @@ pub struct PoolStatus {
     pub running: usize,
     /// Tasks queued now.
     pub queued: usize,
+    /// Retries waiting for their backoff to end, and delayed tasks
+    /// (`run_at`, `delay_ms`) waiting for their time: not counted as queued.
+    pub scheduled: usize,
+    /// Retries scheduled since start.
+    pub retries: u64,
+    /// Retries the department's retry budget refused (the task failed).
+    pub retries_refused: u64,
     /// Queued by priority.
     pub queued_by_priority: BTreeMap<&'static str, usize>,
     /// Queued by tenant (the ten largest).

@@ -333,6 +333,9 @@ mod tests {
             attempts: 1,
             nodes: Vec::new(),
             waiting_for: None,
+            retry: None,
+            run_after: None,
+            history: Vec::new(),
             timings: Timings::default(),
         }
     }

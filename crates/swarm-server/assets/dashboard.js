@@ -807,6 +807,21 @@
       d.title = `${s}: ${v.toFixed(3)} ms`;
       tl.append(d);
     }
+    // Every attempt (retries, takeovers), oldest first.
+    const rows = $("task-attempts").querySelector("tbody");
+    rows.replaceChildren();
+    for (const a of t.history || []) {
+      const tr = el("tr", "");
+      tr.dataset.attempt = String(a.attempt);
+      tr.dataset.status = a.status;
+      const err = a.error ? `${a.error.code}: ${a.error.message}` : "";
+      for (const v of [a.attempt, a.status, a.node || "–", a.instance || "–", a.started_at || "–",
+                       num(a.run_ms) === null ? "–" : num(a.run_ms).toFixed(1), err]) {
+        tr.append(el("td", "", String(v)));
+      }
+      rows.append(tr);
+    }
+    if (t.run_after) fact("next attempt not before", t.run_after);
     const failed = t.error !== null && t.error !== undefined;
     $("task-outcome-title").textContent = failed ? "error" : "result";
     const out = failed ? t.error : t.result;

@@ -82,6 +82,12 @@ prop_compose! {
         timeout_ms in prop::option::of(any::<u64>()),
         wait_ms in prop::option::of(any::<u64>()),
         idempotency_key in text(),
+        delay_ms in prop::option::of(any::<u64>()),
+        retry in prop::option::of((
+            prop::option::of(any::<u32>()),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u64>()),
+        )),
     ) -> TaskSpec {
         TaskSpec {
             task_type,
@@ -93,6 +99,13 @@ prop_compose! {
             timeout_ms,
             wait_ms,
             idempotency_key,
+            retry: retry.map(|(max_attempts, backoff_ms, max_backoff_ms)| swarm_core::RetrySpec {
+                max_attempts,
+                backoff_ms,
+                max_backoff_ms,
+            }),
+            run_at: None,
+            delay_ms,
         }
     }
 }

@@ -16,7 +16,7 @@ use sqlx::{PgConnection, QueryBuilder, Row, SqliteConnection};
 use crate::db::{self, to_json};
 use crate::model::{Finish, NewTask};
 
-/// Rows per multi-row statement on SQLite: 17 binds each stays far below
+/// Rows per multi-row statement on SQLite: 19 binds each stays far below
 /// its bind-parameter limit.
 const CHUNK: usize = 500;
 
@@ -61,7 +61,9 @@ impl BatchWrites for SqliteConnection {
                     .push_bind(t.deadline_at)
                     .push_bind(t.created_at)
                     .push_bind(n.owner.clone())
-                    .push_bind(to_json(&t.timings));
+                    .push_bind(to_json(&t.timings))
+                    .push_bind(t.retry.as_ref().map(to_json))
+                    .push_bind(t.run_after);
             });
             qb.push(db::SQL_INSERT_TAIL);
             for row in qb.build().fetch_all(&mut *self).await? {
@@ -118,10 +120,10 @@ impl BatchWrites for SqliteConnection {
 /// New tasks as one `UNNEST` of column arrays.
 const PG_INSERT: &str = "INSERT INTO tasks (id, tenant, type, status, priority, department, agent, \
      title, description, args, idempotency_key, request_hash, timeout_ms, deadline_at, created_at, \
-     owner, timings) \
+     owner, timings, retry, run_after) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], \
-       $14::int8[], $15::int8[], $16::text[], $17::text[]) \
+       $14::int8[], $15::int8[], $16::text[], $17::text[], $18::text[], $19::int8[]) \
      ON CONFLICT DO NOTHING RETURNING id";
 
 /// [`db::SQL_START`] for many tasks, from arrays.
@@ -170,6 +172,8 @@ impl BatchWrites for PgConnection {
             .bind(int(&|n| n.task.created_at))
             .bind(col(&|n| n.owner.clone()))
             .bind(col(&|n| to_json(&n.task.timings)))
+            .bind(opt(&|n| n.task.retry.as_ref().map(to_json)))
+            .bind(rows.iter().map(|n| n.task.run_after).collect::<Vec<_>>())
             .fetch_all(&mut *self)
             .await?;
         out.iter().map(|r| r.try_get::<String, _>(0)).collect()

@@ -277,12 +277,14 @@ const SQL_RESCUE_FROM: &str = "WITH c AS MATERIALIZED (SELECT id FROM tasks \
 /// (seen here: a claim of 4 took 15).
 const SQL_CLAIM: &str = "WITH c AS MATERIALIZED (SELECT id, owner FROM tasks \
        WHERE department = $2 AND status = 'queued' AND owner IS NOT NULL AND owner <> $1 \
+       AND (run_after IS NULL OR run_after <= (extract(epoch from clock_timestamp()) * 1000)::bigint) \
        ORDER BY priority, id DESC LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE tasks t SET owner = $1 FROM c WHERE t.id = c.id AND t.status = 'queued' RETURNING ";
 
 /// [`SQL_CLAIM`] from the named nodes only (a draining node's queue).
 const SQL_CLAIM_FROM: &str = "WITH c AS MATERIALIZED (SELECT id, owner FROM tasks \
        WHERE department = $2 AND status = 'queued' AND owner = ANY($4) AND owner <> $1 \
+       AND (run_after IS NULL OR run_after <= (extract(epoch from clock_timestamp()) * 1000)::bigint) \
        ORDER BY priority, id DESC LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE tasks t SET owner = $1 FROM c WHERE t.id = c.id AND t.status = 'queued' RETURNING ";
 

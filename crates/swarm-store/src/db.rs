@@ -54,10 +54,10 @@ impl Db {
 /// The columns every task read selects, in [`task_from_row`]'s order.
 pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, department, agent, instance, \
      title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, nodes";
+     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
 
 fn migrations(backend: Backend) -> Migrator {
-    let files: [(i64, &str, &str); 3] = match backend {
+    let files: [(i64, &str, &str); 5] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -73,6 +73,16 @@ fn migrations(backend: Backend) -> Migrator {
                 3,
                 "cluster",
                 include_str!("../migrations/sqlite/0003_cluster.sql"),
+            ),
+            (
+                4,
+                "retries",
+                include_str!("../migrations/sqlite/0004_retries.sql"),
+            ),
+            (
+                5,
+                "schedules",
+                include_str!("../migrations/sqlite/0005_schedules.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -90,6 +100,16 @@ fn migrations(backend: Backend) -> Migrator {
                 3,
                 "cluster",
                 include_str!("../migrations/postgres/0003_cluster.sql"),
+            ),
+            (
+                4,
+                "retries",
+                include_str!("../migrations/postgres/0004_retries.sql"),
+            ),
+            (
+                5,
+                "schedules",
+                include_str!("../migrations/postgres/0005_schedules.sql"),
             ),
         ],
     };
@@ -273,6 +293,17 @@ where
             .unwrap_or_default(),
         timings: serde_json::from_str::<Timings>(&timings).unwrap_or_default(),
         waiting_for: None,
+        retry: row
+            .try_get::<Option<String>, _>("retry")
+            .ok()
+            .flatten()
+            .and_then(|r| serde_json::from_str(&r).ok()),
+        run_after: row.try_get::<Option<i64>, _>("run_after").ok().flatten(),
+        history: row
+            .try_get::<String, _>("history")
+            .ok()
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -332,6 +363,27 @@ pub(crate) const SQL_FINISH_MANY_HEAD: &str = "UPDATE tasks SET status = v.colum
 pub(crate) const SQL_FINISH_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 AND tasks.owner = v.column8 \
      AND tasks.status = 'running' RETURNING tasks.id";
 
+/// A retry: back to queued, not before `run_after`, with the ended
+/// attempt appended to `history` (the whole array, built by the caller),
+/// its error kept (a waiting retry says why it waits).
+pub(crate) const SQL_RETRY: &str = "UPDATE tasks SET status = 'queued', run_after = $3, history = $4, \
+     error = $5, timings = $6 WHERE id = $1 AND status = 'running' AND owner = $2";
+
+/// `POST /api/tasks/{id}/retry`: an ended task (not a success) runs again
+/// on this node as a new attempt, with a new deadline.
+pub(crate) const SQL_RERUN: &str = "UPDATE tasks SET status = 'queued', owner = $2, deadline_at = $3, \
+     history = $4, result = NULL, error = NULL, finished_at = NULL, run_after = NULL, \
+     cancel_requested = FALSE, timings = '{}' \
+     WHERE id = $1 AND status IN ('failed', 'timed_out', 'cancelled') RETURNING ";
+
+/// A schedule's tick was submitted; only a later tick replaces the record.
+pub(crate) const SQL_SCHEDULE_RAN: &str = "INSERT INTO schedules (name, last_tick, last_task, updated_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, \
+     last_task = excluded.last_task, updated_at = excluded.updated_at \
+     WHERE schedules.last_tick < excluded.last_tick";
+
+pub(crate) const SQL_SCHEDULES: &str = "SELECT name, last_tick, last_task FROM schedules";
+
 pub(crate) const SQL_REQUEUE: &str =
     "UPDATE tasks SET status = 'queued' WHERE id = $1 AND status = 'running' AND owner = $2";
 
@@ -361,7 +413,7 @@ pub(crate) const SQL_OUTBOX_INSERT: &str = "INSERT INTO outbox \
 
 pub(crate) const SQL_INSERT_HEAD: &str = "INSERT INTO tasks (id, tenant, type, status, priority, \
      department, agent, title, description, args, idempotency_key, request_hash, timeout_ms, \
-     deadline_at, created_at, owner, timings) ";
+     deadline_at, created_at, owner, timings, retry, run_after) ";
 /// Any unique conflict (the idempotency key, or the id of a row an earlier
 /// run of the same batch stored) inserts nothing; the writer then tells
 /// which one it was.
@@ -371,30 +423,30 @@ pub(crate) const SQL_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 
 pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, request_hash, nodes \
+     created_at, started_at, finished_at, attempts, timings, request_hash, nodes, retry, run_after, history \
      FROM tasks WHERE tenant = $1 AND idempotency_key = $2";
 
 pub(crate) const SQL_GET: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, nodes FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history FROM tasks WHERE id = $1";
 
 /// [`SQL_GET`] and the owning node (column 21).
 pub(crate) const SQL_GET_OWNED: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, owner, nodes FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, owner, nodes, retry, run_after, history FROM tasks WHERE id = $1";
 
 /// Startup claim on SQLite: one process owns the file (see the lock file),
 /// so everything unfinished is ours.
 pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
      WHERE status IN ('queued', 'running') RETURNING id, tenant, type, status, priority, \
      department, agent, instance, title, description, args, result, error, idempotency_key, \
-     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
+     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
 
 /// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
 pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
      WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
 
 /// The ids of this node's unfinished tasks (the sweep compares them with
 /// what the node holds in memory).
@@ -407,7 +459,7 @@ pub(crate) const SQL_RECLAIM_HEAD: &str = "UPDATE tasks SET status = 'queued' WH
 pub(crate) const SQL_RECLAIM_MID: &str = " AND status IN ('queued', 'running') AND id IN (";
 pub(crate) const SQL_RECLAIM_TAIL: &str = " RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
 
 /// Rescue on PostgreSQL, first step: other nodes whose heartbeat stopped
 /// and that still own unfinished tasks (the owned-rows index answers the

@@ -51,7 +51,7 @@ use crate::db::{Db, TASK_COLS, task_from_row, with_db};
 pub use crate::error::StoreError;
 pub use crate::health::{Health, HealthSnapshot};
 pub use crate::model::{
-    Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, PoolStats, Pruned,
+    Backend, Expect, Finish, InsertOutcome, ListQuery, NewTask, OutboxRow, PoolStats, Pruned, Retry,
 };
 use crate::writer::{Lane, Lanes, Op, Writer};
 
@@ -236,6 +236,71 @@ impl Store {
     pub async fn requeue(&self, id: TaskId, owner: &str) -> Result<bool, StoreError> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.write(|reply| Op::Requeue { id, owner, reply }).await
+    }
+
+    /// A running task's attempt ended retryably: back to queued, not to
+    /// start before `retry.run_after`. False when it is no longer this
+    /// owner's running task.
+    pub async fn retry(&self, retry: Retry) -> Result<bool, StoreError> {
+        self.write(|reply| Op::Retry(Box::new(retry), reply)).await
+    }
+
+    /// Runs an ended task (failed, timed out or cancelled) again on
+    /// `owner`, as queued with a new deadline and `history` (every ended
+    /// attempt). `None` when it is not in such a state (or not there).
+    pub async fn rerun(
+        &self,
+        id: TaskId,
+        owner: &str,
+        deadline_at: i64,
+        history: &[swarm_core::Attempt],
+    ) -> Result<Option<Task>, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        let history = db::to_json(&history);
+        self.write(|reply| Op::Rerun {
+            id,
+            owner,
+            deadline_at,
+            history,
+            reply,
+        })
+        .await
+    }
+
+    /// Records that schedule `name` submitted its tick `tick` (epoch ms) as
+    /// task `task` (kept only if later than the one recorded).
+    pub async fn schedule_ran(
+        &self,
+        name: &str,
+        tick: i64,
+        task: TaskId,
+    ) -> Result<(), StoreError> {
+        let (name, task) = (name.to_string(), task.to_string());
+        self.write(|reply| Op::ScheduleRan {
+            name,
+            tick,
+            task,
+            reply,
+        })
+        .await
+    }
+
+    /// Every schedule's last recorded tick and its task, by name.
+    pub async fn schedule_runs(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (i64, Option<String>)>, StoreError> {
+        let rows = with_db!(&self.inner.db, p => {
+            let rows = sqlx::query(db::SQL_SCHEDULES).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<String, _>(0)?,
+                        (r.try_get::<i64, _>(1)?, r.try_get::<Option<String>, _>(2)?),
+                    ))
+                })
+                .collect::<Result<std::collections::HashMap<_, _>, sqlx::Error>>()?
+        });
+        Ok(rows)
     }
 
     /// Flags an unfinished task for cancellation by whichever node owns it.

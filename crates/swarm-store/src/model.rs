@@ -1,7 +1,7 @@
 //! The shapes that cross the store's boundary.
 
 use serde_json::Value;
-use swarm_core::{Priority, Task, TaskError, TaskId, TaskStatus, Timings};
+use swarm_core::{Attempt, Priority, Task, TaskError, TaskId, TaskStatus, Timings};
 
 /// A task to store: everything the row holds when it is first written.
 #[derive(Debug, Clone)]
@@ -67,6 +67,24 @@ pub struct Finish {
     /// The node ending it: only the task's owner can (a node whose tasks
     /// were taken over can no longer end them).
     pub owner: String,
+}
+
+/// A running task's attempt ended retryably: back to queued until
+/// `run_after`.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// The task.
+    pub id: TaskId,
+    /// The node that ran the attempt (only the owner can).
+    pub owner: String,
+    /// The earliest start of the next attempt, epoch ms.
+    pub run_after: i64,
+    /// Every ended attempt, the one ending now included.
+    pub history: Vec<Attempt>,
+    /// The ended attempt's error.
+    pub error: Option<TaskError>,
+    /// Stage latencies so far.
+    pub timings: Timings,
 }
 
 /// What one retention batch deleted.

@@ -46,7 +46,7 @@ use crate::batch::{BatchWrites, StartRow};
 use crate::db::{self, Db, to_json, with_db};
 use crate::error::{StoreError, describe, is_transient};
 use crate::health::{Health, PROBE_EVERY};
-use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow, Pruned};
+use crate::model::{Expect, Finish, InsertOutcome, NewTask, OutboxRow, Pruned, Retry};
 
 /// Runs of a batch that failed for a transient reason before the database
 /// is declared down (a pool timeout declares it at once: it already waited).
@@ -69,6 +69,20 @@ pub(crate) enum Op {
         id: String,
         owner: String,
         reply: Reply<bool>,
+    },
+    Retry(Box<Retry>, Reply<bool>),
+    ScheduleRan {
+        name: String,
+        tick: i64,
+        task: String,
+        reply: Reply<()>,
+    },
+    Rerun {
+        id: String,
+        owner: String,
+        deadline_at: i64,
+        history: String,
+        reply: Reply<Option<swarm_core::Task>>,
     },
     CancelRequest {
         id: String,
@@ -116,6 +130,7 @@ enum Answer {
     Start(Option<i64>),
     Bool(bool),
     Pruned(Pruned),
+    Task(Option<Box<swarm_core::Task>>),
     Unit,
 }
 
@@ -135,7 +150,14 @@ impl Op {
                     _ => Err(mismatch()),
                 }));
             }
+            Op::Rerun { reply, .. } => {
+                let _ = reply.send(answer.and_then(|a| match a {
+                    Answer::Task(t) => Ok(t.map(|t| *t)),
+                    _ => Err(mismatch()),
+                }));
+            }
             Op::Finish(_, r)
+            | Op::Retry(_, r)
             | Op::Requeue { reply: r, .. }
             | Op::CancelRequest { reply: r, .. } => {
                 let _ = r.send(answer.map(|a| matches!(a, Answer::Bool(true))));
@@ -146,7 +168,7 @@ impl Op {
                     _ => Err(mismatch()),
                 }));
             }
-            Op::Heartbeat { reply, .. } | Op::Outbox(_, reply) => {
+            Op::Heartbeat { reply, .. } | Op::Outbox(_, reply) | Op::ScheduleRan { reply, .. } => {
                 let _ = reply.send(answer.map(|_| ()));
             }
             // Groups are taken apart before a batch runs (`push_op`), so
@@ -619,6 +641,46 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
                             .execute(&mut *tx)
                             .await?;
                         Answer::Bool(done.rows_affected() > 0)
+                    }
+                    Op::Retry(r, _) => {
+                        let done = sqlx::query(db::SQL_RETRY)
+                            .bind(r.id.to_string())
+                            .bind(r.owner.clone())
+                            .bind(r.run_after)
+                            .bind(to_json(&r.history))
+                            .bind(r.error.as_ref().map(to_json))
+                            .bind(to_json(&r.timings))
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Bool(done.rows_affected() > 0)
+                    }
+                    Op::ScheduleRan { name, tick, task, .. } => {
+                        sqlx::query(db::SQL_SCHEDULE_RAN)
+                            .bind(name.clone())
+                            .bind(*tick)
+                            .bind(task.clone())
+                            .bind(swarm_core::clock::now_ms())
+                            .execute(&mut *tx)
+                            .await?;
+                        Answer::Unit
+                    }
+                    Op::Rerun { id, owner, deadline_at, history, .. } => {
+                        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                            format!("{}{}", db::SQL_RERUN, db::TASK_COLS)
+                        });
+                        let row = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+                            .bind(id.clone())
+                            .bind(owner.clone())
+                            .bind(*deadline_at)
+                            .bind(history.clone())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        Answer::Task(match row {
+                            Some(r) => Some(Box::new(
+                                db::task_from_row(&r).map_err(|e| sqlx::Error::Protocol(e.to_string()))?,
+                            )),
+                            None => None,
+                        })
                     }
                     Op::CancelRequest { id, .. } => {
                         let done = sqlx::query(db::SQL_CANCEL_REQUEST)

@@ -594,4 +594,41 @@ async fn the_task_explorer_lists_filters_pages_and_opens_a_task() {
             .any(|l| l.get("data-kind").map(String::as_str) == Some("result")),
         "{dom}"
     );
+    drop(scratch);
+
+    // A retried task's page lists each attempt.
+    let retried = s
+        .post(
+            "/api/tasks",
+            &json!({"type": "sim", "args": {"latency_ms": 1, "fail_first": 1},
+                    "retry": {"max_attempts": 2, "backoff_ms": 10}, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(retried.body["status"], "succeeded", "{}", retried.text);
+    let scratch = Scratch::new("task-attempts");
+    let url = s.url(&format!("/dashboard#task={}", retried.id()));
+    let page = open(&browser, &url, &scratch, 3_000).await;
+    let attempts: Vec<(String, String)> = tags(&page.dom, "tr")
+        .into_iter()
+        .filter_map(|t| {
+            Some((
+                t.get("data-attempt")?.clone(),
+                t.get("data-status")?.clone(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("1".to_string(), "failed".to_string()),
+            ("2".to_string(), "succeeded".to_string())
+        ],
+        "{}",
+        page.dom
+    );
+    assert!(
+        page.dom.contains("simulated_transient_failure"),
+        "the failed attempt's error is shown:\n{}",
+        page.dom
+    );
 }

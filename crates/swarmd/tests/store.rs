@@ -46,6 +46,9 @@ fn task(tenant: &str, key: Option<&str>) -> Task {
         attempts: 0,
         nodes: Vec::new(),
         waiting_for: None,
+        retry: None,
+        run_after: None,
+        history: Vec::new(),
         timings: Timings::default(),
     }
 }

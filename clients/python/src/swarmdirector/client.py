@@ -234,6 +234,7 @@ class _Ops:
         timeout_ms: Optional[int] = None,
         wait_ms: Optional[int] = None,
         idempotency_key: Optional[str] = None,
+        retry: Optional[Mapping[str, int]] = None,
         request_id: Optional[str] = None,
     ) -> _Req:
         """`POST /api/tasks` -> `Task`. `task_type` is a type name (with
@@ -241,7 +242,10 @@ class _Ops:
         the server holds the answer up to that long: the task comes back
         finished if it ended in time, else queued or running. `timeout_ms`
         is the task's deadline. `task.replayed` is true for an idempotent
-        replay of an earlier submission with the same `idempotency_key`."""
+        replay of an earlier submission with the same `idempotency_key`.
+        `retry` (`{"max_attempts", "backoff_ms", "max_backoff_ms"}`) runs
+        the task again after a retryable failure; `task.history` lists
+        every attempt."""
         fields = dict(
             title=title,
             description=description,
@@ -250,6 +254,7 @@ class _Ops:
             timeout_ms=timeout_ms,
             wait_ms=wait_ms,
             idempotency_key=idempotency_key,
+            retry=dict(retry) if retry is not None else None,
         )
         return api.submit_req(_submit_spec(task_type, args, fields), request_id)
 

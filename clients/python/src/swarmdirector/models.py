@@ -212,6 +212,40 @@ class Timings(_Model):
 
 
 @dataclass
+class RetryPolicy(_Model):
+    """Schema `RetryPolicy`: how a task is retried after a retryable
+    failure, as resolved when it was accepted."""
+
+    __schema__ = "RetryPolicy"
+    max_attempts: int
+    backoff_ms: int
+    max_backoff_ms: int
+    extra: Dict[str, Any] = _local(factory=dict)
+
+
+@dataclass
+class Attempt(_Model):
+    """Schema `Attempt`: one attempt in a task's `history`."""
+
+    __schema__ = "Attempt"
+    _convert = {
+        "status": TaskStatus.parse,
+        "error": TaskError.from_dict,
+        "started_at": parse_time,
+        "finished_at": parse_time,
+    }
+    attempt: int
+    status: Union[TaskStatus, str]
+    node: Optional[str] = None
+    instance: Optional[str] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    run_ms: Optional[float] = None
+    error: Optional[TaskError] = None
+    extra: Dict[str, Any] = _local(factory=dict)
+
+
+@dataclass
 class Task(_Model):
     """Schema `Task`: a task as `GET /api/tasks/{id}` answers it."""
 
@@ -226,6 +260,9 @@ class Task(_Model):
         "started_at": parse_time,
         "finished_at": parse_time,
         "deadline_at": parse_time,
+        "run_after": parse_time,
+        "retry": RetryPolicy.from_dict,
+        "history": lambda h: [Attempt.from_dict(a) for a in h],
     }
 
     id: str
@@ -251,6 +288,10 @@ class Task(_Model):
     description: Optional[str] = None
     idempotency_key: Optional[str] = None
     waiting_for: Optional[Union[Blocker, str]] = None
+    # Older servers (before task retries) send none of these three.
+    retry: Optional[RetryPolicy] = None
+    run_after: Optional[datetime] = None
+    history: List[Attempt] = dataclasses.field(default_factory=list)
     extra: Dict[str, Any] = _local(factory=dict)
     # From the answer's headers, not its body.
     replayed: bool = _local(False)
@@ -291,6 +332,8 @@ class TaskSpec(_Model):
     timeout_ms: Optional[int] = None
     wait_ms: Optional[int] = None
     idempotency_key: Optional[str] = None
+    # `{"max_attempts", "backoff_ms", "max_backoff_ms"}`, any of them.
+    retry: Optional[Dict[str, Any]] = None
     # Fields of a newer server this client has no name for yet.
     extra: Dict[str, Any] = _local(factory=dict)
 
@@ -335,6 +378,10 @@ class PoolStatus(_Model):
     child_outcomes: Dict[str, Any]
     balancer: Optional[Dict[str, Any]] = None
     workers: Optional[Dict[str, Any]] = None
+    # Task retries (older servers send none).
+    scheduled: int = 0
+    retries: int = 0
+    retries_refused: int = 0
     extra: Dict[str, Any] = _local(factory=dict)
 
 

@@ -111,6 +111,9 @@ impl Fx {
             attempts: 0,
             nodes: Vec::new(),
             waiting_for: None,
+            retry: None,
+            run_after: None,
+            history: Vec::new(),
             timings: Timings::default(),
         }
     }

@@ -481,6 +481,7 @@ fn task(description: &str) -> openapi::Response {
         &[
             ("GetTask", "get_task", ID),
             ("CancelTask", "cancel_task", ID),
+            ("RetryTask", "retry_task", ID),
             ("TaskEvents", "task_events", ID),
         ],
     )
@@ -544,6 +545,19 @@ response_set! {
                 ),
             ),
             ("409", error("The task already ended (`already_finished`).")),
+        ])
+    }
+}
+
+response_set! {
+    /// `POST /api/tasks/{id}/retry`.
+    RetryAnswers => {
+        set(&[
+            ("202", task("The task is queued again as a new attempt, with a new deadline.")),
+            (
+                "409",
+                error("The task is queued, running or succeeded (`not_retryable`), or its department is gone (`department_gone`)."),
+            ),
         ])
     }
 }

@@ -207,6 +207,39 @@ pub(crate) async fn nodes(
     Ok(Json(v))
 }
 
+/// The answer of `GET /api/schedules`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SchedulesView {
+    /// Every `[[schedules]]` entry (a caller who is not an admin sees its
+    /// own tenant's only).
+    schedules: Vec<swarm_engine::schedules::ScheduleView>,
+}
+
+/// `GET /api/schedules`: each schedule's next and last runs.
+#[utoipa::path(
+    get,
+    path = "/api/schedules",
+    operation_id = "schedules",
+    tag = "system",
+    security(("bearer" = [])),
+    params(TenantHeader),
+    responses(
+        (status = 200, description = "The configured schedules.", body = SchedulesView),
+        CallerErrors,
+        StoreErrors,
+    )
+)]
+pub(crate) async fn schedules(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SchedulesView>, ApiError> {
+    let mut schedules = app.engine.schedule_views().await?;
+    if !sees_all_tenants(&app, &caller) {
+        schedules.retain(|s| s.tenant == caller.tenant);
+    }
+    Ok(Json(SchedulesView { schedules }))
+}
+
 /// `GET /api/alerts`: alerts firing now and recently, and how often each
 /// has fired.
 #[utoipa::path(

@@ -21,8 +21,8 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::routes::Arrived;
 use crate::routes::doc::{
-    AdmissionErrors, BodyErrors, CallerErrors, CancelAnswers, OneTask, StoreErrors, StreamErrors,
-    Submitted, TaskNotFound, TenantHeader,
+    AdmissionErrors, BodyErrors, CallerErrors, CancelAnswers, OneTask, RetryAnswers, StoreErrors,
+    StreamErrors, Submitted, TaskNotFound, TenantHeader,
 };
 use crate::slots::Slot;
 
@@ -434,6 +434,32 @@ pub(crate) async fn cancel(
         CancelOutcome::Done(t) => (StatusCode::OK, Json(t)).into_response(),
         CancelOutcome::Requested(t) => (StatusCode::ACCEPTED, Json(t)).into_response(),
     })
+}
+
+/// `POST /api/tasks/{id}/retry`: runs a failed, timed-out or cancelled task
+/// again as a new attempt (its earlier attempts stay in `history`).
+#[utoipa::path(
+    post,
+    path = "/api/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id."), TenantHeader),
+    responses(RetryAnswers, TaskNotFound, CallerErrors, StoreErrors)
+)]
+pub(crate) async fn retry(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let task = app.engine.retry(id, caller.access()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location(task.id))],
+        Json(task),
+    )
+        .into_response())
 }
 
 enum Phase {
