@@ -49,6 +49,7 @@ fn ctx(deadline: Duration) -> AgentContext {
         progress: Progress::default(),
         request_id: None,
         placed: Default::default(),
+        provider: Default::default(),
     }
 }
 
