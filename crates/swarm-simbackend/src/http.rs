@@ -51,7 +51,7 @@ fn bad_request(model: &Model, invalid: Invalid) -> Response {
 
 /// Checks the quotas for a request costing `tokens`: `Ok` with the
 /// quota status for the headers (`None` without quotas), or the `429`.
-fn check_quota(model: &Model, tokens: u64) -> Result<Option<Status>, Response> {
+fn check_quota(model: &Model, tokens: u64) -> Result<Option<Status>, Box<Response>> {
     let Some(status) = model.quotas.admit(tokens) else {
         return Ok(None);
     };
@@ -77,7 +77,7 @@ fn check_quota(model: &Model, tokens: u64) -> Result<Option<Status>, Response> {
         Json(body),
     )
         .into_response();
-    Err(with_quota(resp, Some(&status)))
+    Err(Box::new(with_quota(resp, Some(&status))))
 }
 
 /// Adds the `x-ratelimit-*` headers of `status`, if any, the reset
@@ -139,7 +139,7 @@ async fn chat_completions(State(model): State<Arc<Model>>, body: Bytes) -> Respo
     let tokens = (req.prompt_tokens() + reply.tokens.len()) as u64;
     let quota = match check_quota(&model, tokens) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let resp = chat_admitted(&model, &req, reply).await;
     with_quota(resp, quota.as_ref())
@@ -175,7 +175,7 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
     // `/work` has no tokens: only `rpm` applies to it.
     let quota = match check_quota(&model, 0) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let resp = work_admitted(&model, echo).await;
     with_quota(resp, quota.as_ref())
