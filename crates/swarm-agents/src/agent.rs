@@ -84,6 +84,10 @@ pub struct AgentContext {
     /// Where an agent that picks among instances says which one ran the
     /// task (the last attempt's), for the task's `instance`.
     pub placed: Placement,
+    /// Where an agent calling a rate-limited provider says "this provider
+    /// is spent for a while" (from its rate-limit headers, on a success as
+    /// well as on a 429), so whoever schedules calls can hold them back.
+    pub provider: ProviderSignal,
 }
 
 /// Which instance ran a task, set by the agent that chose it; cheap to
@@ -110,6 +114,33 @@ impl Placement {
     pub fn get(&self) -> Option<String> {
         let slot = self.0.as_ref()?;
         slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A sink for provider pauses ([`ProviderPause`]); cheap to clone, a
+/// no-op by default (nobody listening).
+///
+/// [`ProviderPause`]: crate::ratelimit::ProviderPause
+#[derive(Clone, Default)]
+pub struct ProviderSignal(Option<Arc<dyn Fn(crate::ratelimit::ProviderPause) + Send + Sync>>);
+
+impl ProviderSignal {
+    /// A sink that calls `f` with each pause.
+    pub fn new(f: impl Fn(crate::ratelimit::ProviderPause) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    /// Says the provider is spent for `p.delay`.
+    pub fn pause(&self, p: crate::ratelimit::ProviderPause) {
+        if let Some(f) = &self.0 {
+            f(p)
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderSignal")
     }
 }
 

@@ -11,11 +11,18 @@
 //!   "retryable"?}}` for a failure it wants reported as such;
 //! - `429` or `503` when it is out of capacity, optionally with
 //!   `Retry-After` (seconds or an HTTP date): [`AgentError::Overloaded`],
-//!   which the pool's adaptive limiter treats as back-pressure;
+//!   which the pool's adaptive limiter treats as back-pressure (without
+//!   `Retry-After`, its `retry_after` is the reset of a spent quota, if the
+//!   rate-limit headers name one);
 //! - any other `5xx`: a retryable `backend_error`;
 //! - `4xx`: a non-retryable `backend_rejected`.
 //!
 //! Errors carry the status and the start of the body.
+//!
+//! Any response, success or not, whose rate-limit headers show a spent
+//! quota (see [`crate::ratelimit`]) is told to [`AgentContext::provider`]
+//! as a [`ProviderPause`]; so is a `429` whose only signal is
+//! `Retry-After` (quota [`Quota::Unknown`]).
 //!
 //! # Design
 //! - One [`reqwest::Client`] per agent, so connections are pooled and kept
@@ -70,7 +77,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use swarm_core::FieldError;
 
-use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
+use crate::agent::{Agent, AgentContext, AgentError, AgentInput, ProviderSignal};
+use crate::ratelimit::{ProviderPause, Quota, rate_limit};
 
 /// Default `connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -442,7 +450,9 @@ pub(crate) async fn bounded<T>(
 /// The message quotes the start of the body.
 pub(crate) async fn status_error(what: &str, mut resp: reqwest::Response) -> AgentError {
     let status = resp.status();
-    let retry_after = retry_after(resp.headers(), SystemTime::now());
+    let now = SystemTime::now();
+    let retry_after = retry_after(resp.headers(), now)
+        .or_else(|| rate_limit(resp.headers(), now).map(|p| p.delay));
     // The body only feeds the message: read a little, and a failure to
     // read it must not hide the status.
     let bytes = read_body(&mut resp, ERROR_BODY_BYTES).await;
@@ -460,6 +470,49 @@ pub(crate) async fn status_error(what: &str, mut resp: reqwest::Response) -> Age
         s if s.is_server_error() => AgentError::failed_retryable("backend_error", message),
         s if s.is_client_error() => AgentError::failed("backend_rejected", message),
         _ => AgentError::failed("bad_backend_output", message),
+    }
+}
+
+/// The pause a response asks for: a spent quota in its rate-limit headers
+/// (see [`crate::ratelimit`]), and on a `429` also `Retry-After` (the
+/// longer wins: the pause lasts until every signal allows a call; alone,
+/// it is [`Quota::Unknown`]).
+pub fn response_pause(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<ProviderPause> {
+    let quota = rate_limit(headers, now);
+    if status != StatusCode::TOO_MANY_REQUESTS {
+        return quota;
+    }
+    let asked = retry_after(headers, now)
+        .filter(|d| !d.is_zero())
+        .map(|delay| ProviderPause {
+            delay,
+            quota: Quota::Unknown,
+        });
+    match (quota, asked) {
+        (Some(q), Some(a)) if a.delay > q.delay => Some(ProviderPause {
+            delay: a.delay,
+            quota: q.quota,
+        }),
+        (q, a) => q.or(a),
+    }
+}
+
+/// Tells `signal` the pause `resp` asks for, if any (see
+/// [`response_pause`]); called on every response, before its status is
+/// looked at.
+pub(crate) fn signal_pause(signal: &ProviderSignal, resp: &reqwest::Response) {
+    if let Some(p) = response_pause(resp.status(), resp.headers(), SystemTime::now()) {
+        tracing::debug!(
+            url = %resp.url(),
+            quota = p.quota.as_str(),
+            delay_ms = u64::try_from(p.delay.as_millis()).unwrap_or(u64::MAX),
+            "provider rate limit: spent"
+        );
+        signal.pause(p);
     }
 }
 
@@ -523,6 +576,7 @@ impl HttpAgent {
         &self,
         body: Value,
         request_id: Option<String>,
+        provider: &ProviderSignal,
         limit: Duration,
     ) -> Result<Value, AgentError> {
         let mut req = self
@@ -537,6 +591,7 @@ impl HttpAgent {
             .send()
             .await
             .map_err(|e| transport_error(&self.what, &e, limit))?;
+        signal_pause(provider, &resp);
         let status = resp.status();
         if !status.is_success() {
             return Err(status_error(&self.what, resp).await);
@@ -600,7 +655,7 @@ impl Agent for HttpAgent {
             bounded(
                 &ctx,
                 &self.what,
-                self.call(body, ctx.request_id.clone(), limit),
+                self.call(body, ctx.request_id.clone(), &ctx.provider, limit),
             )
             .await
         })

@@ -22,6 +22,9 @@
 //! - [`openai`]: an OpenAI-compatible chat-completions client (streaming
 //!   tokens as progress), as a pool's agent and as the communications
 //!   workflow's LLM.
+//! - [`ratelimit`]: reads providers' rate-limit headers (OpenAI's
+//!   `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`) into a
+//!   [`ProviderPause`].
 //! - [`registry`]: builds the built-in agents from configuration.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -35,15 +38,19 @@ pub mod email;
 pub mod http;
 pub mod openai;
 pub mod process;
+pub mod ratelimit;
 pub mod registry;
 pub mod sim;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use agent::{Agent, AgentContext, AgentError, AgentInput, Children, Placement, Progress};
+pub use agent::{
+    Agent, AgentContext, AgentError, AgentInput, Children, Placement, Progress, ProviderSignal,
+};
 pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig, install_crypto_provider};
 pub use openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
+pub use ratelimit::{ProviderPause, Quota, rate_limit};
 pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent, replicated};

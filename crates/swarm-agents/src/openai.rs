@@ -41,6 +41,10 @@
 //!   before a `finish_reason`) is a retryable `backend_error`; an event
 //!   that is not a chunk is a `bad_backend_output`; an `error` object sent
 //!   in the stream is a retryable `backend_error` with its message.
+//! - Rate limits: the response's headers (`x-ratelimit-*`,
+//!   `anthropic-ratelimit-*`, and `Retry-After` on a 429) are read as soon
+//!   as they arrive, before the stream, and a spent quota is told to
+//!   [`AgentContext::provider`] (see [`crate::ratelimit`]), on a success too.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -56,8 +60,8 @@ use swarm_core::FieldError;
 use crate::agent::{Agent, AgentContext, AgentError, AgentInput};
 use crate::http::{
     ClientSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_POOL_IDLE_TIMEOUT_MS, bounded, excerpt, parse_http_url, read_reply, status_error,
-    transport_error,
+    DEFAULT_POOL_IDLE_TIMEOUT_MS, bounded, excerpt, parse_http_url, read_reply, signal_pause,
+    status_error, transport_error,
 };
 
 /// Default `api_key_env`.
@@ -399,6 +403,9 @@ impl OpenAiClient {
             .send()
             .await
             .map_err(|e| transport_error(&self.what, &e, limit))?;
+        // The headers come before the stream: a spent quota is told at
+        // once, while the reply is still being generated.
+        signal_pause(&ctx.provider, &resp);
         if !resp.status().is_success() {
             return Err(status_error(&self.what, resp).await);
         }

@@ -45,6 +45,7 @@ pub(crate) fn ctx() -> AgentContext {
         progress: Progress::default(),
         request_id: None,
         placed: Default::default(),
+        provider: Default::default(),
     }
 }
 

@@ -133,6 +133,7 @@ fn ctx(deadline: Duration) -> AgentContext {
         progress: Progress::default(),
         request_id: None,
         placed: Default::default(),
+        provider: Default::default(),
     }
 }
 

@@ -100,6 +100,7 @@ fn ctx_for(timeout: Duration) -> (AgentContext, Reports) {
         children: None,
         request_id: Some("req-42".into()),
         placed: Default::default(),
+        provider: Default::default(),
     };
     (ctx, reports)
 }

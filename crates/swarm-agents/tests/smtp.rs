@@ -41,6 +41,7 @@ fn ctx() -> AgentContext {
         progress: Progress::default(),
         request_id: None,
         placed: Default::default(),
+        provider: Default::default(),
     }
 }
 

@@ -27,8 +27,19 @@ pub struct SimConfig {
     /// When the requests in flight (including the arriving one) exceed this,
     /// the request is answered `429` at once. `0` means no limit.
     pub hard_limit: u64,
-    /// Value of the `Retry-After` header (seconds) on `429` answers.
+    /// Value of the `Retry-After` header (seconds) on the hard limit's
+    /// `429` answers (a quota's say when its window ends).
     pub retry_after_s: u64,
+    /// Requests per window (`window_ms`, a minute by default) before
+    /// answering `429`, as a provider's per-minute quota; `0` means none.
+    /// See the crate docs for the fixed-window model and the headers.
+    pub rpm: u64,
+    /// Tokens (prompt + completion, as `usage` counts them) per window;
+    /// `0` means none.
+    pub tpm: u64,
+    /// Length of the quotas' window in milliseconds (60 000: per minute;
+    /// tests use shorter ones).
+    pub window_ms: u64,
     /// Probability (`0..=1`) that a request fails with `error_status`.
     pub error_rate: f64,
     /// Status of injected failures (`500..=599`).
@@ -77,6 +88,9 @@ impl Default for SimConfig {
             capacity: 0,
             hard_limit: 0,
             retry_after_s: 1,
+            rpm: 0,
+            tpm: 0,
+            window_ms: 60_000,
             error_rate: 0.0,
             error_status: 500,
             stall_rate: 0.0,
@@ -154,6 +168,12 @@ impl SimConfig {
                 "retry_after_s must be at most {}, got {}",
                 MAX_DURATION_MS / 1000,
                 self.retry_after_s
+            ));
+        }
+        if self.window_ms == 0 || self.window_ms > MAX_DURATION_MS {
+            return Err(format!(
+                "window_ms must be between 1 and {MAX_DURATION_MS}, got {}",
+                self.window_ms
             ));
         }
         if let Some(r) = self.repeat_s
@@ -244,6 +264,8 @@ mod tests {
         assert_eq!(cfg.schedule.len(), 2);
         assert_eq!(cfg.schedule[0].capacity, Some(8));
         assert_eq!(cfg.schedule[1].error_rate, Some(0.5));
+        let cfg = SimConfig::from_toml("rpm = 60\ntpm = 1000\nwindow_ms = 1000").unwrap();
+        assert_eq!((cfg.rpm, cfg.tpm, cfg.window_ms), (60, 1000, 1000));
     }
 
     #[test]
@@ -257,6 +279,8 @@ mod tests {
             ("sample_ms = 0", "sample_ms"),
             ("latency_ms = 99999999999", "latency_ms"),
             ("repeat_s = 0.0", "repeat_s"),
+            ("window_ms = 0", "window_ms"),
+            ("rpm = -1", "rpm"),
             ("[[schedule]]\nat_s = -1", "schedule[0].at_s"),
             ("[[schedule]]\nat_s = 1\nfoo = 1", "foo"),
             (

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::chat::{self, ChatRequest, Invalid};
 use crate::model::{Model, Outcome, Ready};
+use crate::quota::Status;
 
 /// All routes, sharing one model.
 pub(crate) fn router(model: Arc<Model>) -> Router {
@@ -46,6 +47,47 @@ fn bad_request(model: &Model, invalid: Invalid) -> Response {
         &[("param", param), ("code", Value::Null)],
     );
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// Checks the quotas for a request costing `tokens`: `Ok` with the
+/// quota status for the headers (`None` without quotas), or the `429`.
+fn check_quota(model: &Model, tokens: u64) -> Result<Option<Status>, Box<Response>> {
+    let Some(status) = model.quotas.admit(tokens) else {
+        return Ok(None);
+    };
+    let Some(quota) = status.exceeded else {
+        return Ok(Some(status));
+    };
+    model.note_rate_limited();
+    let now = tokio::time::Instant::now();
+    let retry_after_s = status.retry_after_s(now);
+    let message = format!(
+        "rate limit exceeded: {quota} per {} ms used up; retry after {retry_after_s} s",
+        model.config().window_ms
+    );
+    let body = error_body(
+        &message,
+        "rate_limit_exceeded",
+        &[("code", Value::from("rate_limit_exceeded"))],
+    );
+    let retry = HeaderValue::from(retry_after_s);
+    let resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry)],
+        Json(body),
+    )
+        .into_response();
+    Err(Box::new(with_quota(resp, Some(&status))))
+}
+
+/// Adds the `x-ratelimit-*` headers of `status`, if any, the reset
+/// measured now.
+fn with_quota(mut resp: Response, status: Option<&Status>) -> Response {
+    if let Some(status) = status {
+        resp.headers_mut()
+            .extend(status.headers(tokio::time::Instant::now()));
+    }
+    resp
 }
 
 /// Runs the model; a refusal or an injected failure becomes the final
@@ -91,19 +133,31 @@ async fn chat_completions(State(model): State<Arc<Model>>, body: Bytes) -> Respo
         Ok(req) => req,
         Err(invalid) => return bad_request(&model, invalid),
     };
-    let ready = match admit(&model).await {
+    // The reply is known before it is generated, so its tokens count
+    // against `tpm` at admission, as `usage` will report them.
+    let reply = req.reply(model.config());
+    let tokens = (req.prompt_tokens() + reply.tokens.len()) as u64;
+    let quota = match check_quota(&model, tokens) {
+        Ok(q) => q,
+        Err(response) => return *response,
+    };
+    let resp = chat_admitted(&model, &req, reply).await;
+    with_quota(resp, quota.as_ref())
+}
+
+async fn chat_admitted(model: &Arc<Model>, req: &ChatRequest, reply: chat::Reply) -> Response {
+    let ready = match admit(model).await {
         Ok(ready) => ready,
         Err(response) => return response,
     };
     let cfg = model.config();
-    let reply = req.reply(cfg);
     let id = model.next_id();
     if req.stream {
         let gap = Duration::from_millis(cfg.token_ms);
-        chat::stream_response(&req, id, reply, gap, ready.guard)
+        chat::stream_response(req, id, reply, gap, ready.guard)
     } else {
         ready.guard.complete();
-        Json(chat::completion_body(&req, id, &reply)).into_response()
+        Json(chat::completion_body(req, id, &reply)).into_response()
     }
 }
 
@@ -118,7 +172,17 @@ async fn work(State(model): State<Arc<Model>>, body: Bytes) -> Response {
             return bad_request(&model, invalid);
         }
     };
-    let ready = match admit(&model).await {
+    // `/work` has no tokens: only `rpm` applies to it.
+    let quota = match check_quota(&model, 0) {
+        Ok(q) => q,
+        Err(response) => return *response,
+    };
+    let resp = work_admitted(&model, echo).await;
+    with_quota(resp, quota.as_ref())
+}
+
+async fn work_admitted(model: &Arc<Model>, echo: Value) -> Response {
+    let ready = match admit(model).await {
         Ok(ready) => ready,
         Err(response) => return response,
     };

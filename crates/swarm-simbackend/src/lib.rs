@@ -10,13 +10,21 @@
 //! - **Hard limit** (`hard_limit`): when the requests in flight, counting
 //!   the arriving one, exceed it, the request is answered `429` at once with
 //!   `Retry-After`, as a provider's rate limiting does.
+//! - **Quotas** (`rpm`, `tpm`, `window_ms`): requests and tokens per
+//!   minute (or per `window_ms`), a fixed window from the server's start.
+//!   Every chat and `/work` answer carries OpenAI's `x-ratelimit-limit-*`,
+//!   `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` headers
+//!   (`requests`, and `tokens` when `tpm` is set); a request past a quota
+//!   is answered `429` at once with `Retry-After` (seconds until the
+//!   window ends, rounded up) and `{"error": {"type":
+//!   "rate_limit_exceeded"}}`; `/stats` counts them as `rate_limited`.
 //! - **Failures and stalls** (`error_rate`, `stall_rate`): injected `5xx`
 //!   answers and requests that hang for `stall_ms` before being served.
 //! - **Schedule**: `capacity`, `hard_limit`, `latency_ms` and `error_rate`
 //!   may change over time (piecewise constant, optionally repeating), to
 //!   test how a client's adaptive limits follow a changing provider.
 //!
-//! Per request, in order: (1) hard limit → `429`; (2) failure with
+//! Per request, in order: (0) quotas → `429`; (1) hard limit → `429`; (2) failure with
 //! probability `error_rate` → `error_status` after the base latency;
 //! (3) stall with probability `stall_rate` → wait `stall_ms`, then go on;
 //! (4) service time `(latency_ms + jitter) × max(1, inflight / capacity)`,
@@ -62,6 +70,7 @@ mod chat;
 mod config;
 mod http;
 mod model;
+mod quota;
 mod stats;
 
 use std::sync::Arc;

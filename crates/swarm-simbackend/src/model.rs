@@ -76,6 +76,8 @@ pub(crate) struct Model {
     recorder: Mutex<Recorder>,
     rng: Mutex<fastrand::Rng>,
     next_id: AtomicU64,
+    /// The `rpm`/`tpm` quotas, checked before everything else.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 /// Keeps one request counted in flight; decrements on drop, on every path
@@ -131,6 +133,7 @@ impl Model {
             None => fastrand::Rng::new(),
         };
         Arc::new(Self {
+            quotas: crate::quota::Quotas::new(cfg.rpm, cfg.tpm, cfg.window_ms),
             recorder: Mutex::new(Recorder::new(cfg.sample_ms)),
             cfg,
             start: Instant::now(),
@@ -193,6 +196,14 @@ impl Model {
     /// Counts a request rejected before it reached the model (bad body).
     pub(crate) fn note_bad_request(&self) {
         self.update(|c| c.bad_requests += 1);
+    }
+
+    /// Counts a request refused by a quota (`rpm`, `tpm`).
+    pub(crate) fn note_rate_limited(&self) {
+        self.update(|c| {
+            c.received += 1;
+            c.rate_limited += 1;
+        });
     }
 
     /// Runs one request through the model; see the module docs.
@@ -269,6 +280,7 @@ impl Model {
             received: c.received,
             served: c.served,
             refused: c.refused,
+            rate_limited: c.rate_limited,
             errors: c.errors,
             stalled: c.stalled,
             bad_requests: c.bad_requests,

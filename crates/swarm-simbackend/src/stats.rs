@@ -25,6 +25,10 @@ pub struct StatsSnapshot {
     pub served: u64,
     /// Requests refused with `429` by the hard limit.
     pub refused: u64,
+    /// Requests answered `429` by a quota (`rpm`, `tpm`); they count in
+    /// `received` and nowhere else. Absent from older servers' snapshots: 0.
+    #[serde(default)]
+    pub rate_limited: u64,
     /// Requests answered with an injected `5xx`.
     pub errors: u64,
     /// Requests that stalled for `stall_ms` (they count as served too once
@@ -76,6 +80,7 @@ pub(crate) struct Counters {
     pub(crate) received: u64,
     pub(crate) served: u64,
     pub(crate) refused: u64,
+    pub(crate) rate_limited: u64,
     pub(crate) errors: u64,
     pub(crate) stalled: u64,
     pub(crate) bad_requests: u64,

@@ -51,7 +51,7 @@ pub(crate) struct SimBackendArgs {
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub(crate) listen: String,
     /// Model file (TOML: latency_ms, jitter_ms, capacity, hard_limit,
-    /// retry_after_s, error_rate, error_status, stall_rate, stall_ms,
+    /// retry_after_s, rpm, tpm, window_ms, error_rate, error_status, stall_rate, stall_ms,
     /// token_ms, reply_tokens, seed, sample_ms, [[schedule]], repeat_s,
     /// [[replies]] with contains and reply);
     /// the flags below override it.
@@ -69,6 +69,16 @@ pub(crate) struct SimBackendArgs {
     /// Past this many in flight, answer 429 with Retry-After (0: none).
     #[arg(long)]
     pub(crate) hard_limit: Option<u64>,
+    /// Requests per window (a minute) before answering 429 with
+    /// Retry-After and x-ratelimit-* headers (0: none).
+    #[arg(long)]
+    pub(crate) rpm: Option<u64>,
+    /// Tokens (prompt + completion) per window before answering 429 (0: none).
+    #[arg(long)]
+    pub(crate) tpm: Option<u64>,
+    /// Length of the --rpm/--tpm window, ms (fixed windows from start).
+    #[arg(long)]
+    pub(crate) window_ms: Option<u64>,
     /// Share of requests answered with an injected 5xx.
     #[arg(long)]
     pub(crate) error_rate: Option<f64>,

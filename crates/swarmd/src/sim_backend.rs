@@ -17,7 +17,8 @@ pub(crate) async fn run(a: SimBackendArgs) -> Result<(), String> {
         ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* };
     }
     set!(
-        latency_ms, jitter_ms, capacity, hard_limit, error_rate, stall_rate, stall_ms, token_ms
+        latency_ms, jitter_ms, capacity, hard_limit, rpm, tpm, window_ms, error_rate, stall_rate,
+        stall_ms, token_ms
     );
     if a.seed.is_some() {
         cfg.seed = a.seed;
@@ -35,8 +36,13 @@ pub(crate) async fn run(a: SimBackendArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("sim-backend: {e}"))?;
     eprintln!(
-        "sim-backend: served {}, refused {}, errors {}, stalled {}, most in flight {}",
-        stats.served, stats.refused, stats.errors, stats.stalled, stats.inflight_max
+        "sim-backend: served {}, refused {}, rate limited {}, errors {}, stalled {}, most in flight {}",
+        stats.served,
+        stats.refused,
+        stats.rate_limited,
+        stats.errors,
+        stats.stalled,
+        stats.inflight_max
     );
     Ok(())
 }
