@@ -491,11 +491,13 @@ pub fn response_pause(
         .map(|delay| ProviderPause {
             delay,
             quota: Quota::Unknown,
+            remaining: 0,
         });
     match (quota, asked) {
         (Some(q), Some(a)) if a.delay > q.delay => Some(ProviderPause {
             delay: a.delay,
             quota: q.quota,
+            remaining: 0,
         }),
         (q, a) => q.or(a),
     }
@@ -513,6 +515,10 @@ pub(crate) fn signal_pause(signal: &ProviderSignal, resp: &reqwest::Response) {
             "provider rate limit: spent"
         );
         signal.pause(p);
+    } else if let Some(h) = crate::ratelimit::headroom(resp.headers(), SystemTime::now()) {
+        // Not spent: the engine weighs what is left against its calls in
+        // flight.
+        signal.pause(h);
     }
 }
 

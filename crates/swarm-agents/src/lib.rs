@@ -52,5 +52,5 @@ pub use email::{Outbox, OutboxMessage};
 pub use http::{HttpAgent, HttpConfig, install_crypto_provider};
 pub use openai::{OpenAiAgent, OpenAiClient, OpenAiConfig};
 pub use process::{ProcessAgent, ProcessConfig, ProcessStats};
-pub use ratelimit::{ProviderPause, Quota, rate_limit};
+pub use ratelimit::{ProviderPause, Quota, headroom, rate_limit};
 pub use registry::{BUILTIN_KINDS, builtin_agents, pool_agent, replicated};

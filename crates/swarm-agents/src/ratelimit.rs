@@ -65,12 +65,16 @@ impl Quota {
 }
 
 /// "This provider is spent for `delay`": no call would succeed before.
+/// Or, from [`headroom`], "only `remaining` calls are left until `delay`
+/// has passed": the engine pauses once its calls in flight would use them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProviderPause {
     /// Time from the response until every spent quota allows a call.
     pub delay: Duration,
     /// The quota whose reset is the latest (the one the pause waits for).
     pub quota: Quota,
+    /// Calls the quota still allows before its reset (0: spent).
+    pub remaining: u64,
 }
 
 /// `(remaining, reset, quota)` header names of the OpenAI family.
@@ -136,7 +140,40 @@ pub fn rate_limit(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause>
         Some((at.duration_since(now).unwrap_or(Duration::ZERO), *quota))
     });
     let (delay, quota) = openai.chain(anthropic).max_by_key(|(d, _)| *d)?;
-    (!delay.is_zero()).then_some(ProviderPause { delay, quota })
+    (!delay.is_zero()).then_some(ProviderPause {
+        delay,
+        quota,
+        remaining: 0,
+    })
+}
+
+/// The request quota's headroom when nothing is spent: how many requests
+/// it still allows (more than 0) and how long until it resets, from the
+/// `x-ratelimit-*-requests` or `anthropic-ratelimit-requests-*` pair.
+/// With several calls in flight, a success that leaves `remaining` below
+/// their number means the next start would be refused: the caller pauses
+/// before it instead of spending a request on a `429`.
+pub fn headroom(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let left = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+    let (rem, reset, _) = OPENAI[0];
+    let openai = left(rem).zip(text(reset).and_then(parse_go_duration));
+    let (rem, reset, _) = ANTHROPIC[0];
+    let anthropic = || {
+        let at = parse_rfc3339(text(reset)?)?;
+        Some((left(rem)?, at.duration_since(now).unwrap_or(Duration::ZERO)))
+    };
+    let (remaining, delay) = openai.or_else(anthropic)?;
+    (remaining > 0 && !delay.is_zero()).then_some(ProviderPause {
+        delay,
+        quota: Quota::Requests,
+        remaining,
+    })
 }
 
 /// A Go-style duration (`1m30.5s`, `20ms`, `6m0s`), or a bare number of
@@ -283,6 +320,7 @@ mod tests {
         Some(ProviderPause {
             delay: Duration::from_millis(ms),
             quota,
+            remaining: 0,
         })
     }
 

@@ -28,6 +28,7 @@ fn ctx() -> (AgentContext, Pauses) {
     let ctx = AgentContext {
         task_id: TaskId::new(),
         tenant: "acme".into(),
+        attempt: 1,
         instance: "llm-0".into(),
         deadline: Instant::now() + Duration::from_secs(10),
         cancel: CancellationToken::new(),
@@ -136,6 +137,7 @@ fn pause(ms: u64, quota: Quota) -> ProviderPause {
     ProviderPause {
         delay: Duration::from_millis(ms),
         quota,
+        remaining: 0,
     }
 }
 
@@ -146,9 +148,18 @@ async fn a_success_with_a_spent_quota_signals_the_longest_reset() {
     r.unwrap();
     assert_eq!(seen, [pause(90_500, Quota::Requests)]);
 
+    // Nothing spent: the request quota's headroom, for the engine to weigh
+    // against its calls in flight.
     let (r, seen) = chat(&base, "left").await;
     r.unwrap();
-    assert_eq!(seen, []);
+    assert_eq!(
+        seen,
+        [ProviderPause {
+            delay: Duration::from_secs(1),
+            quota: Quota::Requests,
+            remaining: 5,
+        }]
+    );
 }
 
 #[tokio::test]

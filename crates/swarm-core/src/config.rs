@@ -503,6 +503,10 @@ pub struct PoolConfig {
     /// (the default of tasks that give no `retry`), and the budget that
     /// bounds retries across the department.
     pub retry_task: Option<TaskRetryConfig>,
+    /// Whether a provider's rate-limit signals (`Retry-After` on a `429`,
+    /// `x-ratelimit-*` and `anthropic-ratelimit-*` headers) pause the
+    /// department's starts until the quota resets; default true.
+    pub obey_rate_limits: Option<bool>,
     /// For `policy = "hash"`: the `args` field whose value keeps a task on
     /// one instance (e.g. `conversation_id`).
     pub hash_key: Option<String>,

@@ -148,7 +148,7 @@ async fn run_call(
             children: Some(ChildRunner::for_pool(env, &call.ancestors, pool.name())),
             request_id: call.request_id,
             placed: Default::default(),
-            provider: Default::default(),
+            provider: pool.provider_signal(),
         };
         let input = AgentInput {
             task_type: call.department.clone(),

@@ -153,6 +153,12 @@ impl Dispatcher {
             let Some(global) = global else {
                 continue;
             };
+            // A pause set while this waited for its permits (a provider's
+            // answer that spent the quota) holds this start too.
+            if pool.paused(tokio::time::Instant::now()).is_some() {
+                drop((permit, global));
+                continue;
+            }
             let now = now_ms();
             pool.promote(now);
             let mut next = None;

@@ -243,6 +243,10 @@ pub(crate) struct Pool {
     /// Retries scheduled, and retries the budget refused.
     retries: AtomicU64,
     retries_refused: AtomicU64,
+    /// Pauses the provider asked for (its quota spent).
+    provider_pauses: AtomicU64,
+    /// `obey_rate_limits`: whether provider signals pause starts.
+    obey_rate_limits: bool,
 }
 
 /// tower's budget behind the balancer's retries, with the task retry
@@ -303,6 +307,8 @@ impl Pool {
             retry_budget: retry_budget(&retry),
             retries: AtomicU64::new(0),
             retries_refused: AtomicU64::new(0),
+            provider_pauses: AtomicU64::new(0),
+            obey_rate_limits: cfg.obey_rate_limits.unwrap_or(true),
             name: name.to_string(),
             agent_kind: cfg.agent_kind(name).to_string(),
             agent,
@@ -369,7 +375,6 @@ impl Pool {
     /// token budget). A pause only ever lengthens: an earlier `until` than
     /// the one in force changes nothing, so two signals never shorten each
     /// other's wait. Queued tasks stay queued with their deadlines.
-    #[allow(dead_code)] // Set by provider signals and token budgets (issue 16), landing next.
     pub(crate) fn pause(&self, why: Blocker, until: Instant) {
         let mut p = lock(&self.pause);
         let longer = match *p {
@@ -566,6 +571,26 @@ impl Pool {
         let (item, meta) = q.tasks.pop()?;
         q.codel.on_dequeue(now - meta.enqueued_at, now);
         Some(item)
+    }
+
+    /// What an agent of this department calls when its provider says a
+    /// quota is spent (rate-limit headers, a `429` with `Retry-After`):
+    /// every start waits until the reset instead of probing into refusals.
+    pub(crate) fn provider_signal(self: &Arc<Self>) -> swarm_agents::ProviderSignal {
+        let pool = Arc::downgrade(self);
+        swarm_agents::ProviderSignal::new(move |p| {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            // The calls in flight (this one included, whose request the
+            // provider has counted) may each use one of what is left: a
+            // start past that would be refused.
+            let in_flight = pool.limiter.in_flight() as u64;
+            if pool.obey_rate_limits && (p.remaining == 0 || p.remaining < in_flight) {
+                pool.provider_pauses.fetch_add(1, Ordering::Relaxed);
+                pool.pause(Blocker::ProviderPause, Instant::now() + p.delay);
+            }
+        })
     }
 
     /// Holds a retry until `at` (epoch ms); [`Pool::promote`] queues it then.
@@ -851,6 +876,10 @@ impl Pool {
             scheduled: self.scheduled_len(),
             retries: self.retries.load(Ordering::Relaxed),
             retries_refused: self.retries_refused.load(Ordering::Relaxed),
+            provider_pauses: self.provider_pauses.load(Ordering::Relaxed),
+            paused_ms: self
+                .paused(now)
+                .map_or(0, |(_, until)| (until - now).as_millis() as u64),
             queued_by_priority: Priority::ALL
                 .iter()
                 .map(|p| (p.as_str(), by_class[p.index()]))

@@ -113,7 +113,7 @@ impl TaskRun {
             children: Some(ChildRunner::for_pool(&env, &[], pool.name())),
             request_id: queued.request_id.clone(),
             placed: placed.clone(),
-            provider: Default::default(),
+            provider: pool.provider_signal(),
         };
         let input = AgentInput {
             task_type: running.task_type.clone(),

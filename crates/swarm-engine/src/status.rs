@@ -90,6 +90,11 @@ pub struct PoolStatus {
     pub retries: u64,
     /// Retries the department's retry budget refused (the task failed).
     pub retries_refused: u64,
+    /// Times the provider said a quota was spent (rate-limit headers with
+    /// nothing remaining, a `429` with `Retry-After`) and starts paused.
+    pub provider_pauses: u64,
+    /// How much longer starts are paused, ms (0: not paused).
+    pub paused_ms: u64,
     /// Queued by priority.
     pub queued_by_priority: BTreeMap<&'static str, usize>,
     /// Queued by tenant (the ten largest).

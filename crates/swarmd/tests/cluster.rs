@@ -817,3 +817,71 @@ async fn kill_nine_thirty_times_loses_nothing_and_fails_over_in_seconds() {
         "the provider saw {max} in flight, over the limit of {LIMIT}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "postgres",
+    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+)]
+async fn a_schedule_ticks_exactly_once_on_three_nodes() {
+    // Every node runs the ticker of a schedule that ticks each second; the
+    // tick's key lets one insert win (issue 17, part 2).
+    let mut c = Cluster::start(
+        "schedule",
+        "[[schedules]]\nname = \"beat\"\ncron = \"* * * * * *\"\n[schedules.task]\ntype = \"echo\"\nargs = { beat = true }\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A node killed mid-run: the others keep ticking, still once per tick.
+    c.nodes[2].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.settle(Duration::from_secs(30)).await;
+    let mut conn = c.conn().await;
+    let rows = sqlx::query(
+        "SELECT idempotency_key, count(*)::int8, min(nodes) FROM tasks \
+         WHERE idempotency_key LIKE 'schedule:beat:%' GROUP BY idempotency_key ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut ticks: Vec<i64> = Vec::new();
+    let mut ran_on: HashMap<String, usize> = HashMap::new();
+    for r in &rows {
+        let key: String = r.get(0);
+        let n: i64 = r.get(1);
+        assert_eq!(n, 1, "tick {key} ran {n} times");
+        ticks.push(key.rsplit(':').next().unwrap().parse().unwrap());
+        *ran_on
+            .entry(r.get::<Option<String>, _>(2).unwrap_or_default())
+            .or_default() += 1;
+    }
+    ticks.sort_unstable();
+    println!("CLUSTER schedule: {} ticks, run on {ran_on:?}", ticks.len());
+    assert!(ticks.len() >= 7, "{ticks:?}\n{}", c.logs());
+    for w in ticks.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            1_000,
+            "a tick is missing: {ticks:?}\n{}",
+            c.logs()
+        );
+    }
+    // Each node reports the schedule; the ticks it submitted itself add up
+    // to at most the ticks (the killed node's count is gone with it).
+    let mut here = 0;
+    for n in 0..2 {
+        let v = c.get(n, "/api/schedules").await;
+        let s = &v["schedules"][0];
+        assert_eq!(s["name"], "beat", "{v}");
+        assert!(
+            s["next_run"].is_string() && s["last_run"].is_string(),
+            "{v}"
+        );
+        here += s["submitted_here"].as_u64().unwrap() as usize;
+    }
+    assert!(
+        here <= ticks.len(),
+        "{here} submitted for {} ticks",
+        ticks.len()
+    );
+}

@@ -274,3 +274,72 @@ async fn communications_without_a_reachable_llm_uses_the_rules() {
         );
     }
 }
+
+/// A provider with a hard request quota (issue 16, part 2): 12 requests
+/// per 1.5 s window. The pool reads the rate-limit headers of each answer
+/// and pauses its starts until the reset once what is left would not
+/// cover its calls in flight, so a backlog of 40 tasks drains at the quota
+/// without the 429s a pool probing into the limit would collect (one per
+/// start past the quota: 60-70% of the requests in bench/ratelimit.sh).
+/// Queued tasks say what holds them: `provider_pause`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_pool_waits_for_the_providers_quota_to_reset() {
+    let (base, _stop) = sim(SimConfig {
+        latency_ms: 10,
+        rpm: 12,
+        window_ms: 1_500,
+        seed: Some(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = format!(
+        "[pools.llm]\nagent = \"openai\"\nconcurrency = 4\n[pools.llm.queue]\ntarget_delay_ms = 0\n\
+         [pools.llm.retry_task]\nmax_attempts = 5\nbackoff_ms = 50\n\
+         [pools.llm.openai]\nbase_url = \"{base}/v1\"\nmodel = \"sim\"\nmax_tokens = 8\n"
+    );
+    let s = TestServer::start(Backend::Sqlite, &cfg).await.unwrap();
+    let tasks: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "llm", "args": {"prompt": format!("q{i}")}, "timeout_ms": 60_000}))
+        .collect();
+    let r = s.post("/api/tasks/batch", &json!({ "tasks": tasks })).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // While the quota is spent, the queue waits for the provider.
+    let mut saw_pause = false;
+    for _ in 0..100 {
+        let st = s.get("/api/status").await;
+        let llm = support::pool(&st.body, "llm");
+        if llm["waiting_for"] == "provider_pause" && llm["paused_ms"].as_u64() > Some(0) {
+            saw_pause = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(saw_pause, "the pool never paused for the provider");
+    for item in r.body["items"].as_array().unwrap() {
+        let done = s.wait_done(item["task"]["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let stats: Value = s
+        .client
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = stats["rate_limited"].as_u64().unwrap();
+    assert!(
+        limited <= 2,
+        "{limited} requests refused with 429 for 40 served: {stats}"
+    );
+    let st = s.get("/api/status").await;
+    assert!(
+        support::pool(&st.body, "llm")["provider_pauses"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{}",
+        st.text
+    );
+}

@@ -382,6 +382,9 @@ class PoolStatus(_Model):
     scheduled: int = 0
     retries: int = 0
     retries_refused: int = 0
+    # Provider rate limits (older servers send none).
+    provider_pauses: int = 0
+    paused_ms: int = 0
     extra: Dict[str, Any] = _local(factory=dict)
 
 
