@@ -150,7 +150,7 @@ struct Core {
     /// The dispatchers and upkeep loops.
     background: TaskTracker,
     /// `[[schedules]]`, parsed.
-    schedules: crate::schedules::Schedules,
+    schedules: crate::timetable::Schedules,
     /// The runtime the engine was started on: its loops and runs live there,
     /// and so does every submission's store write and queueing (see
     /// [`Engine::submit`]).
@@ -327,7 +327,7 @@ impl Engine {
         ));
         let cfg = Arc::new(cfg);
         let remote = Remote::new(hub.clone(), store.clone());
-        let schedules = crate::schedules::Schedules::new(&cfg.schedules)?;
+        let schedules = crate::timetable::Schedules::new(&cfg.schedules)?;
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
@@ -370,7 +370,7 @@ impl Engine {
     }
 
     /// `[[schedules]]`, parsed.
-    pub(crate) fn schedules(&self) -> &crate::schedules::Schedules {
+    pub(crate) fn schedules(&self) -> &crate::timetable::Schedules {
         &self.core.schedules
     }
 

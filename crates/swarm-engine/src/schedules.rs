@@ -23,114 +23,25 @@
 //! steps of at most [`MAX_SLEEP`] and looks at the clock again after each,
 //! so a clock adjustment delays a tick by at most one step.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone as _, Utc};
-use serde::Serialize;
 use swarm_core::clock::{now_ms, rfc3339};
-use swarm_core::config::ScheduleConfig;
 use swarm_core::{TaskId, TaskSpec};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::engine::{Engine, Submission};
 use crate::error::EngineError;
+use crate::timetable::{Schedule, ScheduleView, lock};
 
 /// The most missed ticks a `catch_up` start submits.
-pub const MAX_CATCH_UP: usize = 100;
+pub(crate) const MAX_CATCH_UP: usize = 100;
 /// The longest sleep before the ticker looks at the clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// How long a tick's submission keeps trying while the database or the
 /// department refuses it.
 const SUBMIT_PATIENCE: Duration = Duration::from_secs(30);
-
-/// One schedule as `GET /api/schedules` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ScheduleView {
-    /// Its name.
-    pub name: String,
-    /// The cron expression.
-    pub cron: String,
-    /// The time zone it is read in.
-    pub timezone: String,
-    /// The tenant its tasks belong to.
-    pub tenant: String,
-    /// Whether missed ticks are submitted after downtime.
-    pub catch_up: bool,
-    /// The task template's `type`.
-    #[serde(rename = "type")]
-    pub task_type: String,
-    /// The next tick, RFC 3339 (`null` if the expression has no future
-    /// time).
-    pub next_run: Option<String>,
-    /// The last tick submitted, by any node, RFC 3339.
-    pub last_run: Option<String>,
-    /// The task of the last tick.
-    pub last_task: Option<String>,
-    /// Ticks this node submitted itself since it started (the others'
-    /// were replays of another node's).
-    pub submitted_here: u64,
-    /// The last tick this node could not submit, and why.
-    pub last_error: Option<String>,
-}
-
-/// What a ticker has seen, for the view.
-#[derive(Default)]
-struct Seen {
-    submitted_here: u64,
-    last_error: Option<String>,
-}
-
-/// A parsed schedule.
-struct Schedule {
-    cfg: ScheduleConfig,
-    cron: croner::Cron,
-    tz: chrono_tz::Tz,
-    seen: Mutex<Seen>,
-}
-
-impl Schedule {
-    /// The first tick strictly after `after_ms`.
-    fn next_after(&self, after_ms: i64) -> Option<i64> {
-        // Ticks fall on whole seconds; croner keeps a start's fraction.
-        let t = Utc
-            .timestamp_millis_opt(after_ms - after_ms.rem_euclid(1_000))
-            .single()?
-            .with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&t, false)
-            .ok()
-            .map(|d| d.timestamp_millis())
-    }
-}
-
-/// The schedules of one engine.
-pub(crate) struct Schedules(Vec<Arc<Schedule>>);
-
-impl Schedules {
-    /// Parses `[[schedules]]` (checked at load, so a failure here is a bug
-    /// reported as such).
-    pub(crate) fn new(cfgs: &[ScheduleConfig]) -> Result<Self, EngineError> {
-        let mut out = Vec::with_capacity(cfgs.len());
-        for cfg in cfgs {
-            let (cron, tz) = cfg
-                .parse()
-                .map_err(|e| EngineError::Internal(format!("schedule `{}`: {e}", cfg.name)))?;
-            out.push(Arc::new(Schedule {
-                cfg: cfg.clone(),
-                cron,
-                tz,
-                seen: Mutex::default(),
-            }));
-        }
-        Ok(Self(out))
-    }
-}
-
-fn lock(m: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 impl Engine {
     /// Starts one ticker per schedule; they end when shutdown begins.
@@ -279,65 +190,5 @@ impl Engine {
         if let Err(e) = self.store().schedule_ran(&s.cfg.name, tick, task).await {
             warn!(schedule = %s.cfg.name, error = %e, "could not record a tick (a catch-up may submit it again, as the same task)");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::DateTime;
-    use std::str::FromStr as _;
-
-    fn schedule(cron: &str, tz: &str) -> Schedule {
-        let cfg = ScheduleConfig {
-            name: "s".into(),
-            cron: cron.into(),
-            timezone: tz.into(),
-            tenant: "default".into(),
-            catch_up: false,
-            task: TaskSpec {
-                task_type: "echo".into(),
-                ..TaskSpec::default()
-            },
-        };
-        let (cron, tz) = cfg.parse().unwrap();
-        Schedule {
-            cfg,
-            cron,
-            tz,
-            seen: Mutex::default(),
-        }
-    }
-
-    fn ms(s: &str) -> i64 {
-        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
-    }
-
-    #[test]
-    fn ticks_follow_the_zone_and_its_daylight_saving() {
-        // 09:00 in Paris is 08:00 UTC in winter, 07:00 UTC in summer.
-        let s = schedule("0 9 * * *", "Europe/Paris");
-        assert_eq!(
-            s.next_after(ms("2026-01-10T12:00:00Z")),
-            Some(ms("2026-01-11T08:00:00Z"))
-        );
-        assert_eq!(
-            s.next_after(ms("2026-07-10T12:00:00Z")),
-            Some(ms("2026-07-11T07:00:00Z"))
-        );
-        // Strictly after: a tick is never its own successor.
-        let t = ms("2026-07-11T07:00:00Z");
-        assert_eq!(s.next_after(t), Some(ms("2026-07-12T07:00:00Z")));
-    }
-
-    #[test]
-    fn seconds_are_optional() {
-        let s = schedule("*/2 * * * * *", "UTC");
-        let t = ms("2026-01-01T00:00:01Z");
-        assert_eq!(s.next_after(t), Some(ms("2026-01-01T00:00:02Z")));
-        // From within a second, the next whole one.
-        let t = ms("2026-01-01T00:00:02.600Z");
-        assert_eq!(s.next_after(t), Some(ms("2026-01-01T00:00:04Z")));
-        assert!(chrono_tz::Tz::from_str("Mars/Olympus").is_err());
     }
 }

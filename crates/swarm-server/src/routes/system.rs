@@ -212,7 +212,7 @@ pub(crate) async fn nodes(
 pub(crate) struct SchedulesView {
     /// Every `[[schedules]]` entry (a caller who is not an admin sees its
     /// own tenant's only).
-    schedules: Vec<swarm_engine::schedules::ScheduleView>,
+    schedules: Vec<swarm_engine::timetable::ScheduleView>,
 }
 
 /// `GET /api/schedules`: each schedule's next and last runs.
