@@ -208,3 +208,15 @@ def test_retry_runs_a_failed_task_again(client):
     assert again.id == t.id
     done = client.wait(t.id, timeout=10)
     assert done.attempts >= 2 and done.status == TaskStatus.FAILED
+
+
+def test_retries_and_delays_round_trip(client):
+    t = client.submit("sim", {"latency_ms": 1, "fail_first": 1},
+                      retry={"max_attempts": 3, "backoff_ms": 10}, wait_ms=5000)
+    assert t.status == TaskStatus.SUCCEEDED and t.attempts == 2
+    assert [a.status for a in t.history] == [TaskStatus.FAILED, TaskStatus.SUCCEEDED]
+    assert t.history[0].error.code == "simulated_transient_failure"
+    assert t.retry.max_attempts == 3
+    later = client.submit("echo", {"n": 1}, delay_ms=60_000)
+    assert later.status == TaskStatus.QUEUED and later.run_after is not None
+    assert client.cancel(later.id).status == TaskStatus.CANCELLED

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import (
     Any,
     AsyncIterator,
@@ -235,6 +236,8 @@ class _Ops:
         wait_ms: Optional[int] = None,
         idempotency_key: Optional[str] = None,
         retry: Optional[Mapping[str, int]] = None,
+        run_at: Optional[Union[str, datetime]] = None,
+        delay_ms: Optional[int] = None,
         request_id: Optional[str] = None,
     ) -> _Req:
         """`POST /api/tasks` -> `Task`. `task_type` is a type name (with
@@ -245,7 +248,8 @@ class _Ops:
         replay of an earlier submission with the same `idempotency_key`.
         `retry` (`{"max_attempts", "backoff_ms", "max_backoff_ms"}`) runs
         the task again after a retryable failure; `task.history` lists
-        every attempt."""
+        every attempt. `run_at` (RFC 3339 text or an aware `datetime`) or
+        `delay_ms` holds the task until then (`task.run_after`)."""
         fields = dict(
             title=title,
             description=description,
@@ -255,6 +259,8 @@ class _Ops:
             wait_ms=wait_ms,
             idempotency_key=idempotency_key,
             retry=dict(retry) if retry is not None else None,
+            run_at=run_at.isoformat() if isinstance(run_at, datetime) else run_at,
+            delay_ms=delay_ms,
         )
         return api.submit_req(_submit_spec(task_type, args, fields), request_id)
 

@@ -334,6 +334,9 @@ class TaskSpec(_Model):
     idempotency_key: Optional[str] = None
     # `{"max_attempts", "backoff_ms", "max_backoff_ms"}`, any of them.
     retry: Optional[Dict[str, Any]] = None
+    # Start no earlier than this RFC 3339 time, or this many ms from now.
+    run_at: Optional[str] = None
+    delay_ms: Optional[int] = None
     # Fields of a newer server this client has no name for yet.
     extra: Dict[str, Any] = _local(factory=dict)
 
