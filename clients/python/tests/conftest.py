@@ -9,7 +9,10 @@ started once per test session.
 
 The package tested is `src/` unless `SWARMDIRECTOR_TEST_INSTALLED=1`. The
 binary is `$SWARMD_BIN`, default `target/debug/swarmd` of the
-repository, built with `cargo build -p swarmd` when missing.
+repository, built with `cargo build -p swarmd` when missing. With
+`SWARMDIRECTOR_TEST_PG_URL` (a PostgreSQL URL whose user may create
+databases) each server gets a fresh database there instead of a SQLite
+file (`.ci/run` runs the suite both ways).
 """
 
 from __future__ import annotations
@@ -76,6 +79,25 @@ def toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a TOML basic string
 
 
+def database_url(tmp: Path) -> str:
+    """A SQLite file in `tmp`, or a fresh PostgreSQL database."""
+    pg = os.environ.get("SWARMDIRECTOR_TEST_PG_URL")
+    if not pg:
+        return f"sqlite://{tmp / 'swarmd.db'}"
+    name = f"swarmd_pytest_{os.getpid()}_{tmp.name[-8:].lower()}".replace("-", "_")
+    subprocess.run(["psql", pg, "-qc", f"CREATE DATABASE {name}"], check=True)
+    (tmp / "pg_database").write_text(name)
+    return pg.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(tmp: Path) -> None:
+    """Drops the database `database_url` created in `tmp`, if any."""
+    marker = tmp / "pg_database"
+    if marker.exists():
+        pg = os.environ["SWARMDIRECTOR_TEST_PG_URL"]
+        subprocess.run(["psql", pg, "-qc", f"DROP DATABASE IF EXISTS {marker.read_text()}"], check=False)
+
+
 def start(config: str) -> Iterator[Server]:
     tmp = Path(tempfile.mkdtemp(prefix="swarmd-pytest-"))
     (tmp / "swarmd.toml").write_text(config)
@@ -90,7 +112,7 @@ def start(config: str) -> Iterator[Server]:
             "--listen",
             f"127.0.0.1:{port}",
             "--database-url",
-            f"sqlite://{tmp / 'swarmd.db'}",
+            database_url(tmp),
             "--log",
             "warn",
         ],
@@ -122,6 +144,7 @@ def start(config: str) -> Iterator[Server]:
             proc.kill()
             proc.wait()
         log.close()
+        drop_database(tmp)
 
 
 def process_pool(name: str, script: Path, workers: int, env: Dict[str, str]) -> str:
