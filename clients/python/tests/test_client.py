@@ -220,3 +220,9 @@ def test_retries_and_delays_round_trip(client):
     later = client.submit("echo", {"n": 1}, delay_ms=60_000)
     assert later.status == TaskStatus.QUEUED and later.run_after is not None
     assert client.cancel(later.id).status == TaskStatus.CANCELLED
+
+
+def test_schedules_and_deliveries_are_listed(client):
+    assert client.schedules() == []  # the test server has none
+    t = client.submit("echo", {"n": 1}, wait_ms=5000)
+    assert client.deliveries(t.id) == []  # no callback: no tries

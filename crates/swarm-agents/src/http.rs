@@ -735,7 +735,7 @@ pub(crate) fn excerpt(bytes: &[u8]) -> String {
 
 /// reqwest's own message is terse (`error sending request`); the cause
 /// (`Connection refused`) is in its sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -43,6 +43,7 @@ pub mod registry;
 pub mod sim;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod webhook;
 
 pub use agent::{
     Agent, AgentContext, AgentError, AgentInput, Children, Placement, Progress, ProviderSignal,

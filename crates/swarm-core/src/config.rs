@@ -43,6 +43,9 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Trace export (OpenTelemetry); off unless `otlp_endpoint` is set.
     pub telemetry: TelemetryConfig,
+    /// Completion webhooks: which hosts may receive them, how they are
+    /// signed and retried (`[webhooks]`).
+    pub webhooks: WebhookConfig,
     /// An OpenAI-compatible LLM for the communications drafter and
     /// reviewers (`base_url`, `model`, …; read and checked by
     /// `swarm_agents::openai::OpenAiConfig`). Without it they use their
@@ -51,6 +54,86 @@ pub struct Config {
     /// Periodic tasks: a cron expression in a time zone and a task
     /// template each (`[[schedules]]`).
     pub schedules: Vec<ScheduleConfig>,
+}
+
+/// `[webhooks]`: completion callbacks (`callback_url` on a task, or a
+/// tenant's default), signed by the Standard Webhooks scheme.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Hosts (`host`, `host:port`) and CIDR blocks callbacks may go to;
+    /// empty: no task may ask for a callback (`422 host_not_allowed`).
+    pub allow_hosts: Vec<String>,
+    /// The signing secret of tenants without their own: `whsec_` and the
+    /// base64 of at least 16 random bytes (`swarmd` refuses to start with
+    /// a malformed one). Without any, callbacks go unsigned.
+    pub secret: Option<String>,
+    /// Tries of one delivery before it is given up (`failed`).
+    pub max_attempts: u32,
+    /// The first retry's backoff ceiling, ms (doubled per retry, full
+    /// jitter).
+    pub backoff_ms: u64,
+    /// The highest backoff ceiling, ms.
+    pub max_backoff_ms: u64,
+    /// One delivery's time limit, ms (connect, send, answer).
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once, per node.
+    pub concurrency: usize,
+    /// Per-tenant defaults: `[webhooks.tenants.NAME] url`, `secret`.
+    pub tenants: BTreeMap<String, TenantWebhook>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            allow_hosts: Vec::new(),
+            secret: None,
+            max_attempts: 10,
+            backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            timeout_ms: 10_000,
+            concurrency: 16,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[webhooks.tenants.NAME]`: a tenant's callback default and secret.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantWebhook {
+    /// Where the tenant's finished tasks are sent when they name no
+    /// `callback_url`.
+    pub url: Option<String>,
+    /// The tenant's signing secret (`whsec_…`), over `[webhooks] secret`.
+    pub secret: Option<String>,
+}
+
+impl WebhookConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 || self.max_attempts > 100 {
+            return Err(cfg_err(
+                "webhooks.max_attempts",
+                "must be between 1 and 100",
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 300_000 {
+            return Err(cfg_err(
+                "webhooks.timeout_ms",
+                "must be between 1 and 300000",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(cfg_err("webhooks.concurrency", "must be at least 1"));
+        }
+        if self.backoff_ms > 3_600_000 || self.max_backoff_ms > 3_600_000 {
+            return Err(cfg_err(
+                "webhooks.backoff_ms",
+                "`backoff_ms` and `max_backoff_ms` must be at most 3600000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[[schedules]]`: a task submitted on every tick of a cron expression.
@@ -145,6 +228,7 @@ impl Default for Config {
             sim: SimConfig::default(),
             monitor: MonitorConfig::default(),
             telemetry: TelemetryConfig::default(),
+            webhooks: WebhookConfig::default(),
             llm: None,
             schedules: Vec::new(),
         }
@@ -903,6 +987,7 @@ impl Config {
     /// Checks cross-references and ranges. `agent_kinds` are the agent kinds
     /// this build provides.
     pub fn validate(&self, agent_kinds: &[&str]) -> Result<(), ConfigError> {
+        self.webhooks.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, sch) in self.schedules.iter().enumerate() {
             sch.validate()

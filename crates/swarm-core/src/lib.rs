@@ -21,6 +21,6 @@ pub mod whole;
 
 pub use error::FieldError;
 pub use task::{
-    Attempt, Blocker, Priority, RetryPolicy, RetrySpec, Task, TaskError, TaskId, TaskSpec,
-    TaskStatus, Timings,
+    Attempt, Blocker, Delivery, Priority, RetryPolicy, RetrySpec, Task, TaskError, TaskId,
+    TaskSpec, TaskStatus, Timings,
 };

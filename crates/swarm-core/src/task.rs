@@ -295,6 +295,12 @@ pub struct TaskSpec {
     #[serde(default, deserialize_with = "crate::whole::optional")]
     #[schema(maximum = 2592000000_u64)]
     pub delay_ms: Option<u64>,
+    /// Where to POST the finished task (signed, retried until delivered);
+    /// its host must be in `[webhooks] allow_hosts`. Default: the
+    /// tenant's `[webhooks.tenants.NAME] url`, if any.
+    #[serde(default)]
+    #[schema(max_length = 2048, pattern = r"^https?://")]
+    pub callback_url: Option<String>,
 }
 
 /// The furthest ahead a task may be scheduled (`run_at`, `delay_ms`): 30 days.
@@ -408,6 +414,33 @@ pub struct Attempt {
     /// Why it did not succeed.
     #[schema(required)]
     pub error: Option<TaskError>,
+}
+
+/// One try of a completion webhook, as `GET /api/tasks/{id}/deliveries`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    /// This try's id.
+    pub id: String,
+    /// The `webhook-id` sent: the same for every try of one message, so a
+    /// receiver can drop a repeat.
+    pub message_id: String,
+    /// Its number, from 1.
+    pub attempt: i32,
+    /// Where it went.
+    pub url: String,
+    /// The node that sent it.
+    pub node: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// How long it took, ms.
+    pub duration_ms: f64,
+    /// The receiver's HTTP status, if it answered.
+    #[schema(required)]
+    pub status: Option<i32>,
+    /// Why the try failed, if it did (a status other than 2xx, no answer).
+    #[schema(required)]
+    pub error: Option<String>,
 }
 
 /// Bounds a submission is checked against.
@@ -734,6 +767,12 @@ pub struct Task {
     pub run_after: Option<i64>,
     /// Every attempt that has ended or runs, oldest first.
     pub history: Vec<Attempt>,
+    /// Where the finished task is delivered.
+    pub callback_url: Option<String>,
+    /// The delivery: `pending` (finished, not yet delivered), `delivered`
+    /// or `failed` (given up); `None` before the task ends or without a
+    /// callback.
+    pub callback_state: Option<String>,
 }
 
 /// A [`Task`] on the wire: times as RFC 3339, `type` for `task_type`,
@@ -794,6 +833,14 @@ struct TaskView<'a> {
     /// Every attempt, oldest first: its number, node, instance, outcome,
     /// times and error.
     history: Vec<Attempt>,
+    /// Where the finished task is delivered (absent without a callback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_url: Option<&'a str>,
+    /// The delivery's state: `pending`, `delivered` or `failed` (absent
+    /// before the task ends, or without a callback); each try is in
+    /// `GET /api/tasks/{id}/deliveries`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_state: Option<&'a str>,
 }
 
 impl Task {
@@ -875,6 +922,8 @@ impl Serialize for Task {
             retry: self.retry.as_ref(),
             run_after: self.run_after.map(rfc3339),
             history: self.all_attempts(),
+            callback_url: self.callback_url.as_deref(),
+            callback_state: self.callback_state.as_deref(),
         }
         .serialize(s)
     }
@@ -1052,6 +1101,8 @@ mod tests {
             retry: None,
             run_after: None,
             history: Vec::new(),
+            callback_url: None,
+            callback_state: None,
             timings: Timings {
                 run_ms: Some(1.5),
                 ..Default::default()

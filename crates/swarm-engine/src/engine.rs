@@ -151,6 +151,8 @@ struct Core {
     background: TaskTracker,
     /// `[[schedules]]`, parsed.
     schedules: crate::timetable::Schedules,
+    /// `[webhooks]`, parsed: callbacks' checks, secrets, the sender.
+    webhooks: Arc<crate::upkeep::webhooks::WebhookPlan>,
     /// The runtime the engine was started on: its loops and runs live there,
     /// and so does every submission's store write and queueing (see
     /// [`Engine::submit`]).
@@ -328,6 +330,15 @@ impl Engine {
         let cfg = Arc::new(cfg);
         let remote = Remote::new(hub.clone(), store.clone());
         let schedules = crate::timetable::Schedules::new(&cfg.schedules)?;
+        let webhooks = Arc::new(
+            crate::upkeep::webhooks::WebhookPlan::new(&cfg.webhooks).map_err(|e| {
+                EngineError::Internal(format!(
+                    "{}: {}",
+                    e.field.as_deref().unwrap_or("webhooks"),
+                    e.message
+                ))
+            })?,
+        );
         let core = Arc::new(Core {
             admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
             tenants,
@@ -351,6 +362,7 @@ impl Engine {
             started: Instant::now(),
             background: TaskTracker::new(),
             schedules,
+            webhooks,
             runtime: tokio::runtime::Handle::current(),
         });
         // A schedule whose template routes nowhere would fail every tick.
@@ -457,6 +469,15 @@ impl Engine {
                 alerts: c.alerts.clone(),
                 store: c.store.clone(),
                 metrics: c.metrics.clone(),
+            }
+            .run(),
+        );
+        c.background.spawn(
+            crate::upkeep::webhooks::Deliverer {
+                store: c.store.clone(),
+                plan: c.webhooks.clone(),
+                node_id: c.node_id.clone(),
+                stop: stop.clone(),
             }
             .run(),
         );
@@ -700,6 +721,8 @@ impl Engine {
             },
             run_after,
             history: Vec::new(),
+            callback_url: c.webhooks.callback(tenant, spec.callback_url.as_deref())?,
+            callback_state: None,
         };
         Ok(Admitted {
             pool: pool.clone(),
@@ -883,6 +906,16 @@ impl Engine {
 }
 
 impl Engine {
+    /// Every try of a task's completion webhook, oldest first.
+    pub async fn deliveries(
+        &self,
+        id: TaskId,
+        access: Access<'_>,
+    ) -> Result<Vec<swarm_core::Delivery>, EngineError> {
+        self.get(id, access).await?;
+        Ok(self.core.store.deliveries(id).await?)
+    }
+
     /// Runs an ended task that did not succeed again, as a new attempt on
     /// this node (`POST /api/tasks/{id}/retry`).
     pub async fn retry(&self, id: TaskId, access: Access<'_>) -> Result<Task, EngineError> {

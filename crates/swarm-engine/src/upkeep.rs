@@ -6,9 +6,11 @@
 //!   under a second, shared work between nodes;
 //! - [`governor`]: pool upkeep (drain rates, CoDel targets, fair shares,
 //!   expired queued tasks), the resource monitor and the global cap, alerts;
-//! - [`retention`]: deletion of finished work past `[database] retention`.
+//! - [`retention`]: deletion of finished work past `[database] retention`;
+//! - [`webhooks`]: delivery of finished tasks to their `callback_url`.
 
 pub(crate) mod governor;
 pub(crate) mod heartbeat;
 pub(crate) mod peers;
 pub(crate) mod retention;
+pub(crate) mod webhooks;

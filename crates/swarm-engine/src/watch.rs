@@ -336,6 +336,8 @@ mod tests {
             retry: None,
             run_after: None,
             history: Vec::new(),
+            callback_url: None,
+            callback_state: None,
             timings: Timings::default(),
         }
     }

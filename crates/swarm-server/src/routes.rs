@@ -164,6 +164,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::retry))
+        .routes(routes!(tasks::deliveries))
         .routes(routes!(tasks::events))
         .routes(routes!(system::outbox))
         .routes(routes!(profile::profile))

@@ -106,6 +106,7 @@ prop_compose! {
             }),
             run_at: None,
             delay_ms,
+            callback_url: None,
         }
     }
 }

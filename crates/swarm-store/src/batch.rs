@@ -16,7 +16,7 @@ use sqlx::{PgConnection, QueryBuilder, Row, SqliteConnection};
 use crate::db::{self, to_json};
 use crate::model::{Finish, NewTask};
 
-/// Rows per multi-row statement on SQLite: 19 binds each stays far below
+/// Rows per multi-row statement on SQLite: 20 binds each stays far below
 /// its bind-parameter limit.
 const CHUNK: usize = 500;
 
@@ -63,7 +63,8 @@ impl BatchWrites for SqliteConnection {
                     .push_bind(n.owner.clone())
                     .push_bind(to_json(&t.timings))
                     .push_bind(t.retry.as_ref().map(to_json))
-                    .push_bind(t.run_after);
+                    .push_bind(t.run_after)
+                    .push_bind(t.callback_url.clone());
             });
             qb.push(db::SQL_INSERT_TAIL);
             for row in qb.build().fetch_all(&mut *self).await? {
@@ -120,10 +121,10 @@ impl BatchWrites for SqliteConnection {
 /// New tasks as one `UNNEST` of column arrays.
 const PG_INSERT: &str = "INSERT INTO tasks (id, tenant, type, status, priority, department, agent, \
      title, description, args, idempotency_key, request_hash, timeout_ms, deadline_at, created_at, \
-     owner, timings, retry, run_after) \
+     owner, timings, retry, run_after, callback_url) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], \
-       $14::int8[], $15::int8[], $16::text[], $17::text[], $18::text[], $19::int8[]) \
+       $14::int8[], $15::int8[], $16::text[], $17::text[], $18::text[], $19::int8[], $20::text[]) \
      ON CONFLICT DO NOTHING RETURNING id";
 
 /// [`db::SQL_START`] for many tasks, from arrays.
@@ -139,7 +140,9 @@ const PG_START: &str = "UPDATE tasks SET status = 'running', instance = v.instan
 /// [`db::SQL_FINISH_RUNNING`] for many tasks, from arrays.
 const PG_FINISH: &str = "UPDATE tasks SET status = v.status, result = v.result, error = v.error, \
      finished_at = v.finished_at, timings = v.timings, instance = COALESCE(v.instance, tasks.instance), \
-     owner = NULL, cancel_requested = FALSE \
+     owner = NULL, cancel_requested = FALSE, \
+     callback_state = CASE WHEN tasks.callback_url IS NULL THEN NULL ELSE 'pending' END, \
+     callback_next_at = v.finished_at \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], \
        $8::text[]) AS v(id, status, result, error, finished_at, timings, instance, owner) \
      WHERE tasks.id = v.id AND tasks.owner = v.owner AND tasks.status = 'running' \
@@ -174,6 +177,7 @@ impl BatchWrites for PgConnection {
             .bind(col(&|n| to_json(&n.task.timings)))
             .bind(opt(&|n| n.task.retry.as_ref().map(to_json)))
             .bind(rows.iter().map(|n| n.task.run_after).collect::<Vec<_>>())
+            .bind(opt(&|n| n.task.callback_url.clone()))
             .fetch_all(&mut *self)
             .await?;
         out.iter().map(|r| r.try_get::<String, _>(0)).collect()

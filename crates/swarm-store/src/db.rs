@@ -54,10 +54,10 @@ impl Db {
 /// The columns every task read selects, in [`task_from_row`]'s order.
 pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, department, agent, instance, \
      title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
+     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
 
 fn migrations(backend: Backend) -> Migrator {
-    let files: [(i64, &str, &str); 5] = match backend {
+    let files: [(i64, &str, &str); 6] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -83,6 +83,11 @@ fn migrations(backend: Backend) -> Migrator {
                 5,
                 "schedules",
                 include_str!("../migrations/sqlite/0005_schedules.sql"),
+            ),
+            (
+                6,
+                "webhooks",
+                include_str!("../migrations/sqlite/0006_webhooks.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -110,6 +115,11 @@ fn migrations(backend: Backend) -> Migrator {
                 5,
                 "schedules",
                 include_str!("../migrations/postgres/0005_schedules.sql"),
+            ),
+            (
+                6,
+                "webhooks",
+                include_str!("../migrations/postgres/0006_webhooks.sql"),
             ),
         ],
     };
@@ -304,6 +314,14 @@ where
             .ok()
             .and_then(|h| serde_json::from_str(&h).ok())
             .unwrap_or_default(),
+        callback_url: row
+            .try_get::<Option<String>, _>("callback_url")
+            .ok()
+            .flatten(),
+        callback_state: row
+            .try_get::<Option<String>, _>("callback_state")
+            .ok()
+            .flatten(),
     })
 }
 
@@ -348,18 +366,19 @@ pub(crate) const SQL_START_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 
 /// node whose tasks were taken over (its lease lapsed) can never overwrite
 /// what the new owner stores, and a stored outcome is never replaced.
 pub(crate) const SQL_FINISH_QUEUED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, callback_next_at = $5, owner = NULL, \
      cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status = 'queued'";
 pub(crate) const SQL_FINISH_RUNNING: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, callback_next_at = $5, owner = NULL, \
      cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status = 'running'";
 pub(crate) const SQL_FINISH_UNFINISHED: &str = "UPDATE tasks SET status = $2, result = $3, error = $4, \
-     finished_at = $5, timings = $6, instance = COALESCE($7, instance), owner = NULL, \
+     finished_at = $5, timings = $6, instance = COALESCE($7, instance), callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, callback_next_at = $5, owner = NULL, \
      cancel_requested = FALSE WHERE id = $1 AND owner = $8 AND status IN ('queued', 'running')";
 /// [`SQL_FINISH_RUNNING`] for many tasks.
 pub(crate) const SQL_FINISH_MANY_HEAD: &str = "UPDATE tasks SET status = v.column2, result = v.column3, \
      error = v.column4, finished_at = v.column5, timings = v.column6, \
-     instance = COALESCE(v.column7, tasks.instance), owner = NULL, cancel_requested = FALSE FROM (";
+     instance = COALESCE(v.column7, tasks.instance), callback_state = CASE WHEN tasks.callback_url IS NULL THEN NULL ELSE 'pending' END, \
+     callback_next_at = v.column5, owner = NULL, cancel_requested = FALSE FROM (";
 pub(crate) const SQL_FINISH_MANY_TAIL: &str = ") AS v WHERE tasks.id = v.column1 AND tasks.owner = v.column8 \
      AND tasks.status = 'running' RETURNING tasks.id";
 
@@ -373,8 +392,32 @@ pub(crate) const SQL_RETRY: &str = "UPDATE tasks SET status = 'queued', run_afte
 /// on this node as a new attempt, with a new deadline.
 pub(crate) const SQL_RERUN: &str = "UPDATE tasks SET status = 'queued', owner = $2, deadline_at = $3, \
      history = $4, result = NULL, error = NULL, finished_at = NULL, run_after = NULL, \
-     cancel_requested = FALSE, timings = '{}' \
-     WHERE id = $1 AND status IN ('failed', 'timed_out', 'cancelled') RETURNING ";
+     cancel_requested = FALSE, timings = '{}', callback_state = NULL, callback_attempts = 0, \
+     callback_next_at = NULL WHERE id = $1 AND status IN ('failed', 'timed_out', 'cancelled') RETURNING ";
+
+/// Deliveries due (`callback_next_at` passed), leased to the caller until
+/// `$2` so no other node sends them meanwhile; `$3` at most. The
+/// PostgreSQL variant skips rows another node is claiming.
+pub(crate) const SQL_CALLBACKS_DUE: &str = "UPDATE tasks SET callback_next_at = $2 WHERE id IN \
+     (SELECT id FROM tasks WHERE callback_state = 'pending' AND callback_next_at <= $1 \
+      ORDER BY callback_next_at LIMIT $3) AND callback_state = 'pending' RETURNING ";
+pub(crate) const SQL_CALLBACKS_DUE_PG: &str = "UPDATE tasks SET callback_next_at = $2 WHERE id IN \
+     (SELECT id FROM tasks WHERE callback_state = 'pending' AND callback_next_at <= $1 \
+      ORDER BY callback_next_at LIMIT $3 FOR UPDATE SKIP LOCKED) AND callback_state = 'pending' RETURNING ";
+
+pub(crate) const SQL_CALLBACKS_ANY: &str =
+    "SELECT 1 FROM tasks WHERE callback_state = 'pending' AND callback_next_at <= $1 LIMIT 1";
+
+/// A delivery's try ended: its state and next time.
+pub(crate) const SQL_CALLBACK_TRIED: &str = "UPDATE tasks SET callback_state = $2, \
+     callback_attempts = $3, callback_next_at = $4 WHERE id = $1 AND callback_state = 'pending'";
+
+pub(crate) const SQL_DELIVERY_INSERT: &str = "INSERT INTO deliveries (id, task_id, message_id, attempt, \
+     url, node, at, duration_ms, status, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (id) DO NOTHING";
+
+pub(crate) const SQL_DELIVERIES: &str = "SELECT id, message_id, attempt, url, node, at, duration_ms, \
+     status, error FROM deliveries WHERE task_id = $1 ORDER BY at, attempt";
 
 /// A schedule's tick was submitted; only a later tick replaces the record.
 pub(crate) const SQL_SCHEDULE_RAN: &str = "INSERT INTO schedules (name, last_tick, last_task, updated_at) \
@@ -413,7 +456,7 @@ pub(crate) const SQL_OUTBOX_INSERT: &str = "INSERT INTO outbox \
 
 pub(crate) const SQL_INSERT_HEAD: &str = "INSERT INTO tasks (id, tenant, type, status, priority, \
      department, agent, title, description, args, idempotency_key, request_hash, timeout_ms, \
-     deadline_at, created_at, owner, timings, retry, run_after) ";
+     deadline_at, created_at, owner, timings, retry, run_after, callback_url) ";
 /// Any unique conflict (the idempotency key, or the id of a row an earlier
 /// run of the same batch stored) inserts nothing; the writer then tells
 /// which one it was.
@@ -423,30 +466,30 @@ pub(crate) const SQL_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 
 pub(crate) const SQL_EXISTING: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, request_hash, nodes, retry, run_after, history \
+     created_at, started_at, finished_at, attempts, timings, request_hash, nodes, retry, run_after, history, callback_url, callback_state \
      FROM tasks WHERE tenant = $1 AND idempotency_key = $2";
 
 pub(crate) const SQL_GET: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state FROM tasks WHERE id = $1";
 
 /// [`SQL_GET`] and the owning node (column 21).
 pub(crate) const SQL_GET_OWNED: &str = "SELECT id, tenant, type, status, priority, department, agent, \
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
-     created_at, started_at, finished_at, attempts, timings, owner, nodes, retry, run_after, history FROM tasks WHERE id = $1";
+     created_at, started_at, finished_at, attempts, timings, owner, nodes, retry, run_after, history, callback_url, callback_state FROM tasks WHERE id = $1";
 
 /// Startup claim on SQLite: one process owns the file (see the lock file),
 /// so everything unfinished is ours.
 pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
      WHERE status IN ('queued', 'running') RETURNING id, tenant, type, status, priority, \
      department, agent, instance, title, description, args, result, error, idempotency_key, \
-     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
+     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
 
 /// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
 pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
      WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
 
 /// The ids of this node's unfinished tasks (the sweep compares them with
 /// what the node holds in memory).
@@ -459,7 +502,7 @@ pub(crate) const SQL_RECLAIM_HEAD: &str = "UPDATE tasks SET status = 'queued' WH
 pub(crate) const SQL_RECLAIM_MID: &str = " AND status IN ('queued', 'running') AND id IN (";
 pub(crate) const SQL_RECLAIM_TAIL: &str = " RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
 
 /// Rescue on PostgreSQL, first step: other nodes whose heartbeat stopped
 /// and that still own unfinished tasks (the owned-rows index answers the

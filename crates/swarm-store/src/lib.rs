@@ -267,6 +267,110 @@ impl Store {
         .await
     }
 
+    /// Whether any delivery is due at `now` (a read of the pending rows'
+    /// index only, so an idle loop never writes).
+    pub async fn callbacks_pending(&self, now: i64) -> Result<bool, StoreError> {
+        Ok(with_db!(&self.inner.db, p => {
+            sqlx::query(db::SQL_CALLBACKS_ANY)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+                .is_some()
+        }))
+    }
+
+    /// Leases up to `limit` deliveries due at `now` (epoch ms) until
+    /// `lease_until`: the finished tasks and the tries each has had.
+    pub async fn callbacks_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<(Task, i64)>, StoreError> {
+        static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+            [
+                format!("{}{TASK_COLS}, callback_attempts", db::SQL_CALLBACKS_DUE),
+                format!("{}{TASK_COLS}, callback_attempts", db::SQL_CALLBACKS_DUE_PG),
+            ]
+        });
+        let sql = &SQL[usize::from(self.backend() == Backend::Postgres)];
+        Ok(with_db!(&self.inner.db, p => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(p)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push((task_from_row(r)?, r.try_get::<i64, _>("callback_attempts")?));
+            }
+            out
+        }))
+    }
+
+    /// Records one try of a delivery and the delivery's new state
+    /// (`pending` with the next try's time, `delivered` or `failed`).
+    pub async fn delivery_tried(
+        &self,
+        task: TaskId,
+        d: &swarm_core::Delivery,
+        at_ms: i64,
+        state: &str,
+        next_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        with_db!(&self.inner.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(db::SQL_DELIVERY_INSERT)
+                .bind(d.id.clone())
+                .bind(task.to_string())
+                .bind(d.message_id.clone())
+                .bind(i64::from(d.attempt))
+                .bind(d.url.clone())
+                .bind(d.node.clone())
+                .bind(at_ms)
+                .bind(d.duration_ms)
+                .bind(d.status.map(i64::from))
+                .bind(d.error.clone())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(db::SQL_CALLBACK_TRIED)
+                .bind(task.to_string())
+                .bind(state.to_string())
+                .bind(i64::from(d.attempt))
+                .bind(next_at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Every try of `task`'s deliveries, oldest first.
+    pub async fn deliveries(&self, task: TaskId) -> Result<Vec<swarm_core::Delivery>, StoreError> {
+        Ok(with_db!(&self.inner.db, p => {
+            let rows = sqlx::query(db::SQL_DELIVERIES)
+                .bind(task.to_string())
+                .fetch_all(p)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(swarm_core::Delivery {
+                    id: r.try_get(0)?,
+                    message_id: r.try_get(1)?,
+                    attempt: r.try_get::<i64, _>(2)? as i32,
+                    url: r.try_get(3)?,
+                    node: r.try_get(4)?,
+                    at: swarm_core::clock::rfc3339(r.try_get::<i64, _>(5)?),
+                    duration_ms: r.try_get(6)?,
+                    status: r.try_get::<Option<i64>, _>(7)?.map(|s| s as i32),
+                    error: r.try_get(8)?,
+                });
+            }
+            out
+        }))
+    }
+
     /// Records that schedule `name` submitted its tick `tick` (epoch ms) as
     /// task `task` (kept only if later than the one recorded).
     pub async fn schedule_ran(

@@ -49,6 +49,8 @@ fn task(tenant: &str, key: Option<&str>) -> Task {
         retry: None,
         run_after: None,
         history: Vec::new(),
+        callback_url: None,
+        callback_state: None,
         timings: Timings::default(),
     }
 }

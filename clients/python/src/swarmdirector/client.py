@@ -238,6 +238,7 @@ class _Ops:
         retry: Optional[Mapping[str, int]] = None,
         run_at: Optional[Union[str, datetime]] = None,
         delay_ms: Optional[int] = None,
+        callback_url: Optional[str] = None,
         request_id: Optional[str] = None,
     ) -> _Req:
         """`POST /api/tasks` -> `Task`. `task_type` is a type name (with
@@ -249,7 +250,8 @@ class _Ops:
         `retry` (`{"max_attempts", "backoff_ms", "max_backoff_ms"}`) runs
         the task again after a retryable failure; `task.history` lists
         every attempt. `run_at` (RFC 3339 text or an aware `datetime`) or
-        `delay_ms` holds the task until then (`task.run_after`)."""
+        `delay_ms` holds the task until then (`task.run_after`).
+        `callback_url` has the finished task POSTed there, signed."""
         fields = dict(
             title=title,
             description=description,
@@ -261,6 +263,7 @@ class _Ops:
             retry=dict(retry) if retry is not None else None,
             run_at=run_at.isoformat() if isinstance(run_at, datetime) else run_at,
             delay_ms=delay_ms,
+            callback_url=callback_url,
         )
         return api.submit_req(_submit_spec(task_type, args, fields), request_id)
 
@@ -308,6 +311,20 @@ class _Ops:
     def status(api: _Api, *, request_id: Optional[str] = None) -> _Req:
         """`GET /api/status` -> `Status`."""
         return api.status_req(request_id)
+
+    @staticmethod
+    def schedules(api: _Api, *, request_id: Optional[str] = None) -> _Req:
+        """`GET /api/schedules` -> a list of dicts: each `[[schedules]]`
+        entry with its `next_run`, `last_run`, `last_task`."""
+        return _Req("GET", "/api/schedules", lambda r: r.json()["schedules"],
+                    headers=api._headers(request_id))
+
+    @staticmethod
+    def deliveries(api: _Api, task_id: str, *, request_id: Optional[str] = None) -> _Req:
+        """`GET /api/tasks/{id}/deliveries` -> a list of dicts: each try
+        of the task's completion webhook (`attempt`, `status`, `error`…)."""
+        path = f"/api/tasks/{quote(str(task_id), safe='')}/deliveries"
+        return _Req("GET", path, lambda r: r.json()["deliveries"], headers=api._headers(request_id))
 
 
 def _sync(build: Callable[..., _Req]) -> Callable[..., Any]:
@@ -399,6 +416,8 @@ class Client(_Base):
     cancel = _sync(_Ops.cancel)
     retry = _sync(_Ops.retry)
     status = _sync(_Ops.status)
+    schedules = _sync(_Ops.schedules)
+    deliveries = _sync(_Ops.deliveries)
 
     def iter_tasks(
         self,
@@ -507,6 +526,8 @@ class AsyncClient(_Base):
     cancel = _async(_Ops.cancel)
     retry = _async(_Ops.retry)
     status = _async(_Ops.status)
+    schedules = _async(_Ops.schedules)
+    deliveries = _async(_Ops.deliveries)
 
     async def iter_tasks(
         self,

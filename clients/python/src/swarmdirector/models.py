@@ -292,6 +292,10 @@ class Task(_Model):
     retry: Optional[RetryPolicy] = None
     run_after: Optional[datetime] = None
     history: List[Attempt] = dataclasses.field(default_factory=list)
+    # Completion webhooks: where the finished task goes, and how that went
+    # (`pending`, `delivered`, `failed`).
+    callback_url: Optional[str] = None
+    callback_state: Optional[str] = None
     extra: Dict[str, Any] = _local(factory=dict)
     # From the answer's headers, not its body.
     replayed: bool = _local(False)
@@ -337,6 +341,8 @@ class TaskSpec(_Model):
     # Start no earlier than this RFC 3339 time, or this many ms from now.
     run_at: Optional[str] = None
     delay_ms: Optional[int] = None
+    # POST the finished task here (signed; host in `[webhooks] allow_hosts`).
+    callback_url: Optional[str] = None
     # Fields of a newer server this client has no name for yet.
     extra: Dict[str, Any] = _local(factory=dict)
 

@@ -114,6 +114,8 @@ impl Fx {
             retry: None,
             run_after: None,
             history: Vec::new(),
+            callback_url: None,
+            callback_state: None,
             timings: Timings::default(),
         }
     }

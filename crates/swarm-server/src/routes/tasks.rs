@@ -436,6 +436,38 @@ pub(crate) async fn cancel(
     })
 }
 
+/// The answer of `GET /api/tasks/{id}/deliveries`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DeliveriesView {
+    /// Every try of the task's completion webhook, oldest first.
+    deliveries: Vec<swarm_core::Delivery>,
+}
+
+/// `GET /api/tasks/{id}/deliveries`: each try of the task's webhook.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{id}/deliveries",
+    operation_id = "task_deliveries",
+    tag = "tasks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The task's id."), TenantHeader),
+    responses(
+        (status = 200, description = "The tries, oldest first (empty before the task ends, or without a callback).", body = DeliveriesView),
+        TaskNotFound,
+        CallerErrors,
+        StoreErrors
+    )
+)]
+pub(crate) async fn deliveries(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveriesView>, ApiError> {
+    let id = parse_id(&id)?;
+    let deliveries = app.engine.deliveries(id, caller.access()).await?;
+    Ok(Json(DeliveriesView { deliveries }))
+}
+
 /// `POST /api/tasks/{id}/retry`: runs a failed, timed-out or cancelled task
 /// again as a new attempt (its earlier attempts stay in `history`).
 #[utoipa::path(
