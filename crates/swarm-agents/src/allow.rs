@@ -87,19 +87,36 @@ impl HostAllowList {
     /// Checks a runtime addition's URL: `host_not_allowed` on `url` when
     /// its host is not listed.
     pub fn check(&self, pool: &str, url: &str) -> Result<(), FieldError> {
-        let parsed = crate::http::parse_http_url("url", url)?;
+        self.check_in(
+            "url",
+            url,
+            &format!(
+                "`[pools.{pool}.http] allow_hosts` (default: the hosts of its configured `urls`)"
+            ),
+            "the pool's shared settings and headers go only to listed hosts",
+        )
+    }
+
+    /// Checks `url` (given as `field`): an http(s) URL whose host is in
+    /// this list, named `list` in the error, which says `purpose`.
+    pub fn check_in(
+        &self,
+        field: &str,
+        url: &str,
+        list: &str,
+        purpose: &str,
+    ) -> Result<(), FieldError> {
+        let parsed = crate::http::parse_http_url(field, url)?;
         if self.allows(&parsed) {
             return Ok(());
         }
         Err(FieldError {
             code: "host_not_allowed",
             message: format!(
-                "host `{}` is not in `[pools.{pool}.http] allow_hosts` (default: the hosts of \
-                 its configured `urls`); the pool's shared settings and headers go only to \
-                 listed hosts",
+                "host `{}` is not in {list}; {purpose}",
                 parsed.host_str().unwrap_or_default()
             ),
-            field: Some("url".into()),
+            field: Some(field.into()),
         })
     }
 }

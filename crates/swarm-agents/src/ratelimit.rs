@@ -119,12 +119,7 @@ const ANTHROPIC: [(&str, &str, Quota); 4] = [
 /// module docs. `now` is when the response arrived (Anthropic's resets are
 /// timestamps).
 pub fn rate_limit(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let text = |name: &str| header(headers, name);
     let spent = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok()) == Some(0);
     let openai = OPENAI.iter().filter_map(|(rem, reset, quota)| {
         if !spent(rem) {
@@ -154,12 +149,7 @@ pub fn rate_limit(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause>
 /// their number means the next start would be refused: the caller pauses
 /// before it instead of spending a request on a `429`.
 pub fn headroom(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let text = |name: &str| header(headers, name);
     let left = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
     let (rem, reset, _) = OPENAI[0];
     let openai = left(rem).zip(text(reset).and_then(parse_go_duration));
@@ -174,6 +164,14 @@ pub fn headroom(headers: &HeaderMap, now: SystemTime) -> Option<ProviderPause> {
         quota: Quota::Requests,
         remaining,
     })
+}
+
+/// A header's value as trimmed text, if it is text.
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// A Go-style duration (`1m30.5s`, `20ms`, `6m0s`), or a bare number of

@@ -98,18 +98,12 @@ impl WebhookSender {
     /// Checks a `callback_url`: an http(s) URL whose host is allowed;
     /// the error names `field`.
     pub fn check(&self, field: &str, url: &str) -> Result<(), FieldError> {
-        let parsed = crate::http::parse_http_url(field, url)?;
-        if self.allow.allows(&parsed) {
-            return Ok(());
-        }
-        Err(FieldError {
-            code: "host_not_allowed",
-            message: format!(
-                "host `{}` is not in `[webhooks] allow_hosts`; callbacks go only to listed hosts",
-                parsed.host_str().unwrap_or_default()
-            ),
-            field: Some(field.into()),
-        })
+        self.allow.check_in(
+            field,
+            url,
+            "`[webhooks] allow_hosts`",
+            "callbacks go only to listed hosts",
+        )
     }
 
     /// POSTs `body` to `url` as message `id`, signed with `secret` if any.

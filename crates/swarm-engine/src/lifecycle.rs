@@ -386,11 +386,7 @@ impl Lifecycle {
                     started: None,
                     start_at: None,
                 };
-                match task.run_after {
-                    // Delayed (`run_at`, `delay_ms`): held until its time.
-                    Some(at) => pool.push_later(queued, at),
-                    None => pool.push(queued),
-                }
+                pool.push_when_due(queued);
                 drop(pending);
                 Ok(Accepted::New(task))
             }
@@ -826,16 +822,8 @@ impl Lifecycle {
         {
             Ok(Some(stored)) => {
                 self.hub.publish(stored.clone());
-                pool.push(Queued {
-                    slot: self.tenants.take(&stored.tenant),
-                    enqueued_at: Instant::now(),
-                    received_at: None,
-                    stored_at: None,
-                    request_id: None,
-                    started: None,
-                    start_at: None,
-                    task: stored.clone(),
-                });
+                let slot = self.tenants.take(&stored.tenant);
+                pool.push(Queued::taken(stored.clone(), slot));
                 Ok(stored)
             }
             Ok(None) => {
@@ -891,16 +879,8 @@ impl Lifecycle {
     /// department no longer configured is failed visibly, not dropped.
     pub(crate) async fn adopt(&self, task: Task) -> bool {
         let Some(pool) = self.pools.get(&task.department) else {
-            let gone = Queued {
-                enqueued_at: Instant::now(),
-                received_at: None,
-                stored_at: None,
-                slot: self.tenants.take(&task.tenant),
-                request_id: None,
-                started: None,
-                start_at: None,
-                task,
-            };
+            let slot = self.tenants.take(&task.tenant);
+            let gone = Queued::taken(task, slot);
             let verdict = Verdict::failed(
                 "department_gone",
                 format!(
@@ -919,22 +899,9 @@ impl Lifecycle {
             return false;
         }
         self.counts.adopted.fetch_add(1, Ordering::Relaxed);
-        let run_after = task.run_after.filter(|at| *at > now_ms());
-        let queued = Queued {
-            slot: self.tenants.take(&task.tenant),
-            enqueued_at: Instant::now(),
-            received_at: None,
-            stored_at: None,
-            request_id: None,
-            started: None,
-            start_at: None,
-            task,
-        };
-        match run_after {
-            // A retry still in its backoff keeps waiting here.
-            Some(at) => pool.push_later(queued, at),
-            None => pool.push(queued),
-        }
+        let slot = self.tenants.take(&task.tenant);
+        // A retry still in its backoff keeps waiting here.
+        pool.push_when_due(Queued::taken(task, slot));
         true
     }
 

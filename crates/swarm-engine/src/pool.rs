@@ -22,8 +22,9 @@
 //! admission, and it holds no permit. The dispatcher moves the due ones
 //! into the queue ([`Pool::promote`]) before each look at the queue, and
 //! sleeps until the next one is due when there is nothing else to do.
-//! Cancels, the deadline sweep and a shutdown's hand-off see `later` as
-//! they see the queue.
+//! Cancels and a shutdown's hand-off see `later` as they see the queue;
+//! the deadline sweep need not, since everything there is due before its
+//! deadline.
 //!
 //! # What the pool does not decide
 //! Whether a submission is admitted is `admission`'s decision, made from
@@ -593,6 +594,19 @@ impl Pool {
         })
     }
 
+    /// Queues a task, or holds it in `later` while its `run_after` is
+    /// ahead (a delayed task, a retry in its backoff).
+    pub(crate) fn push_when_due(&self, q: Queued) {
+        match q
+            .task
+            .run_after
+            .filter(|at| *at > swarm_core::clock::now_ms())
+        {
+            Some(at) => self.push_later(q, at),
+            None => self.push(q),
+        }
+    }
+
     /// Holds a retry until `at` (epoch ms); [`Pool::promote`] queues it then.
     pub(crate) fn push_later(&self, q: Queued, at: i64) {
         let id = q.task.id;
@@ -742,21 +756,15 @@ impl Pool {
         self.retune_codel();
         self.rates.prune(now);
         self.refavour(now);
-        let mut q = lock(&self.queues);
-        let mut expired: Vec<Queued> = q
+        // `later` needs no look: a task there is due before its deadline
+        // (a retry is not scheduled past it, a delayed task's deadline
+        // counts from its start), so it is promoted before it can expire.
+        lock(&self.queues)
             .tasks
             .retain(|q, _| q.task.deadline_at > wall_ms)
             .into_iter()
             .map(|(q, _)| q)
-            .collect();
-        let gone: Vec<(i64, TaskId)> = q
-            .later
-            .iter()
-            .filter(|(_, t)| t.task.deadline_at <= wall_ms)
-            .map(|(k, _)| *k)
-            .collect();
-        expired.extend(gone.iter().filter_map(|k| q.later.remove(k)));
-        expired
+            .collect()
     }
 
     /// Marks the tenants asking for less than their fair share of what the

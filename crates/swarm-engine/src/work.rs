@@ -43,6 +43,23 @@ pub(crate) struct Queued {
     pub(crate) start_at: Option<i64>,
 }
 
+impl Queued {
+    /// A task this node took from the store (start-up, takeover, sweep,
+    /// a rerun): no request of its own to time from.
+    pub(crate) fn taken(task: Task, slot: TenantSlot) -> Self {
+        Self {
+            task,
+            enqueued_at: Instant::now(),
+            received_at: None,
+            stored_at: None,
+            slot,
+            request_id: None,
+            started: None,
+            start_at: None,
+        }
+    }
+}
+
 /// A child waiting in a pool's child queue, and where its parent waits for
 /// the answer.
 pub(crate) struct ChildJob {
