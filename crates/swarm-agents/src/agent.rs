@@ -36,6 +36,14 @@ pub trait Agent: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The model tokens a call with these (valid) `args` may spend at
+    /// most, for token budgets: the prompt's estimated size plus the
+    /// completion's ceiling. `None` for agents that call no model.
+    fn token_estimate(&self, args: &Value) -> Option<u64> {
+        let _ = args;
+        None
+    }
+
     /// Does the work.
     fn run(
         self: Arc<Self>,
@@ -53,6 +61,17 @@ pub trait Agent: Send + Sync + 'static {
     fn workers(&self) -> Option<crate::process::ProcessStats> {
         None
     }
+}
+
+/// The tokens a result says it spent: its `usage`, as OpenAI
+/// (`total_tokens`, or `prompt_tokens` + `completion_tokens`) and Anthropic
+/// (`input_tokens` + `output_tokens`) report it.
+pub fn reported_tokens(result: &Value) -> Option<u64> {
+    let u = result.get("usage")?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    n("total_tokens")
+        .or_else(|| Some(n("prompt_tokens")? + n("completion_tokens").unwrap_or(0)))
+        .or_else(|| Some(n("input_tokens")? + n("output_tokens").unwrap_or(0)))
 }
 
 /// What an agent knows about the run it is part of.

@@ -420,6 +420,11 @@ impl Agent for BalancedAgent {
         }
     }
 
+    fn token_estimate(&self, args: &Value) -> Option<u64> {
+        let any = read(&self.members).values().next().cloned();
+        any.and_then(|a| a.token_estimate(args))
+    }
+
     fn balanced(&self) -> Option<&BalancedAgent> {
         Some(self)
     }

@@ -47,6 +47,7 @@ pub mod webhook;
 
 pub use agent::{
     Agent, AgentContext, AgentError, AgentInput, Children, Placement, Progress, ProviderSignal,
+    reported_tokens,
 };
 pub use balanced::{BalancedAgent, InstanceError, InstanceSpec, Reconciled};
 pub use email::{Outbox, OutboxMessage};

@@ -119,6 +119,16 @@ pub struct OpenAiConfig {
     /// besides the system's (a private CA).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Ask for the token counts at the end of the stream
+    /// (`stream_options.include_usage`, which OpenAI, vLLM and Ollama
+    /// honour); token budgets correct their estimates from them. Turn off
+    /// for a provider that refuses the field.
+    #[serde(default = "yes")]
+    pub include_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_api_key_env() -> String {
@@ -156,6 +166,7 @@ impl OpenAiConfig {
             pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             ca_file: None,
+            include_usage: true,
         }
     }
 
@@ -270,6 +281,23 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
 }
 
+impl ChatRequest {
+    /// The most tokens this request may cost: the prompt at about four
+    /// characters a token (OpenAI's rule of thumb for English) plus 4 per
+    /// message for the chat format, and the completion's ceiling
+    /// (`max_tokens`, else the department's `default_max`). High on
+    /// purpose: token budgets charge it at admission and give the excess
+    /// back from the provider's reported usage.
+    pub fn estimate_tokens(&self, default_max: u64) -> u64 {
+        let prompt: u64 = self
+            .messages
+            .iter()
+            .map(|m| (m.content.len() as u64).div_ceil(4) + 4)
+            .sum();
+        prompt + self.max_tokens.unwrap_or(default_max)
+    }
+}
+
 /// The assembled reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatReply {
@@ -379,6 +407,9 @@ impl OpenAiClient {
         });
         if let Some(t) = req.temperature.or(self.cfg.temperature) {
             body["temperature"] = json!(t);
+        }
+        if self.cfg.include_usage {
+            body["stream_options"] = json!({"include_usage": true});
         }
         body
     }
@@ -923,6 +954,11 @@ impl Agent for OpenAiAgent {
         self.request(args).map(|_| ())
     }
 
+    fn token_estimate(&self, args: &Value) -> Option<u64> {
+        let req = self.request(args).ok()?;
+        Some(req.estimate_tokens(self.client.config().max_tokens))
+    }
+
     fn run(
         self: Arc<Self>,
         ctx: AgentContext,
@@ -958,6 +994,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("max_tokens"));
         assert!(e.message.contains("at most 100"), "{e}");
+    }
+
+    #[test]
+    fn the_token_estimate_is_the_prompt_plus_the_completion_ceiling() {
+        let mut cfg = OpenAiConfig::new("http://127.0.0.1:9/v1", "m");
+        cfg.max_tokens = 100;
+        let agent = OpenAiAgent::new(cfg).unwrap();
+        // 9 characters: 3 tokens, plus 4 for the message.
+        let args = json!({"prompt": "what time"});
+        assert_eq!(agent.token_estimate(&args), Some(3 + 4 + 100));
+        let args = json!({"prompt": "what time", "system": "be brief", "max_tokens": 10});
+        assert_eq!(agent.token_estimate(&args), Some(3 + 4 + 2 + 4 + 10));
+        assert_eq!(
+            crate::reported_tokens(&json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7}})),
+            Some(12)
+        );
+        assert_eq!(
+            crate::reported_tokens(&json!({"usage": {"input_tokens": 5, "output_tokens": 1}})),
+            Some(6)
+        );
+        assert_eq!(crate::reported_tokens(&json!({"content": "x"})), None);
     }
 
     /// Feeds `stream` to a parser in pieces of `step` bytes.

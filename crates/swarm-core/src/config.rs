@@ -594,6 +594,13 @@ pub struct PoolConfig {
     /// For `policy = "hash"`: the `args` field whose value keeps a task on
     /// one instance (e.g. `conversation_id`).
     pub hash_key: Option<String>,
+    /// Model tokens the department may spend per sliding minute, over all
+    /// tenants (and, on a cluster, all nodes). Admission charges each
+    /// task's estimate (prompt size plus `max_tokens`) and refuses past it
+    /// with `429 token_budget`; reported usage corrects the charge.
+    pub tokens_per_minute: Option<u64>,
+    /// The same per sliding day; both windows hold together.
+    pub tokens_per_day: Option<u64>,
 }
 
 impl PoolConfig {
@@ -870,6 +877,13 @@ pub struct TenantConfig {
     /// Overrides `admission.tenant_max_outstanding` for this tenant.
     #[serde(default)]
     pub max_outstanding: Option<usize>,
+    /// Model tokens this tenant may spend per sliding minute, in every
+    /// department (`429 token_budget` past it; see the pools' own).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// The same per sliding day; both windows hold together.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -974,6 +988,19 @@ fn cfg_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A token budget's limits: positive when set.
+fn check_tokens(at: &str, minute: Option<u64>, day: Option<u64>) -> Result<(), ConfigError> {
+    for (k, v) in [("tokens_per_minute", minute), ("tokens_per_day", day)] {
+        if v == Some(0) {
+            return Err(cfg_err(
+                format!("{at}.{k}"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses a `swarmd.toml`, merging its pools over the built-in ones.
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -1063,6 +1090,11 @@ impl Config {
                     format!("unknown agent `{kind}`; known: {}", agent_kinds.join(", ")),
                 ));
             }
+            check_tokens(
+                &format!("pools.{name}"),
+                pool.tokens_per_minute,
+                pool.tokens_per_day,
+            )?;
             if pool.concurrency == Some(0) {
                 return Err(cfg_err(key("concurrency"), "must be at least 1"));
             }
@@ -1156,6 +1188,11 @@ impl Config {
             if !keys.insert(hex) {
                 return Err(cfg_err(format!("tenants[{i}].key_sha256"), "duplicate key"));
             }
+            check_tokens(
+                &format!("tenants[{i}]"),
+                t.tokens_per_minute,
+                t.tokens_per_day,
+            )?;
             names.insert(t.name.clone());
         }
         if self.admission.global_max_inflight == 0 {
@@ -1471,6 +1508,10 @@ mod tests {
         assert_eq!(
             bad("[admission]\ntenant_max_outstanding = 0\n"),
             "admission.tenant_max_outstanding"
+        );
+        assert_eq!(
+            bad("[pools.echo]\ntokens_per_day = 0\n"),
+            "pools.echo.tokens_per_day"
         );
         assert_eq!(
             bad("[admission]\ncpu_high_pct = 120\n"),

@@ -6,7 +6,9 @@
 //!    not be stored, and waiting for a connection would only hold the
 //!    client;
 //! 2. the process is over its memory threshold (`503 process_overloaded`);
-//! 3. the tenant has its quota of tasks outstanding (`429 tenant_quota`);
+//! 3. the tenant has its quota of tasks outstanding (`429 tenant_quota`),
+//!    or the task's token estimate does not fit in its tenant's or its
+//!    department's token budget (`429 token_budget`; see `tokens`);
 //! 4. the department's queue is at its bound (`503 queue_full`);
 //! 5. the database writer is behind on new tasks (`503 database_busy`):
 //!    more are waiting to be written than [`BACKLOG_BATCHES`] group commits
@@ -36,6 +38,7 @@ use crate::error::EngineError;
 use crate::ledger::{TenantLedger, TenantSlot};
 use crate::monitor::Resources;
 use crate::pool::{PendingGuard, Pool, Refusal};
+use crate::tokens::TenantBudgets;
 
 /// Group commits' worth of new tasks that may wait for the writer before
 /// submissions are refused as `database_busy`.
@@ -55,6 +58,8 @@ pub(crate) struct Admission {
     tenants: Arc<TenantLedger>,
     /// Tasks each tenant may have outstanding (replaced by a reload).
     quotas: RwLock<Quotas>,
+    /// The tenants' token budgets (shared with the runs that spend them).
+    tokens: Arc<TenantBudgets>,
     /// The monitor's last reading (memory over threshold).
     resources: Arc<Resources>,
     /// The threshold, for the message.
@@ -95,16 +100,19 @@ impl Admission {
     /// keep their slots.
     pub(crate) fn set_quotas(&self, cfg: &Config) {
         *self.quotas.write().unwrap_or_else(|p| p.into_inner()) = Quotas::from_config(cfg);
+        self.tokens.reload(&cfg.tenants);
     }
 
     pub(crate) fn new(
         cfg: &Config,
         tenants: Arc<TenantLedger>,
+        tokens: Arc<TenantBudgets>,
         resources: Arc<Resources>,
         store: Store,
     ) -> Self {
         Self {
             tenants,
+            tokens,
             quotas: RwLock::new(Quotas::from_config(cfg)),
             resources,
             rss_high_mib: cfg.admission.rss_high_mib,
@@ -120,13 +128,17 @@ impl Admission {
     /// that starts later (`run_at`, `delay_ms`): that one
     /// is not judged by the queue it does not join yet (its bound, CoDel,
     /// the expected wait), but by the database, memory and its tenant's
-    /// quota like any other.
+    /// quota like any other. It reserves no tokens: it is charged what it
+    /// spends when it runs.
+    ///
+    /// `tokens` is the task's token estimate, for agents that call a model.
     pub(crate) fn admit_at(
         &self,
         pool: &Pool,
         tenant: &str,
         timeout: Duration,
         scheduled: bool,
+        tokens: Option<u64>,
     ) -> Result<Ticket, EngineError> {
         let refuse = |why: Refusal, code: &'static str, message: String, retry_after_s: u64| {
             pool.count_refusal(why);
@@ -158,11 +170,12 @@ impl Admission {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .of(tenant);
-        let slot = match self.tenants.try_take(tenant, quota) {
+        let mut slot = match self.tenants.try_take(tenant, quota) {
             Ok(slot) => slot,
             Err(n) => {
                 pool.count_refusal(Refusal::TenantQuota);
                 return Err(EngineError::QuotaExceeded {
+                    code: "tenant_quota",
                     message: format!(
                         "tenant `{tenant}` has {n} tasks queued or running, its quota; retry when some finish"
                     ),
@@ -172,6 +185,19 @@ impl Admission {
                 });
             }
         };
+        if let Some(estimate) = tokens.filter(|_| !scheduled) {
+            let mut budgets = Vec::new();
+            if let Some(b) = pool.tokens() {
+                budgets.push((b.clone(), format!("department `{}`", pool.name())));
+            }
+            if let Some(b) = self.tokens.get(tenant) {
+                budgets.push((b, format!("tenant `{tenant}`")));
+            }
+            if !budgets.is_empty() {
+                // Dropped with `slot` if a later check refuses the task.
+                slot.hold_tokens(self.reserve(pool, budgets, estimate)?);
+            }
+        }
         let backlog = self.store.admissions_waiting();
         if backlog >= self.backlog_max {
             return refuse(
@@ -239,6 +265,52 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Reserves `estimate` tokens in `budgets`, or says why not.
+    fn reserve(
+        &self,
+        pool: &Pool,
+        budgets: Vec<(crate::tokens::Budget, String)>,
+        estimate: u64,
+    ) -> Result<crate::tokens::TokenHold, EngineError> {
+        use swarm_sched::budget::Refused;
+        match crate::tokens::reserve(budgets, estimate) {
+            Ok(hold) => Ok(hold),
+            Err((who, Refused::TooLarge { span, limit })) => {
+                Err(swarm_core::FieldError::invalid(
+                    "args",
+                    format!(
+                        "this task may cost about {estimate} tokens (its prompt and `max_tokens`), \
+                         more than {who}'s whole {} of {limit}; lower `max_tokens` or shorten the prompt",
+                        span.key()
+                    ),
+                )
+                .into())
+            }
+            Err((
+                who,
+                Refused::Spent {
+                    span,
+                    limit,
+                    remaining,
+                    retry_after,
+                },
+            )) => {
+                pool.count_refusal(Refusal::TokenBudget);
+                Err(EngineError::QuotaExceeded {
+                    code: "token_budget",
+                    message: format!(
+                        "{who} has {remaining} of its {limit} {} left, and this task may cost \
+                         about {estimate} (its prompt and `max_tokens`); retry later",
+                        span.key()
+                    ),
+                    retry_after_s: retry_after.as_secs_f64().ceil() as u64,
+                })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,26 +342,27 @@ mod tests {
             &Config::default(),
             Arc::new(TenantLedger::default()),
             Arc::default(),
+            Arc::default(),
             store(&dir).await,
         );
         let t = Duration::from_secs(10);
         let a = adm
-            .admit_at(&pool, "x", t, false)
+            .admit_at(&pool, "x", t, false, None)
             .map_err(|e| e.to_string())
             .expect("first");
         let _b = adm
-            .admit_at(&pool, "x", t, false)
+            .admit_at(&pool, "x", t, false, None)
             .map_err(|e| e.to_string())
             .expect("second");
         // Nothing is in the queue yet, but two are on their way into it.
-        match adm.admit_at(&pool, "x", t, false) {
+        match adm.admit_at(&pool, "x", t, false, None) {
             Err(EngineError::Overloaded { code, .. }) => assert_eq!(code, "queue_full"),
             Err(e) => panic!("expected queue_full, got {e}"),
             Ok(_) => panic!("expected queue_full, got a ticket"),
         }
         drop(a);
         assert!(
-            adm.admit_at(&pool, "x", t, false).is_ok(),
+            adm.admit_at(&pool, "x", t, false, None).is_ok(),
             "a stored (or failed) task frees its place"
         );
         std::fs::remove_dir_all(&dir).ok();

@@ -87,6 +87,7 @@ impl Dispatcher {
             }
             // A pause (provider quota, token budget) holds every start
             // until it ends; a longer one set meanwhile is waited for too.
+            pool.pause_if_spent();
             if let Some((why, until)) = pool.paused(tokio::time::Instant::now()) {
                 pool.set_blocker(why);
                 let changed = pool.pause_changed();
@@ -154,7 +155,9 @@ impl Dispatcher {
                 continue;
             };
             // A pause set while this waited for its permits (a provider's
-            // answer that spent the quota) holds this start too.
+            // answer that spent the quota, a run that spent the token
+            // budget) holds this start too.
+            pool.pause_if_spent();
             if pool.paused(tokio::time::Instant::now()).is_some() {
                 drop((permit, global));
                 continue;

@@ -37,6 +37,7 @@ use crate::roster::{Roster, Tenants};
 use crate::shutdown::Shutdown;
 use crate::stats::Metrics;
 use crate::status::{ClusterCounts, DatabaseStatus, NodeView, NodesView, Status};
+use crate::tokens::TenantBudgets;
 use crate::upkeep::governor::Governor;
 use crate::upkeep::heartbeat::{Cluster, Heartbeat};
 use crate::upkeep::peers::{PeerStats, Peers};
@@ -141,6 +142,8 @@ struct Core {
     peers: Arc<PeerStats>,
     /// Outstanding tasks per tenant (shared with admission and lifecycle).
     tenants: Arc<TenantLedger>,
+    /// The tenants' token budgets (shared with admission and the runs).
+    tenant_tokens: Arc<TenantBudgets>,
     /// `[[tenants]]` as configured now (reloaded on SIGHUP).
     roster: Roster,
     /// Prometheus metrics.
@@ -320,12 +323,14 @@ impl Engine {
             cfg.monitor.slow_task_ms,
             shutdown.clone(),
         ));
+        let tenant_tokens = Arc::new(TenantBudgets::new(&cfg.tenants));
         let env = Arc::new(RunEnv::new(
             lifecycle.clone(),
             pools.clone(),
             hub.clone(),
             classifier,
             shutdown.clone(),
+            tenant_tokens.clone(),
         ));
         let cfg = Arc::new(cfg);
         let remote = Remote::new(hub.clone(), store.clone());
@@ -340,7 +345,14 @@ impl Engine {
             })?,
         );
         let core = Arc::new(Core {
-            admission: Admission::new(&cfg, tenants.clone(), resources.clone(), store.clone()),
+            admission: Admission::new(
+                &cfg,
+                tenants.clone(),
+                tenant_tokens.clone(),
+                resources.clone(),
+                store.clone(),
+            ),
+            tenant_tokens,
             tenants,
             roster: Roster::new(cfg.tenants.clone()),
             director: Director::new(&cfg),
@@ -417,6 +429,7 @@ impl Engine {
                     lifecycle: c.lifecycle.clone(),
                     pools: c.pools.clone(),
                     tenants: c.tenants.clone(),
+                    tokens: c.tenant_tokens.clone(),
                     node_id: c.node_id.clone(),
                     lock,
                     shutdown: c.shutdown.clone(),
@@ -685,6 +698,7 @@ impl Engine {
             tenant,
             Duration::from_millis(timeout_ms),
             run_after.is_some(),
+            pool.agent().token_estimate(spec.args()),
         )?;
         // A delayed task's deadline counts from its start time.
         let begins = run_after.unwrap_or(now);
@@ -964,6 +978,12 @@ impl Engine {
             resources: c.resources.get(),
             cpu_pool: c.cpu.stats(),
             transitions: c.lifecycle.counts(),
+            tenant_tokens: c
+                .tenant_tokens
+                .all()
+                .iter()
+                .map(|(t, b)| (t.clone(), crate::tokens::status(b)))
+                .collect(),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::shutdown::Shutdown;
+use crate::tokens::TenantBudgets;
 
 /// Maps a run's result to the limiter's success / drop / ignore.
 pub(crate) type Classifier = Arc<dyn Classify<Result<Value, AgentError>>>;
@@ -24,6 +25,7 @@ pub(crate) struct RunEnv {
     hub: Arc<Hub>,
     classifier: Classifier,
     shutdown: Shutdown,
+    tenant_tokens: Arc<TenantBudgets>,
 }
 
 impl RunEnv {
@@ -33,6 +35,7 @@ impl RunEnv {
         hub: Arc<Hub>,
         classifier: Classifier,
         shutdown: Shutdown,
+        tenant_tokens: Arc<TenantBudgets>,
     ) -> Self {
         Self {
             lifecycle,
@@ -40,7 +43,13 @@ impl RunEnv {
             hub,
             classifier,
             shutdown,
+            tenant_tokens,
         }
+    }
+
+    /// The tenants' token budgets.
+    pub(crate) fn tenant_tokens(&self) -> &TenantBudgets {
+        &self.tenant_tokens
     }
 
     pub(crate) fn lifecycle(&self) -> &Lifecycle {

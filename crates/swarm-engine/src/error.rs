@@ -41,10 +41,12 @@ pub enum EngineError {
         /// Suggested wait before retrying, seconds.
         retry_after_s: u64,
     },
-    /// The tenant has as many tasks outstanding as its quota allows (429 +
-    /// `Retry-After`).
+    /// The tenant has as many tasks outstanding as its quota allows, or a
+    /// token budget has no room for the task (429 + `Retry-After`).
     #[error("{message}")]
     QuotaExceeded {
+        /// `tenant_quota` or `token_budget`.
+        code: &'static str,
         /// Explanation.
         message: String,
         /// Suggested wait before retrying, seconds.

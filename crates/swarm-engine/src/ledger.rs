@@ -22,11 +22,20 @@ pub(crate) struct TenantLedger {
 
 /// One outstanding task of a tenant; gives its count back when dropped, so
 /// every path out of the engine (finish, cancel, hand-back, panic) releases
-/// it.
+/// it. It also carries the task's token reservation, if admission made
+/// one: the two live exactly as long.
 #[derive(Debug)]
 pub(crate) struct TenantSlot {
     ledger: Arc<TenantLedger>,
     tenant: Arc<str>,
+    tokens: Option<crate::tokens::TokenHold>,
+}
+
+impl TenantSlot {
+    /// Adds the task's token reservation.
+    pub(crate) fn hold_tokens(&mut self, hold: crate::tokens::TokenHold) {
+        self.tokens = Some(hold);
+    }
 }
 
 impl Drop for TenantSlot {
@@ -68,6 +77,7 @@ impl TenantLedger {
         Ok(TenantSlot {
             ledger: self.clone(),
             tenant: key,
+            tokens: None,
         })
     }
 

@@ -56,6 +56,7 @@ mod shutdown;
 pub mod stats;
 pub mod status;
 pub mod timetable;
+mod tokens;
 mod upkeep;
 pub mod watch;
 mod work;

@@ -51,6 +51,7 @@ use crate::ledger::{DrainRate, TenantRates};
 use crate::monitor::PoolMark;
 use crate::stats::PoolMetrics;
 use crate::status::{Outcomes, PoolStatus, Rejections};
+use crate::tokens::Budget;
 use crate::work::{ChildJob, Queued};
 
 /// Weighted-round-robin weights per priority (critical, high, normal, low).
@@ -137,6 +138,7 @@ pub(crate) enum Refusal {
     QueueDelay,
     DeadlineUnmeetable,
     TenantQuota,
+    TokenBudget,
     ProcessOverloaded,
     DatabaseUnavailable,
     DatabaseBusy,
@@ -177,7 +179,7 @@ impl OutcomeCounts {
 #[derive(Debug, Default)]
 struct Counters {
     accepted: AtomicU64,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
     tasks: OutcomeCounts,
     children: OutcomeCounts,
     expired_in_queue: AtomicU64,
@@ -248,6 +250,10 @@ pub(crate) struct Pool {
     provider_pauses: AtomicU64,
     /// `obey_rate_limits`: whether provider signals pause starts.
     obey_rate_limits: bool,
+    /// `tokens_per_minute`, `tokens_per_day`, if either is set.
+    tokens: Option<Budget>,
+    /// Times a spent token budget paused starts.
+    token_pauses: AtomicU64,
 }
 
 /// tower's budget behind the balancer's retries, with the task retry
@@ -310,6 +316,8 @@ impl Pool {
             retries_refused: AtomicU64::new(0),
             provider_pauses: AtomicU64::new(0),
             obey_rate_limits: cfg.obey_rate_limits.unwrap_or(true),
+            tokens: crate::tokens::budget(cfg.tokens_per_minute, cfg.tokens_per_day),
+            token_pauses: AtomicU64::new(0),
             name: name.to_string(),
             agent_kind: cfg.agent_kind(name).to_string(),
             agent,
@@ -386,6 +394,27 @@ impl Pool {
             *p = Some((why, until));
             drop(p);
             self.pause_changed.notify_one();
+        }
+    }
+
+    /// The department's token budget, if it has one.
+    pub(crate) fn tokens(&self) -> Option<&Budget> {
+        self.tokens.as_ref()
+    }
+
+    /// Pauses starts while the department's spent tokens fill a window of
+    /// its budget (estimates that were low), until the window has room.
+    pub(crate) fn pause_if_spent(&self) {
+        let Some(until) = self.tokens.as_ref().and_then(crate::tokens::spent_until) else {
+            return;
+        };
+        let longer = match self.paused(Instant::now()) {
+            Some((_, cur)) => until > cur,
+            None => true,
+        };
+        if longer {
+            self.token_pauses.fetch_add(1, Ordering::Relaxed);
+            self.pause(Blocker::TokenBudget, until);
         }
     }
 
@@ -816,6 +845,7 @@ impl Pool {
             queue_delay: r(Refusal::QueueDelay),
             deadline_unmeetable: r(Refusal::DeadlineUnmeetable),
             tenant_quota: r(Refusal::TenantQuota),
+            token_budget: r(Refusal::TokenBudget),
             process_overloaded: r(Refusal::ProcessOverloaded),
             database_unavailable: r(Refusal::DatabaseUnavailable),
             database_busy: r(Refusal::DatabaseBusy),
@@ -888,6 +918,8 @@ impl Pool {
             paused_ms: self
                 .paused(now)
                 .map_or(0, |(_, until)| (until - now).as_millis() as u64),
+            tokens: self.tokens.as_ref().map(crate::tokens::status),
+            token_pauses: self.token_pauses.load(Ordering::Relaxed),
             queued_by_priority: Priority::ALL
                 .iter()
                 .map(|p| (p.as_str(), by_class[p.index()]))

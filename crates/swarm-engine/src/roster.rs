@@ -114,6 +114,8 @@ mod tests {
             key_sha256: key.to_string().repeat(64),
             weight,
             max_outstanding: None,
+            tokens_per_minute: None,
+            tokens_per_day: None,
         }
     }
 

@@ -131,6 +131,9 @@ impl TaskRun {
         }
         .run()
         .await;
+        // Spent before the permit frees, so the next start already sees
+        // a budget this run filled.
+        spend_tokens(&env, &pool, &running, &finished.ended);
         let typical = Duration::from_micros(pool.limiter().snapshot().rtt_us);
         permit.record(finished.sample(env.classifier(), typical));
         drop(global);
@@ -180,6 +183,23 @@ impl TaskRun {
         lifecycle
             .finish(&pool, &queued, running, verdict, finished.at)
             .await;
+    }
+}
+
+/// Charges what an attempt spent to its department's and its tenant's
+/// token budgets: the provider's reported usage, else (no usage, an error,
+/// a cut-off stream) the estimate, which is the most it could have cost.
+fn spend_tokens(env: &RunEnv, pool: &Pool, task: &swarm_core::Task, ended: &Ended) {
+    let tenant = env.tenant_tokens().get(&task.tenant);
+    if pool.tokens().is_none() && tenant.is_none() {
+        return;
+    }
+    let reported = match ended {
+        Ended::Returned(Ok(v)) => swarm_agents::reported_tokens(v),
+        _ => None,
+    };
+    if let Some(n) = reported.or_else(|| pool.agent().token_estimate(&task.args)) {
+        crate::tokens::spend(pool.tokens().into_iter().chain(tenant.as_ref()), n);
     }
 }
 

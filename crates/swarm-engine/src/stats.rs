@@ -113,6 +113,22 @@ const HELP: &[(&str, &str)] = &[
         "The limiter's recent round-trip time of a pool's agent.",
     ),
     (
+        "swarmd_tokens_limit",
+        "A token budget's limit, by scope (pool or tenant), name and window (minute or day).",
+    ),
+    (
+        "swarmd_tokens_spent",
+        "Tokens spent in a budget's sliding window, on every node.",
+    ),
+    (
+        "swarmd_tokens_reserved",
+        "Tokens reserved by tasks admitted and not yet ended, on every node.",
+    ),
+    (
+        "swarmd_tokens_remaining",
+        "What a new task may still reserve of a token budget's window.",
+    ),
+    (
         "swarmd_global_cap",
         "The process-wide cap on running tasks (lowered under resource pressure).",
     ),
@@ -540,6 +556,7 @@ impl Metrics {
                 ("queue_delay", r.queue_delay),
                 ("deadline_unmeetable", r.deadline_unmeetable),
                 ("tenant_quota", r.tenant_quota),
+                ("token_budget", r.token_budget),
                 ("process_overloaded", r.process_overloaded),
                 ("database_unavailable", r.database_unavailable),
                 ("database_busy", r.database_busy),
@@ -571,6 +588,9 @@ impl Metrics {
                 p.expired_in_queue,
             );
             m.counter_at("swarmd_pool_children_total", &pool, p.children);
+            if let Some(b) = &p.tokens {
+                render_tokens(m, "pool", &p.name, b);
+            }
             if let Some(b) = &p.balancer {
                 render_instances(m, &p.name, b);
             }
@@ -585,6 +605,9 @@ impl Metrics {
                 m.counter_at("swarmd_pool_worker_restarts_total", &pool, w.restarts);
                 m.counter_at("swarmd_pool_worker_kills_total", &pool, w.kills);
             }
+        }
+        for (tenant, b) in &st.tenant_tokens {
+            render_tokens(m, "tenant", tenant, b);
         }
         m.gauge("swarmd_global_cap", &[])
             .set(st.global.cap.unwrap_or(st.global.limit) as f64);
@@ -676,6 +699,20 @@ impl Metrics {
 /// Per-instance series of a balanced pool. Instance ids come from the
 /// configuration or the admin API, so the label set stays bounded; a
 /// removed instance's series keep their last values until restart.
+/// A token budget's windows as gauges.
+fn render_tokens(m: &Metrics, scope: &str, name: &str, b: &swarm_sched::budget::BudgetStatus) {
+    for (window, w) in [("minute", b.minute), ("day", b.day)] {
+        let Some(w) = w else { continue };
+        let labels = [("scope", scope), ("name", name), ("window", window)];
+        m.gauge("swarmd_tokens_limit", &labels).set(w.limit as f64);
+        m.gauge("swarmd_tokens_spent", &labels).set(w.spent as f64);
+        m.gauge("swarmd_tokens_reserved", &labels)
+            .set(w.reserved as f64);
+        m.gauge("swarmd_tokens_remaining", &labels)
+            .set(w.remaining as f64);
+    }
+}
+
 fn render_instances(m: &Metrics, pool: &str, b: &BalancerSnapshot) {
     use swarm_sched::balance::InstanceState;
     for i in &b.instances {

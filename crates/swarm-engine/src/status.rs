@@ -41,6 +41,10 @@ pub struct Status {
     pub transitions: TransitionCounts,
     /// Whether shutdown has begun.
     pub draining: bool,
+    /// The token budgets of tenants that have one (`[[tenants]]
+    /// tokens_per_minute`, `tokens_per_day`), per window: limit, spent,
+    /// reserved, remaining, on every node.
+    pub tenant_tokens: std::collections::BTreeMap<String, swarm_sched::budget::BudgetStatus>,
 }
 
 /// The database, its connection pool and its upkeep, for `/api/status`.
@@ -95,6 +99,13 @@ pub struct PoolStatus {
     pub provider_pauses: u64,
     /// How much longer starts are paused, ms (0: not paused).
     pub paused_ms: u64,
+    /// The department's token budget (`tokens_per_minute`,
+    /// `tokens_per_day`), per window: limit, spent, reserved, remaining,
+    /// on every node. Absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<swarm_sched::budget::BudgetStatus>,
+    /// Times spent tokens filled a window and paused starts.
+    pub token_pauses: u64,
     /// Queued by priority.
     pub queued_by_priority: BTreeMap<&'static str, usize>,
     /// Queued by tenant (the ten largest).
@@ -183,6 +194,9 @@ pub struct Rejections {
     pub deadline_unmeetable: u64,
     /// Tenant over its quota (429 `tenant_quota`).
     pub tenant_quota: u64,
+    /// No room in the tenant's or the department's token budget (429
+    /// `token_budget`).
+    pub token_budget: u64,
     /// Process over its memory threshold (503 `process_overloaded`).
     pub process_overloaded: u64,
     /// The database takes no writes (503 `database_unavailable`).
@@ -198,6 +212,7 @@ impl Rejections {
             + self.queue_delay
             + self.deadline_unmeetable
             + self.tenant_quota
+            + self.token_budget
             + self.process_overloaded
             + self.database_unavailable
             + self.database_busy

@@ -18,6 +18,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod balance;
+pub mod budget;
 pub mod codel;
 pub mod cpu;
 pub mod fair;

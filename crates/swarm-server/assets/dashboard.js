@@ -327,6 +327,10 @@
     label.appendChild(el("div", "name", name));
     const sub = el("div", "sub", "");
     label.appendChild(sub);
+    // The department's token budget, when it has one.
+    const tokens = el("div", "sub tokens", "");
+    tokens.hidden = true;
+    label.appendChild(tokens);
     label.appendChild(el("span", "idle-note", "idle"));
     const shed = el("span", "badge", "shedding");
     shed.hidden = true;
@@ -343,6 +347,7 @@
     p = {
       row,
       sub,
+      tokens,
       shed,
       prev: null,
       active: false,
@@ -396,6 +401,9 @@
     p.prev = { up, done, rejected: ps.rejected || 0, timed_out: ps.timed_out || 0, accepted };
 
     p.sub.textContent = `${ps.agent} · ${lim.algorithm || "?"}`;
+    const budget = tokensText(ps.tokens);
+    p.tokens.hidden = !budget;
+    p.tokens.textContent = budget ? `tokens left: ${budget}` : "";
     p.shed.hidden = !ps.shedding;
     const inflight = num(lim.in_flight) !== null ? lim.in_flight : ps.running;
     const limit = num(lim.limit) !== null ? lim.limit : ps.concurrency;
@@ -411,6 +419,17 @@
     p.lat.set([p50, p99]);
     p.err.chart.push(t, [rej, tmo]);
     p.err.set([rej, tmo]);
+  }
+
+  // "750 of 1,000/min · 9,000 of 10,000/day" for a budget's windows.
+  function tokensText(b) {
+    if (!b) return "";
+    const parts = [];
+    for (const [w, unit] of [["minute", "min"], ["day", "day"]]) {
+      const x = b[w];
+      if (x) parts.push(`${(x.remaining || 0).toLocaleString("en")} of ${(x.limit || 0).toLocaleString("en")}/${unit}`);
+    }
+    return parts.join(" · ");
   }
 
   function ingest(st, t) {
@@ -433,6 +452,13 @@
     proc.global.chart.push(t, [gl.limit, gl.in_flight, queued]);
     proc.global.set([gl.in_flight, queued]);
     for (const ps of list) ingestPool(ps, up, t);
+    const tt = st.tenant_tokens || {};
+    const names = Object.keys(tt).sort();
+    const box = $("tenant-tokens");
+    box.hidden = names.length === 0;
+    box.textContent = names.length
+      ? "tenants' tokens left: " + names.map((n) => `${n} ${tokensText(tt[n])}`).join("; ")
+      : "";
   }
 
   function allCharts() {

@@ -320,6 +320,8 @@ mod tests {
                 key_sha256: hash_key("acme-secret"),
                 weight: 1,
                 max_outstanding: None,
+                tokens_per_minute: None,
+                tokens_per_day: None,
             },
             TenantConfig {
                 name: "ops".into(),
@@ -327,6 +329,8 @@ mod tests {
                 key_sha256: hash_key("ops-secret").to_uppercase(),
                 weight: 1,
                 max_outstanding: None,
+                tokens_per_minute: None,
+                tokens_per_day: None,
             },
         ])
     }

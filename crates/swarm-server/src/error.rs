@@ -96,11 +96,12 @@ impl From<EngineError> for ApiError {
                 ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
             },
             EngineError::QuotaExceeded {
+                code,
                 message,
                 retry_after_s,
             } => Self {
                 retry_after_s: Some(retry_after_s),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_quota", message)
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
             },
             EngineError::Unavailable(detail) => {
                 // The store logs the outage once; a line per request would

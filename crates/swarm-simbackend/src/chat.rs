@@ -36,6 +36,8 @@ pub(crate) struct ChatRequest {
     /// `(role, content)` pairs, at least one.
     pub(crate) messages: Vec<(String, String)>,
     pub(crate) max_tokens: Option<u64>,
+    /// `stream_options.include_usage`: end a stream with its `usage`.
+    pub(crate) include_usage: bool,
 }
 
 /// Why a request body was rejected: a message and the parameter at fault.
@@ -133,11 +135,19 @@ impl ChatRequest {
             },
         };
         let messages = parse_messages(obj.get("messages"))?;
+        // OpenAI sends the usage of a stream only when asked, in a last
+        // chunk with no choices.
+        let include_usage = obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Ok(Self {
             model,
             stream,
             messages,
             max_tokens,
+            include_usage,
         })
     }
 
@@ -243,8 +253,6 @@ fn unix_now() -> u64 {
 
 /// The non-streaming `chat.completion` body.
 pub(crate) fn completion_body(req: &ChatRequest, id: u64, reply: &Reply) -> Value {
-    let prompt = req.prompt_tokens();
-    let tokens = &reply.tokens;
     json!({
         "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",
@@ -255,11 +263,17 @@ pub(crate) fn completion_body(req: &ChatRequest, id: u64, reply: &Reply) -> Valu
             "message": {"role": "assistant", "content": reply.content()},
             "finish_reason": reply.finish_reason,
         }],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": tokens.len(),
-            "total_tokens": prompt + tokens.len(),
-        },
+        "usage": usage(req, reply),
+    })
+}
+
+/// Token counts, as `usage` reports them.
+fn usage(req: &ChatRequest, reply: &Reply) -> Value {
+    let (prompt, completion) = (req.prompt_tokens(), reply.tokens.len());
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }
 
@@ -287,6 +301,7 @@ impl ChunkMeta {
 enum Phase {
     Role,
     Token(usize),
+    Usage,
     Done,
     End,
 }
@@ -299,6 +314,8 @@ struct StreamState {
     /// Keeps the request in flight until the stream ends or is dropped;
     /// dropped before the end, it counts the client as gone.
     guard: Option<InflightGuard>,
+    /// The last chunk's `usage`, when `stream_options.include_usage`.
+    usage: Option<Value>,
 }
 
 /// The event stream: the role chunk at once (the service time has already
@@ -322,10 +339,26 @@ fn events(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> +
                     s.meta.chunk(json!({"content": s.reply.delta(token)}), None)
                 }
                 None => {
-                    s.phase = Phase::Done;
+                    s.phase = if s.usage.is_some() {
+                        Phase::Usage
+                    } else {
+                        Phase::Done
+                    };
                     s.meta.chunk(json!({}), Some(s.reply.finish_reason))
                 }
             },
+            Phase::Usage => {
+                s.phase = Phase::Done;
+                let body = json!({
+                    "id": s.meta.id,
+                    "object": "chat.completion.chunk",
+                    "created": s.meta.created,
+                    "model": s.meta.model,
+                    "choices": [],
+                    "usage": s.usage,
+                });
+                Event::default().data(body.to_string())
+            }
             Phase::Done => {
                 s.phase = Phase::End;
                 if let Some(guard) = s.guard.take() {
@@ -353,6 +386,7 @@ pub(crate) fn stream_response(
             created: unix_now(),
             model: req.model.clone(),
         },
+        usage: req.include_usage.then(|| usage(req, &reply)),
         reply,
         gap,
         phase: Phase::Role,
@@ -435,6 +469,7 @@ mod tests {
                 ("user".into(), "hi".into()),
             ],
             max_tokens: max,
+            include_usage: false,
         };
         let r = req("You are the tone reviewer.", None).reply(&cfg);
         assert_eq!(

@@ -80,6 +80,9 @@ pub struct NodeRow {
     /// Its outstanding tasks per tenant as it last published them (while
     /// other nodes were alive).
     pub tenants: std::collections::HashMap<String, usize>,
+    /// What it holds of each token budget as it last published it (an
+    /// object keyed `pool:NAME` and `tenant:NAME`).
+    pub tokens: serde_json::Value,
 }
 
 impl NodeRow {
@@ -249,7 +252,7 @@ const SQL_LOCK_KEY: &str = "SELECT lock_key FROM nodes WHERE node_id = $1";
 /// read once per cluster tick for liveness, peers and their tenant counts,
 /// and by `GET /api/nodes`.
 const SQL_NODES: &str = "SELECT n.node_id, n.address, n.started_at, n.heartbeat_at, n.pid, n.version, n.load, \
-     n.tenants, EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+     n.tenants, n.tokens, EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND l.classid = $1 AND int8(l.objid) = n.lock_key AND l.objsubid = 2) AS alive \
      FROM nodes n ORDER BY n.node_id";
@@ -461,11 +464,11 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| node_row(r, r.try_get::<bool, _>(8)))
+                .map(|r| node_row(r, r.try_get::<bool, _>(9)))
                 .collect::<Result<Vec<_>, _>>()?,
             Db::Sqlite(pool) => sqlx::query(
-                "SELECT node_id, address, started_at, heartbeat_at, pid, version, load, tenants \
-                 FROM nodes ORDER BY node_id",
+                "SELECT node_id, address, started_at, heartbeat_at, pid, version, load, tenants, \
+                 tokens FROM nodes ORDER BY node_id",
             )
             .fetch_all(pool)
             .await?
@@ -496,6 +499,7 @@ where
 {
     let load: String = r.try_get(6)?;
     let tenants: String = r.try_get(7)?;
+    let tokens: String = r.try_get(8)?;
     Ok(NodeRow {
         node_id: r.try_get(0)?,
         address: r.try_get(1)?,
@@ -506,6 +510,7 @@ where
         alive: alive?,
         load: serde_json::from_str(&load).unwrap_or(serde_json::Value::Null),
         tenants: serde_json::from_str(&tenants).unwrap_or_default(),
+        tokens: serde_json::from_str(&tokens).unwrap_or(serde_json::Value::Null),
     })
 }
 
@@ -618,19 +623,22 @@ impl Store {
         Ok(Some(share))
     }
 
-    /// Publishes this node's outstanding tasks per tenant, for the others'
-    /// quotas ([`NodeRow::tenants`]). Nothing on SQLite.
+    /// Publishes this node's outstanding tasks per tenant and what it
+    /// holds of each token budget, for the others' quotas and budgets
+    /// ([`NodeRow::tenants`], [`NodeRow::tokens`]). Nothing on SQLite.
     pub async fn publish_tenants(
         &self,
         me: &str,
         mine: &std::collections::HashMap<String, usize>,
+        tokens: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let Db::Pg(pool) = &self.inner.db else {
             return Ok(());
         };
-        sqlx::query("UPDATE nodes SET tenants = $2 WHERE node_id = $1")
+        sqlx::query("UPDATE nodes SET tenants = $2, tokens = $3 WHERE node_id = $1")
             .bind(me)
             .bind(db::to_json(mine))
+            .bind(db::to_json(tokens))
             .execute(pool)
             .await?;
         Ok(())

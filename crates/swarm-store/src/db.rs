@@ -57,7 +57,7 @@ pub(crate) const TASK_COLS: &str = "id, tenant, type, status, priority, departme
      created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
 
 fn migrations(backend: Backend) -> Migrator {
-    let files: [(i64, &str, &str); 6] = match backend {
+    let files: [(i64, &str, &str); 7] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -88,6 +88,11 @@ fn migrations(backend: Backend) -> Migrator {
                 6,
                 "webhooks",
                 include_str!("../migrations/sqlite/0006_webhooks.sql"),
+            ),
+            (
+                7,
+                "tokens",
+                include_str!("../migrations/sqlite/0007_tokens.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -120,6 +125,11 @@ fn migrations(backend: Backend) -> Migrator {
                 6,
                 "webhooks",
                 include_str!("../migrations/postgres/0006_webhooks.sql"),
+            ),
+            (
+                7,
+                "tokens",
+                include_str!("../migrations/postgres/0007_tokens.sql"),
             ),
         ],
     };

@@ -473,6 +473,78 @@ async fn a_cluster_wide_limit_holds_across_three_nodes() {
     }
 }
 
+/// A department's `tokens_per_minute` is one budget for the cluster: each
+/// node publishes what it spent and reserved every tick and adds the
+/// others', so three nodes together spend no more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "postgres",
+    ignore = "needs PostgreSQL: set SWARMD_TEST_PG_URL"
+)]
+async fn a_token_budget_holds_across_three_nodes() {
+    const BUDGET: i64 = 1000;
+    let sim = Sim::start(200).await;
+    let c = Cluster::start(
+        "tokens",
+        &format!(
+            "[pools.llm]\nagent = \"openai\"\ntokens_per_minute = {BUDGET}\n\
+             [pools.llm.queue]\ntarget_delay_ms = 0\n[pools.llm.openai]\n\
+             base_url = \"{}\"\nmodel = \"m\"\nmax_tokens = 64\n",
+            sim.url("/v1")
+        ),
+    )
+    .await;
+    // "hello" is estimated at 2 + 4 + 64 = 70 tokens; the provider counts
+    // 1 + 16 = 17. 120 tasks would spend 2,040, and a budget counted per
+    // node would let through 3 × 1,000.
+    let body =
+        json!({"type": "llm", "agent": "llm", "args": {"prompt": "hello"}, "timeout_ms": 60_000});
+    let (mut accepted, mut refused) = (0, Vec::new());
+    for i in 0..120 {
+        match c.submit(i % 3, &body).await {
+            Ok(_) => accepted += 1,
+            Err(e) => refused.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.settle(Duration::from_secs(60)).await;
+    let mut conn = c.conn().await;
+    let (succeeded, spent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum((result::jsonb->'usage'->>'total_tokens')::bigint), 0)::bigint \
+         FROM tasks WHERE status = 'succeeded'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let seen = c.get(2, "/api/status").await;
+    let n3 = seen["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "llm")
+        .unwrap()["tokens"]["minute"]
+        .clone();
+    println!(
+        "CLUSTER tokens: 120 offered over 3 nodes, budget {BUDGET}/min cluster-wide: accepted \
+         {accepted}, refused {}, succeeded {succeeded}, spent {spent}; n3 counts {n3}",
+        refused.len()
+    );
+    assert_eq!(succeeded, accepted, "{}", c.logs());
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.starts_with("429") && e.contains("token_budget")),
+        "{refused:?}"
+    );
+    // Within 5% of the budget (a tick's worth of admissions on stale
+    // counts), and most of it used.
+    assert!(spent <= BUDGET * 105 / 100, "spent {spent} of {BUDGET}");
+    assert!(spent >= BUDGET * 7 / 10, "spent only {spent} of {BUDGET}");
+    // Each node sees the whole cluster's spend.
+    let counted = n3["spent"].as_i64().unwrap();
+    assert!(counted >= spent - 3 * 17, "n3 counts {counted} of {spent}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     test_missing = "postgres",

@@ -372,6 +372,26 @@ async fn without_a_key_the_page_asks_for_one_and_with_key_in_the_url_it_polls() 
     test_missing = "chromium",
     ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
 )]
+async fn a_department_token_budget_shows_what_is_left() {
+    let browser = chromium();
+    let s =
+        server("[pools.busy]\nagent = \"sim\"\ntokens_per_minute = 5000\ntokens_per_day = 90000\n")
+            .await;
+    let scratch = Scratch::new("tokens");
+    let page = open(&browser, &s.url("/dashboard"), &scratch, 3_000).await;
+    assert!(
+        page.dom
+            .contains("tokens left: 5,000 of 5,000/min · 90,000 of 90,000/day"),
+        "{}",
+        page.dom
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    test_missing = "chromium",
+    ignore = "needs Chromium: apt-get install chromium, or set SWARMD_TEST_CHROMIUM"
+)]
 async fn pool_names_are_never_broken_inside_a_word() {
     const LONG: &str = "an-unusually-long-department-name-for-one-column";
     let browser = chromium();

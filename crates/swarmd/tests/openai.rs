@@ -10,19 +10,6 @@ use serde_json::{Value, json};
 use support::{Backend, TestServer};
 use swarm_agents::communications::llm::{DRAFTER_ROLE, STRUCTURE_ROLE, TONE_ROLE};
 use swarm_simbackend::{ScriptedReply, SimConfig};
-use tokio::sync::oneshot;
-
-/// Starts a simulated provider; returns its base URL and a guard that
-/// stops it when dropped.
-async fn sim(cfg: SimConfig) -> (String, oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(swarm_simbackend::serve(listener, cfg, async move {
-        let _ = rx.await;
-    }));
-    (base, tx)
-}
 
 /// The `text` of `token` progress events, by `source` (`""` for none).
 fn token_text(events: &[(String, Value)], source: &str) -> String {
@@ -39,7 +26,7 @@ fn token_text(events: &[(String, Value)], source: &str) -> String {
 async fn an_openai_pool_streams_tokens_to_the_task_events() {
     // The service time (time to first token) leaves room to subscribe
     // before the first token; then 12 tokens 20 ms apart.
-    let (base, _stop) = sim(SimConfig {
+    let (base, _stop) = support::sim_provider(SimConfig {
         latency_ms: 500,
         token_ms: 20,
         reply_tokens: 12,
@@ -133,7 +120,7 @@ async fn communications_asks_the_llm_and_falls_back_to_the_rules() {
         contains: contains.into(),
         reply: reply.into(),
     };
-    let (base, _stop) = sim(SimConfig {
+    let (base, _stop) = support::sim_provider(SimConfig {
         latency_ms: 300,
         token_ms: 5,
         seed: Some(3),
@@ -284,7 +271,7 @@ async fn communications_without_a_reachable_llm_uses_the_rules() {
 /// Queued tasks say what holds them: `provider_pause`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_pool_waits_for_the_providers_quota_to_reset() {
-    let (base, _stop) = sim(SimConfig {
+    let (base, _stop) = support::sim_provider(SimConfig {
         latency_ms: 10,
         rpm: 12,
         window_ms: 1_500,

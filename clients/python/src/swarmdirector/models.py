@@ -394,6 +394,10 @@ class PoolStatus(_Model):
     # Provider rate limits (older servers send none).
     provider_pauses: int = 0
     paused_ms: int = 0
+    # Token budgets (older servers send none): per window (`minute`,
+    # `day`) its `limit`, `spent`, `reserved` and `remaining`.
+    tokens: Optional[Dict[str, Any]] = None
+    token_pauses: int = 0
     extra: Dict[str, Any] = _local(factory=dict)
 
 
@@ -414,6 +418,8 @@ class Status(_Model):
     cpu_pool: Dict[str, Any] = field(default_factory=dict)
     transitions: Dict[str, Any] = field(default_factory=dict)
     draining: bool = False
+    # Tenants' token budgets, by tenant (older servers send none).
+    tenant_tokens: Dict[str, Any] = field(default_factory=dict)
     connections: Dict[str, Any] = field(default_factory=dict)
     long_requests: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = _local(factory=dict)

@@ -26,6 +26,12 @@
 //!   the old owner, and the old owner keeps counting a task claimed away
 //!   until its next read of the others' counts: a moving task counts twice
 //!   for a moment, never nowhere;
+//! - **token budgets** the same way: each node publishes what it holds of
+//!   every department's and tenant's budget (spent per window, reserved)
+//!   with its tenant counts, and adds the other live nodes' sums to its
+//!   own (`tokens`). A node that dies stops counting once it is seen dead:
+//!   its spend leaves the cluster's windows early, which errs generous for
+//!   the rest of that window;
 //! - **draining** (SIGTERM): the node stops starting stored tasks and
 //!   announces its queue as draining; the others take all of it, not only
 //!   what fits their spare capacity, so a rolling restart leaves nothing
@@ -40,6 +46,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use swarm_sched::budget::Usage;
 use swarm_sched::limit::Scope;
 use swarm_store::Store;
 use swarm_store::cluster::{
@@ -53,6 +60,7 @@ use crate::ledger::{TenantLedger, TenantSlot};
 use crate::lifecycle::Lifecycle;
 use crate::pool::Pools;
 use crate::shutdown::Shutdown;
+use crate::tokens::TenantBudgets;
 
 /// How often the loop looks: lock, dead nodes, backlogs, spare capacity.
 pub(crate) const TICK: Duration = Duration::from_millis(200);
@@ -89,6 +97,8 @@ pub(crate) struct Peers {
     pub(crate) pools: Arc<Pools>,
     /// Tenant quotas count the other nodes' tasks too.
     pub(crate) tenants: Arc<TenantLedger>,
+    /// So do the tenants' token budgets (the pools hold their own).
+    pub(crate) tokens: Arc<TenantBudgets>,
     pub(crate) node_id: String,
     pub(crate) lock: NodeLock,
     pub(crate) shutdown: Shutdown,
@@ -106,6 +116,60 @@ pub(crate) struct PeerStats {
 }
 
 impl Peers {
+    /// Every token budget this node knows, by its published key.
+    fn budgets(&self) -> Vec<(String, crate::tokens::Budget)> {
+        let pools = self
+            .pools
+            .iter()
+            .filter_map(|p| Some((format!("pool:{}", p.name()), p.tokens()?.clone())));
+        let tenants = self
+            .tokens
+            .all()
+            .into_iter()
+            .map(|(t, b)| (format!("tenant:{t}"), b));
+        pools.chain(tenants).collect()
+    }
+
+    /// Sets what the other live nodes hold of each token budget (nothing,
+    /// with no other node alive).
+    fn count_tokens_elsewhere(&self, alive: &[&NodeRow]) {
+        let budgets = self.budgets();
+        if budgets.is_empty() {
+            return;
+        }
+        for (key, b) in budgets {
+            let sum = alive
+                .iter()
+                .filter_map(|n| n.tokens.get(&key))
+                .filter_map(|v| serde_json::from_value::<Usage>(v.clone()).ok())
+                .fold(Usage::default(), Usage::plus);
+            crate::tokens::set_elsewhere(&b, sum);
+        }
+    }
+
+    /// Publishes this node's tenant counts and token holdings.
+    async fn publish_counts(&self) {
+        let tokens: serde_json::Map<String, serde_json::Value> = self
+            .budgets()
+            .into_iter()
+            .filter_map(|(k, b)| {
+                let u = crate::tokens::local(&b);
+                (!u.is_empty()).then(|| Some((k, serde_json::to_value(u).ok()?)))?
+            })
+            .collect();
+        if let Err(e) = self
+            .store
+            .publish_tenants(
+                &self.node_id,
+                &self.tenants.snapshot(),
+                &serde_json::Value::Object(tokens),
+            )
+            .await
+        {
+            debug!(error = %e, "publishing tenant counts failed");
+        }
+    }
+
     pub(crate) async fn run(mut self) {
         let stopped = self.shutdown.stopped().clone();
         let mut notices: Option<Notifications> = None;
@@ -222,6 +286,8 @@ impl Peers {
             self.lifecycle.recheck().await;
             let now = Instant::now();
             heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
+            let alive: Vec<&NodeRow> = others.iter().copied().filter(|n| n.alive).collect();
+            self.count_tokens_elsewhere(&alive);
             if peers == 0 {
                 self.tenants.set_elsewhere(HashMap::new());
                 drop(parted);
@@ -229,20 +295,14 @@ impl Peers {
                 continue;
             }
             let mut elsewhere: HashMap<String, usize> = HashMap::new();
-            for n in others.iter().filter(|n| n.alive) {
+            for n in &alive {
                 for (tenant, count) in &n.tenants {
                     *elsewhere.entry(tenant.clone()).or_insert(0) += count;
                 }
             }
             self.tenants.set_elsewhere(elsewhere);
             drop(parted);
-            if let Err(e) = self
-                .store
-                .publish_tenants(&self.node_id, &self.tenants.snapshot())
-                .await
-            {
-                debug!(error = %e, "publishing tenant counts failed");
-            }
+            self.publish_counts().await;
             self.announce().await;
             self.fill_heard(&mut heard).await;
         }
@@ -434,13 +494,7 @@ impl Peers {
         }
         // Counted here before the old owners hear of it, so their next read
         // of the counts has these tasks (see `drop_claimed`).
-        if let Err(e) = self
-            .store
-            .publish_tenants(&self.node_id, &self.tenants.snapshot())
-            .await
-        {
-            debug!(error = %e, "publishing tenant counts failed");
-        }
+        self.publish_counts().await;
         for (from, ids) in by_owner {
             self.stats
                 .claimed

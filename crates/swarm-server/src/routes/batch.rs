@@ -76,7 +76,7 @@ pub(crate) struct BatchItem {
 /// An item's error: the envelope a single submit would have answered.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct BatchItemError {
-    /// Stable machine-readable code (`invalid_field`, `tenant_quota`, …).
+    /// Stable machine-readable code (`invalid_field`, `tenant_quota`, `token_budget`, …).
     error_code: String,
     /// What went wrong, for people.
     message: String,

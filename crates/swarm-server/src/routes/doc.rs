@@ -390,7 +390,7 @@ response_set! {
             ),
             (
                 "429",
-                retry_later("The tenant is over its quota (`tenant_quota`), or has `server.max_waiters_per_tenant` requests waiting (`too_many_waiters`)."),
+                retry_later("The tenant is over its quota (`tenant_quota`), a token budget has no room for the task's estimate (`token_budget`), or the tenant has `server.max_waiters_per_tenant` requests waiting (`too_many_waiters`)."),
             ),
             (
                 "503",
@@ -618,6 +618,8 @@ mod tests {
             key_sha256: crate::auth::hash_key("k"),
             weight: 1,
             max_outstanding: None,
+            tokens_per_minute: None,
+            tokens_per_day: None,
         });
         cfg
     }

@@ -192,6 +192,19 @@ pub fn pool<'a>(status: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no pool {name} in {status}"))
 }
 
+/// Starts a simulated provider (`swarm_simbackend::serve`, what `swarmd
+/// sim-backend` runs) on a free port in this process; returns its base URL
+/// and a guard that stops it when dropped.
+pub async fn sim_provider(cfg: swarm_simbackend::SimConfig) -> (String, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(swarm_simbackend::serve(listener, cfg, async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
 /// A server running in this process on `127.0.0.1:<free port>`.
 pub struct TestServer {
     pub base: String,
