@@ -53,12 +53,26 @@ const AIMD_MAX_CUT: f64 = 0.1;
 /// so against a 10 s backend a 30 s interval would cost a sixth of the
 /// throughput. The baseline windows stretch the same way.
 const PROBE_RTTS: f64 = 20.0;
-/// AIMD's slow start adds this much per success that met no queue: ×1.5
-/// per round trip rather than TCP's ×2. The first queueing round trip is
-/// seen a round trip after the knee is crossed, so the limit overshoots to
-/// about (1 + gain) × the knee before the cut; at ×2 that round trip's
-/// calls took twice the unloaded latency.
-const AIMD_SLOW_GAIN: f64 = 0.5;
+/// AIMD's slow start adds this much per success that met no queue, in its
+/// successive round trips: ×3, ×2, ×1.5, ×1.25, ×1.125 (about ×12 in all),
+/// then the schedule starts again. Front-loaded, as RFC 3742's limited slow
+/// start and HyStart++'s conservative phase (RFC 9406) slow the growth
+/// where overshoot costs most: with a sharp knee, queueing shows a round
+/// trip after the knee is crossed, so the limit overshoots by the factor
+/// of the round trip that crossed it. A constant ×1.5 took 6 round trips
+/// from a tenth of the knee; ×2 reached it in 3 but then overshot to 2×.
+/// This reaches 0.9× in 3 round trips, and any later crossing overshoots
+/// by at most 25%.
+const AIMD_SLOW_GAINS: [f64; 5] = [2.0, 1.0, 0.5, 0.25, 0.125];
+/// In slow start, a success this many times over the bar...
+const AIMD_SS_EXIT: f64 = 1.25;
+/// ...this many times in a row ends slow start at once, with the limit cut
+/// to the mean of in_flight_at_start × baseline ÷ RTT over them (Little's
+/// law per call). A window takes several round trips to fill at a limit of
+/// 2 or 3, and by then slow start has overshot past what one cut undoes;
+/// three calls each 25% over the bar are rarely jitter (the confidence
+/// test of a window still judges the milder cases).
+const AIMD_SS_STREAK: u32 = 3;
 
 /// AIMD's current window: the successes of calls that started at or after
 /// `start` (the last cut or probe edge), so each decision judges the limit
@@ -220,6 +234,14 @@ pub(crate) struct Law {
     /// Fastest successful RTT ever seen, s (slow start's bar before any
     /// AIMD window has closed).
     fastest: f64,
+    /// AIMD slow start: the round trip of the schedule (see
+    /// [`AIMD_SLOW_GAINS`]) and the successes left in it.
+    ss_round: usize,
+    ss_left: f64,
+    /// AIMD slow start: consecutive successes over [`AIMD_SS_EXIT`] × the
+    /// bar, and the sum of their Little's-law estimates.
+    ss_streak: u32,
+    ss_est: f64,
 }
 
 impl Law {
@@ -272,6 +294,10 @@ impl Law {
             samples: 0,
             drops: 0,
             fastest: f64::INFINITY,
+            ss_round: 0,
+            ss_left: initial,
+            ss_streak: 0,
+            ss_est: 0.0,
         }
     }
 
@@ -346,6 +372,11 @@ impl Law {
         self.drops_at_min = 0;
         if collapsed && self.slow_start_enabled {
             self.slow_start = true;
+            self.ss_round = 0;
+            self.ss_left = self.limit;
+            self.ss_streak = 0;
+            self.ss_est = 0.0;
+            self.fastest = f64::INFINITY;
             self.at_min_since = None;
             self.short_count = 0;
         }
@@ -376,37 +407,56 @@ impl Law {
         let grown = (self.limit + 1.0).min(2.0 * in_use);
         if self.slow_start && self.algorithm == Algorithm::Aimd {
             // AIMD judges slow start by round trips, as it judges the rest:
-            // the first window that queues ends it with a proportional cut.
-            // Until then only a call that met no queue vouches for growth
-            // (a round trip of feedback delay already lets slow start
-            // overshoot up to twice the knee; calls that queued must not
-            // add to it). Before any baseline, the fastest call so far,
-            // with `tolerance` for jitter, stands in.
+            // the first window that queues ends it with a proportional cut,
+            // and so does a streak of calls that clearly queued (a window
+            // fills too slowly at a small limit). Until then only a call
+            // that met no queue vouches for growth (a round trip of feedback
+            // delay already lets slow start overshoot by the round trip's
+            // factor; calls that queued must not add to it). Before any
+            // baseline, the fastest call so far, with `tolerance` for
+            // jitter, stands in.
+            // A baseline from before an outage has expired by now.
+            self.aimd_base.roll(now);
             let bar = match self.aimd_base.get() {
                 Some(b) => self.queue_tolerance * b,
                 None => self.tolerance * self.fastest,
             };
+            if raw > AIMD_SS_EXIT * bar {
+                // What the backend would have served without queueing, by
+                // Little's law: the concurrency met × no-load RTT ÷ RTT.
+                let base = self.aimd_base.get().unwrap_or(self.fastest);
+                self.ss_streak += 1;
+                self.ss_est += in_flight_at_start.max(1) as f64 * base / raw;
+            } else {
+                self.ss_streak = 0;
+                self.ss_est = 0.0;
+            }
             match judged {
                 Some(j) if self.aimd_queueing(&j) => {
                     self.slow_start = false;
                     self.limit = self.aimd(now, judged);
                 }
-                _ if !app_limited && raw <= bar => {
+                _ if self.ss_streak >= AIMD_SS_STREAK && judged.is_none() => {
+                    self.slow_start = false;
+                    let est = self.ss_est / f64::from(self.ss_streak);
+                    self.limit = est.clamp(self.limit * AIMD_MAX_CUT, self.limit);
+                    self.window.reset(now);
+                }
+                // Only while the limit binds: with the clients' demand
+                // below it (a start far above the knee), raising it admits
+                // nothing and only deepens the cut that follows.
+                _ if in_use + 1.0 >= self.limit.floor() && raw <= bar => {
                     // At least one more than in use, or a limit of 1 would
                     // stop at 1.5.
-                    let cap = ((1.0 + AIMD_SLOW_GAIN) * in_use).max(in_use + 1.0);
-                    // Below 4 a step of less than one would take two round
-                    // trips per slot.
-                    let step = if self.limit < 4.0 {
-                        1.0
-                    } else {
-                        AIMD_SLOW_GAIN
-                    };
+                    let g = self.slow_gain();
+                    let cap = ((1.0 + g) * in_use).max(in_use + 1.0);
+                    let step = if self.limit < 4.0 { g.max(1.0) } else { g };
                     let grown = (self.limit + step).min(cap);
                     self.limit = self.limit.max(grown);
                 }
                 _ => {}
             }
+            self.ss_count();
             self.clamp(now);
             return;
         }
@@ -432,6 +482,20 @@ impl Law {
         };
         self.limit = if app_limited { new.min(old) } else { new };
         self.clamp(now);
+    }
+
+    /// The gain per unqueued success in this round trip of slow start.
+    fn slow_gain(&self) -> f64 {
+        AIMD_SLOW_GAINS[self.ss_round % AIMD_SLOW_GAINS.len()]
+    }
+
+    /// Counts a success against the slow-start round trip.
+    fn ss_count(&mut self) {
+        self.ss_left -= 1.0;
+        if self.ss_left <= 0.0 {
+            self.ss_round += 1;
+            self.ss_left = self.limit.floor().max(1.0);
+        }
     }
 
     fn observe_rtt(&mut self, now: Instant, rtt: f64) {
@@ -808,10 +872,10 @@ mod tests {
             };
             let mut law = Law::new(&c, now);
             assert!(law.in_slow_start());
-            // AIMD grows ×1.5 per limit's worth (`AIMD_SLOW_GAIN`), the
-            // others double.
+            // AIMD grows ×3, then ×2 per limit's worth (`AIMD_SLOW_GAINS`),
+            // the others double.
             let (a1, a2, a3) = match a {
-                Algorithm::Aimd => (6, 9, 8),
+                Algorithm::Aimd => (12, 24, 21),
                 _ => (8, 16, 14),
             };
             let l = law.limit();
@@ -874,8 +938,8 @@ mod tests {
             now += ms(30_000);
             feed(&mut law, &mut now, 1, Sample::success(ms(25)));
             assert!(law.in_slow_start(), "{a:?}");
-            // About five round trips of doubling (AIMD: ×1.5 per round
-            // trip, so about eight).
+            // About five round trips of doubling (AIMD's schedule, ×3 then
+            // slower, about as many).
             let n = if a == Algorithm::Aimd { 100 } else { 60 };
             feed(&mut law, &mut now, n, Sample::success(ms(25)));
             assert!(law.limit() >= 32, "{a:?}: {}", law.limit());

@@ -505,10 +505,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert_eq!(l.waiting(), 1);
-        // Slow start: a success at the limit raises it to 2, and the
-        // release plus the growth let the waiter in.
+        // Slow start: a success at the limit raises it (AIMD's first round
+        // trip triples it, to 3), and the release plus the growth let the
+        // waiter in.
         p.record(Sample::success(Duration::from_millis(10)));
-        assert_eq!(l.limit(), 2);
+        assert_eq!(l.limit(), 3);
         let _w = w.await.unwrap();
         assert!(l.try_acquire().is_some());
     }
