@@ -390,6 +390,7 @@ async fn request_shape_headers_and_a_split_stream() {
     assert_eq!(
         body,
         json!({"model": "hand", "stream": true, "max_tokens": 77, "temperature": 0.2,
+               "stream_options": {"include_usage": true},
                "messages": [{"role": "user", "content": "greet"}]})
     );
 
