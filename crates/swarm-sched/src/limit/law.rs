@@ -62,7 +62,9 @@ const PROBE_RTTS: f64 = 20.0;
 /// of the round trip that crossed it. A constant ×1.5 took 6 round trips
 /// from a tenth of the knee; ×2 reached it in 3 but then overshot to 2×.
 /// This reaches 0.9× in 3 round trips, and any later crossing overshoots
-/// by at most 25%.
+/// by at most 25%. The schedule starts again (×3) only after a round trip
+/// none of whose calls queued: one that saw some queueing is next to the
+/// knee, where ×3 would overshoot threefold before the signal returns.
 const AIMD_SLOW_GAINS: [f64; 5] = [2.0, 1.0, 0.5, 0.25, 0.125];
 /// In slow start, a success this many times over the bar...
 const AIMD_SS_EXIT: f64 = 1.25;
@@ -242,6 +244,8 @@ pub(crate) struct Law {
     /// bar, and the sum of their Little's-law estimates.
     ss_streak: u32,
     ss_est: f64,
+    /// AIMD slow start: whether a success of this round trip was over the bar.
+    ss_queued: bool,
 }
 
 impl Law {
@@ -298,6 +302,7 @@ impl Law {
             ss_left: initial,
             ss_streak: 0,
             ss_est: 0.0,
+            ss_queued: false,
         }
     }
 
@@ -376,6 +381,7 @@ impl Law {
             self.ss_left = self.limit;
             self.ss_streak = 0;
             self.ss_est = 0.0;
+            self.ss_queued = false;
             self.fastest = f64::INFINITY;
             self.at_min_since = None;
             self.short_count = 0;
@@ -421,6 +427,7 @@ impl Law {
                 Some(b) => self.queue_tolerance * b,
                 None => self.tolerance * self.fastest,
             };
+            self.ss_queued |= raw > bar;
             if raw > AIMD_SS_EXIT * bar {
                 // What the backend would have served without queueing, by
                 // Little's law: the concurrency met × no-load RTT ÷ RTT.
@@ -493,7 +500,12 @@ impl Law {
     fn ss_count(&mut self) {
         self.ss_left -= 1.0;
         if self.ss_left <= 0.0 {
-            self.ss_round += 1;
+            let last = AIMD_SLOW_GAINS.len() - 1;
+            // Near the knee the schedule holds its last, smallest gain.
+            if !(self.ss_queued && self.ss_round % AIMD_SLOW_GAINS.len() == last) {
+                self.ss_round += 1;
+            }
+            self.ss_queued = false;
             self.ss_left = self.limit.floor().max(1.0);
         }
     }
