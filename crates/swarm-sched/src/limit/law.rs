@@ -35,11 +35,19 @@ const AIMD_MIN_WINDOW: u32 = 16;
 /// alone almost never cuts, while a real queue of a few calls does.
 const AIMD_Z: f64 = 3.0;
 /// In slow start a window also closes once a quarter of its fastest RTT has
-/// passed since its first sample (with at least [`AIMD_MIN_WINDOW`]), so the
+/// passed since its first sample (with at least [`AIMD_EARLY_MIN`]), so the
 /// first window of a burst holds the calls that met no queue (in a FIFO
 /// backend they return first) rather than a mix that teaches the baseline
 /// our own queueing.
 const AIMD_EARLY_CLOSE: f64 = 0.25;
+/// ...with at least this many samples, not [`AIMD_MIN_WINDOW`]: against a
+/// knee of 10, a burst from 10× has only 10 calls that meet no queue, and
+/// a first window of 16 mixed in 6 queued ones, so its upper bound taught
+/// a baseline 1.36× the no-load RTT, and the limit settled 30-60% above
+/// the knee. Eight still average out most of the jitter, and the baseline
+/// is the minimum of upper bounds, which a short window widens rather
+/// than lowers.
+const AIMD_EARLY_MIN: u32 = 8;
 /// With a limit below [`AIMD_MIN_WINDOW`] a window may close after a mean
 /// RTT with this many samples; otherwise a limit of 2 would decide once per
 /// 8 round trips. (Not above: short noisy windows drag the baseline down.)
@@ -665,7 +673,7 @@ impl Law {
         // steady state many short noisy windows would drag the minimum of
         // their upper bounds down until jitter reads as queueing.
         let full = w.n >= w.size
-            || (slow_start && w.n >= AIMD_MIN_WINDOW && open_s >= AIMD_EARLY_CLOSE * w.fastest)
+            || (slow_start && w.n >= AIMD_EARLY_MIN && open_s >= AIMD_EARLY_CLOSE * w.fastest)
             || (size > limit && w.n >= AIMD_MIN_TIMED && open_s >= w.sum / f64::from(w.n));
         if !full {
             return None;
