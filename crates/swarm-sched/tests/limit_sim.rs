@@ -579,7 +579,7 @@ fn invalid_scenarios_fail_clearly() {
 //
 // `limit_scenarios/sweeps/*.toml` describe grids of cells (knee × base
 // latency × starting limit); every algorithm runs in every cell and the
-// targets are checked for the algorithms in `assert`. With
+// targets are checked in the regions of `[[assert]]`. With
 // `LIMIT_SWEEP_OUT=path` the Markdown table is also written to `path`
 // (`bench/results/limit-convergence.md`); `LIMIT_SWEEP_ALGO=aimd` and
 // `LIMIT_SWEEP_KNEE=500` narrow a run while tuning.
@@ -590,8 +590,11 @@ struct Sweep {
     #[serde(default)]
     description: String,
     algorithms: Vec<Algorithm>,
+    /// `[[assert]]`: the regions where the targets are asserted (a cell
+    /// is asserted if any region holds it), so the cells a law meets can
+    /// be pinned even when they do not form one knee × base × start product.
     #[serde(default)]
-    assert: Region,
+    assert: Vec<Region>,
     knees: Vec<usize>,
     base_latency_ms: Vec<f64>,
     /// Starting limits, as multiples of the knee.
@@ -610,8 +613,8 @@ struct Sweep {
     targets: Targets,
 }
 
-/// The cells whose targets are asserted: these algorithms, and of the
-/// grid only these knees, bases and starts (each empty: all of them).
+/// One region of cells whose targets are asserted: these algorithms, and
+/// of the grid only these knees, bases and starts (each empty: all of them).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Region {
@@ -631,6 +634,34 @@ impl Region {
             && (self.knees.is_empty() || self.knees.contains(&c.knee))
             && (self.base_latency_ms.is_empty() || self.base_latency_ms.contains(&c.base_ms))
             && (self.start.is_empty() || self.start.contains(&c.start))
+    }
+
+    /// `aimd: knees [50, 500] × bases all × starts [0.1]`, for the table.
+    fn describe(&self) -> String {
+        let list = |xs: Vec<String>| {
+            if xs.is_empty() {
+                "all".to_owned()
+            } else {
+                format!("[{}]", xs.join(", "))
+            }
+        };
+        format!(
+            "{}: knees {} × bases {} ms × starts {}",
+            self.algorithms
+                .iter()
+                .map(|a| algo_name(*a))
+                .collect::<Vec<_>>()
+                .join(", "),
+            list(self.knees.iter().map(|k| k.to_string()).collect()),
+            list(self.base_latency_ms.iter().map(|b| b.to_string()).collect()),
+            list(self.start.iter().map(|s| format!("{s}×")).collect()),
+        )
+    }
+}
+
+impl Sweep {
+    fn asserted(&self, a: Algorithm, c: &Cell) -> bool {
+        self.assert.iter().any(|r| r.holds(a, c))
     }
 }
 
@@ -799,21 +830,18 @@ fn sweep_markdown(sw: &Sweep, results: &[(Algorithm, Vec<Cell>)]) -> String {
     let mut md = format!(
         "Targets: within ±{:.0}% of the knee by the end of round trip {}; admitted p99 \
          (calls started after it) ≤ {}× the unloaded p99; goodput after it ≥ {:.0}%. \
-         Asserted for {} in the cells marked `asserted` ({:?} knees, {:?} ms, {:?}× \
-         starts; empty = all); the rest are reported.\n\n",
+         Asserted in the cells marked `asserted`, the union of {} region(s): {}; the rest \
+         are reported.\n\n",
         t.band * 100.0,
         t.rounds,
         t.p99_ratio,
         t.goodput * 100.0,
+        sw.assert.len(),
         sw.assert
-            .algorithms
             .iter()
-            .map(|a| algo_name(*a))
+            .map(Region::describe)
             .collect::<Vec<_>>()
-            .join(", "),
-        sw.assert.knees,
-        sw.assert.base_latency_ms,
-        sw.assert.start,
+            .join("; "),
     );
     md += "| algorithm | cells meeting all targets | worst rounds to ±20% | worst p99 ÷ unloaded | \
            worst p99 ÷ unloaded, first round trips included | lowest goodput | least time in band |\n";
@@ -860,7 +888,7 @@ fn sweep_markdown(sw: &Sweep, results: &[(Algorithm, Vec<Cell>)]) -> String {
                 } else {
                     "no"
                 },
-                if sw.assert.holds(*a, c) { "yes" } else { "" }
+                if sw.asserted(*a, c) { "yes" } else { "" }
             );
         }
     }
@@ -884,6 +912,9 @@ async fn convergence_sweep() {
         .and_then(|k| k.parse().ok());
     let mut results = Vec::new();
     let mut fails = Vec::new();
+    // Cells per `[[assert]]` region: a region holding none (a typo such as
+    // start 0.2 for 0.1) would silently assert nothing.
+    let mut held = vec![0usize; sw.assert.len()];
     for &algo in &sw.algorithms {
         let name = algo_name(algo);
         if only_algo.as_deref().is_some_and(|o| o != name) {
@@ -897,7 +928,10 @@ async fn convergence_sweep() {
             for &base in &sw.base_latency_ms {
                 for &start in &sw.start {
                     let c = run_cell(&sw, algo, knee, base, start).await;
-                    if sw.assert.holds(algo, &c) {
+                    for (n, r) in held.iter_mut().zip(&sw.assert) {
+                        *n += usize::from(r.holds(algo, &c));
+                    }
+                    if sw.asserted(algo, &c) {
                         for f in c.failures(&sw.targets) {
                             fails.push(format!(
                                 "{name} knee {knee} base {base} ms start {start}×: {f}"
@@ -918,6 +952,11 @@ async fn convergence_sweep() {
     println!("{md}");
     if let Ok(out) = std::env::var("LIMIT_SWEEP_OUT") {
         std::fs::write(&out, &md).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
+    }
+    if only_algo.is_none() && only_knee.is_none() {
+        for (n, r) in held.iter().zip(&sw.assert) {
+            assert!(*n > 0, "[[assert]] region holds no cell: {}", r.describe());
+        }
     }
     assert!(
         fails.is_empty(),

@@ -35,11 +35,19 @@ const AIMD_MIN_WINDOW: u32 = 16;
 /// alone almost never cuts, while a real queue of a few calls does.
 const AIMD_Z: f64 = 3.0;
 /// In slow start a window also closes once a quarter of its fastest RTT has
-/// passed since its first sample (with at least [`AIMD_MIN_WINDOW`]), so the
+/// passed since its first sample (with at least [`AIMD_EARLY_MIN`]), so the
 /// first window of a burst holds the calls that met no queue (in a FIFO
 /// backend they return first) rather than a mix that teaches the baseline
 /// our own queueing.
 const AIMD_EARLY_CLOSE: f64 = 0.25;
+/// ...with at least this many samples, not [`AIMD_MIN_WINDOW`]: against a
+/// knee of 10, a burst from 10× has only 10 calls that meet no queue, and
+/// a first window of 16 mixed in 6 queued ones, so its upper bound taught
+/// a baseline 1.36× the no-load RTT, and the limit settled 30-60% above
+/// the knee. Eight still average out most of the jitter, and the baseline
+/// is the minimum of upper bounds, which a short window widens rather
+/// than lowers.
+const AIMD_EARLY_MIN: u32 = 8;
 /// With a limit below [`AIMD_MIN_WINDOW`] a window may close after a mean
 /// RTT with this many samples; otherwise a limit of 2 would decide once per
 /// 8 round trips. (Not above: short noisy windows drag the baseline down.)
@@ -62,7 +70,9 @@ const PROBE_RTTS: f64 = 20.0;
 /// of the round trip that crossed it. A constant ×1.5 took 6 round trips
 /// from a tenth of the knee; ×2 reached it in 3 but then overshot to 2×.
 /// This reaches 0.9× in 3 round trips, and any later crossing overshoots
-/// by at most 25%.
+/// by at most 25%. The schedule starts again (×3) only after a round trip
+/// none of whose calls queued: one that saw some queueing is next to the
+/// knee, where ×3 would overshoot threefold before the signal returns.
 const AIMD_SLOW_GAINS: [f64; 5] = [2.0, 1.0, 0.5, 0.25, 0.125];
 /// In slow start, a success this many times over the bar...
 const AIMD_SS_EXIT: f64 = 1.25;
@@ -242,6 +252,8 @@ pub(crate) struct Law {
     /// bar, and the sum of their Little's-law estimates.
     ss_streak: u32,
     ss_est: f64,
+    /// AIMD slow start: whether a success of this round trip was over the bar.
+    ss_queued: bool,
 }
 
 impl Law {
@@ -298,6 +310,7 @@ impl Law {
             ss_left: initial,
             ss_streak: 0,
             ss_est: 0.0,
+            ss_queued: false,
         }
     }
 
@@ -376,6 +389,7 @@ impl Law {
             self.ss_left = self.limit;
             self.ss_streak = 0;
             self.ss_est = 0.0;
+            self.ss_queued = false;
             self.fastest = f64::INFINITY;
             self.at_min_since = None;
             self.short_count = 0;
@@ -421,6 +435,7 @@ impl Law {
                 Some(b) => self.queue_tolerance * b,
                 None => self.tolerance * self.fastest,
             };
+            self.ss_queued |= raw > bar;
             if raw > AIMD_SS_EXIT * bar {
                 // What the backend would have served without queueing, by
                 // Little's law: the concurrency met × no-load RTT ÷ RTT.
@@ -493,7 +508,12 @@ impl Law {
     fn ss_count(&mut self) {
         self.ss_left -= 1.0;
         if self.ss_left <= 0.0 {
-            self.ss_round += 1;
+            let last = AIMD_SLOW_GAINS.len() - 1;
+            // Near the knee the schedule holds its last, smallest gain.
+            if !(self.ss_queued && self.ss_round % AIMD_SLOW_GAINS.len() == last) {
+                self.ss_round += 1;
+            }
+            self.ss_queued = false;
             self.ss_left = self.limit.floor().max(1.0);
         }
     }
@@ -653,7 +673,7 @@ impl Law {
         // steady state many short noisy windows would drag the minimum of
         // their upper bounds down until jitter reads as queueing.
         let full = w.n >= w.size
-            || (slow_start && w.n >= AIMD_MIN_WINDOW && open_s >= AIMD_EARLY_CLOSE * w.fastest)
+            || (slow_start && w.n >= AIMD_EARLY_MIN && open_s >= AIMD_EARLY_CLOSE * w.fastest)
             || (size > limit && w.n >= AIMD_MIN_TIMED && open_s >= w.sum / f64::from(w.n));
         if !full {
             return None;

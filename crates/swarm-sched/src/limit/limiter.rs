@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +41,31 @@ struct State {
     in_flight: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
+    /// The releases at the latest instant that saw a grant or a release.
+    burst: Arc<Burst>,
+}
+
+/// Releases at one instant. Completions often come in bursts (one timer
+/// tick, one batch of responses) and are processed one by one, so a permit
+/// granted by the first release of a burst counts, in its
+/// `in_flight_at_start`, the calls the rest of the burst is about to
+/// release: calls that never ran beside it. Each permit notes how many
+/// releases its instant had seen when it was granted; the releases after
+/// that are subtracted from the concurrency it reports to the law, or a
+/// burst of 50 completions inflates every Little's-law estimate made from
+/// the calls it starts by up to 50.
+struct Burst {
+    at: Instant,
+    ends: AtomicUsize,
+}
+
+impl Burst {
+    fn new(at: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            at,
+            ends: AtomicUsize::new(0),
+        })
+    }
 }
 
 struct Waiter {
@@ -48,6 +74,14 @@ struct Waiter {
 }
 
 impl State {
+    /// The burst of `now`, starting a new one if the instant moved on.
+    fn burst_at(&mut self, now: Instant) -> Arc<Burst> {
+        if self.burst.at != now {
+            self.burst = Burst::new(now);
+        }
+        Arc::clone(&self.burst)
+    }
+
     fn limit(&self) -> usize {
         let l = self.law.limit();
         let l = self.cap.map_or(l, |c| l.min(c));
@@ -95,6 +129,7 @@ impl Limiter {
                     in_flight: 0,
                     waiters: VecDeque::new(),
                     next_id: 0,
+                    burst: Burst::new(Instant::now()),
                 }),
             }),
         }
@@ -223,10 +258,15 @@ impl Shared {
 
     fn grant(self: &Arc<Self>, st: &mut State) -> Permit {
         st.in_flight += 1;
+        let now = Instant::now();
+        let burst = st.burst_at(now);
         Permit {
             shared: Some(Arc::clone(self)),
             in_flight_at_start: st.in_flight,
-            started: Instant::now(),
+            started: now,
+            // Under the lock, so Relaxed suffices.
+            ends_at_grant: burst.ends.load(Ordering::Relaxed),
+            burst,
         }
     }
 
@@ -246,18 +286,18 @@ impl Shared {
         }
     }
 
-    fn release(
-        self: &Arc<Self>,
-        started: Instant,
-        in_flight_at_start: usize,
-        sample: Option<Sample>,
-    ) {
+    fn release(self: &Arc<Self>, p: &Permit, sample: Option<Sample>) {
         let mut st = self.lock();
+        let now = Instant::now();
+        // Releases at the permit's instant after its grant (its own
+        // included, if it ended there too): calls it never ran beside.
+        let gone = p.burst.ends.load(Ordering::Relaxed) - p.ends_at_grant;
+        let met = p.in_flight_at_start.saturating_sub(gone).max(1);
+        st.burst_at(now).ends.fetch_add(1, Ordering::Relaxed);
         let at_end = st.in_flight;
         st.in_flight = st.in_flight.saturating_sub(1);
         if let Some(s) = sample {
-            st.law
-                .on_sample(Instant::now(), started, in_flight_at_start, at_end, s);
+            st.law.on_sample(now, p.started, met, at_end, s);
         }
         self.wake(&mut st);
     }
@@ -284,13 +324,17 @@ pub struct Permit {
     shared: Option<Arc<Shared>>,
     in_flight_at_start: usize,
     started: Instant,
+    /// The releases at `started` (see [`Burst`]), and how many it had seen
+    /// at the grant.
+    burst: Arc<Burst>,
+    ends_at_grant: usize,
 }
 
 impl Permit {
     /// Feeds `sample` to the control law and releases the permit.
     pub fn record(mut self, sample: Sample) {
         if let Some(s) = self.shared.take() {
-            s.release(self.started, self.in_flight_at_start, Some(sample));
+            s.release(&self, Some(sample));
         }
     }
 
@@ -303,7 +347,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(s) = self.shared.take() {
-            s.release(self.started, self.in_flight_at_start, None);
+            s.release(self, None);
         }
     }
 }
