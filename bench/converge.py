@@ -29,8 +29,8 @@ def conn():
 
 def client():
     c = conn()
-    body = json.dumps({"type": "provider", "args": {"prompt": "x"}, "timeout_ms": 120000,
-                       "wait_ms": 120000}).encode()
+    body = json.dumps({"type": "provider", "args": {"prompt": "x"}, "timeout_ms": 60000,
+                       "wait_ms": 60000}).encode()
     while time.time() < stop:
         try:
             c.request("POST", "/api/tasks", body, {"content-type": "application/json"})
@@ -41,9 +41,8 @@ def client():
             c = conn()
             continue
         if r.status not in (200, 201, 202) or t.get("status") != "succeeded":
-            errors.append(f"{r.status} {t.get('status')} {t.get('error')}")
+            errors.append(f"{r.status} {t.get('status')} {t.get('error') or t.get('error_code')}")
             continue
-        start = t["started_at"]
         run = t["timings"]["run_ms"]
         with lock:
             runs.append((time.time() - t0 - run / 1000.0, run))
