@@ -137,6 +137,10 @@ async fn run_call(
             ),
         })
     } else {
+        // Kept for the token charge, only when a budget counts this call.
+        let charged = env
+            .charges_tokens(pool, &call.tenant)
+            .then(|| (call.tenant.clone(), call.args.clone()));
         let ctx = AgentContext {
             task_id: call.parent,
             tenant: call.tenant,
@@ -167,6 +171,9 @@ async fn run_call(
         }
         .run()
         .await;
+        if let Some((tenant, args)) = &charged {
+            env.spend_tokens(pool, tenant, args, &finished.ended);
+        }
         if let Some(p) = permit {
             let typical = Duration::from_micros(pool.limiter().snapshot().rtt_us);
             p.record(finished.sample(env.classifier(), typical));

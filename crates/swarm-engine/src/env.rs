@@ -9,9 +9,10 @@ use swarm_agents::{AgentError, Progress};
 use swarm_core::TaskId;
 use swarm_sched::limit::Classify;
 
+use crate::attempt::Ended;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
-use crate::pool::Pools;
+use crate::pool::{Pool, Pools};
 use crate::shutdown::Shutdown;
 use crate::tokens::TenantBudgets;
 
@@ -47,9 +48,27 @@ impl RunEnv {
         }
     }
 
-    /// The tenants' token budgets.
-    pub(crate) fn tenant_tokens(&self) -> &TenantBudgets {
-        &self.tenant_tokens
+    /// Whether a run of `tenant` in `pool` is charged to a token budget.
+    pub(crate) fn charges_tokens(&self, pool: &Pool, tenant: &str) -> bool {
+        pool.tokens().is_some() || self.tenant_tokens.get(tenant).is_some()
+    }
+
+    /// Charges what an attempt (of a task or a child call) spent to its
+    /// department's and its tenant's token budgets: the provider's
+    /// reported usage, else (no usage, an error, a cut-off stream) the
+    /// estimate, the most it could have cost.
+    pub(crate) fn spend_tokens(&self, pool: &Pool, tenant: &str, args: &Value, ended: &Ended) {
+        let budget = self.tenant_tokens.get(tenant);
+        if pool.tokens().is_none() && budget.is_none() {
+            return;
+        }
+        let reported = match ended {
+            Ended::Returned(Ok(v)) => swarm_agents::reported_tokens(v),
+            _ => None,
+        };
+        if let Some(n) = reported.or_else(|| pool.agent().token_estimate(args)) {
+            crate::tokens::spend(pool.tokens().into_iter().chain(budget.as_ref()), n);
+        }
     }
 
     pub(crate) fn lifecycle(&self) -> &Lifecycle {

@@ -18,6 +18,11 @@ use tokio::time::Instant;
 pub(crate) struct TenantLedger {
     counts: Mutex<HashMap<Arc<str>, usize>>,
     elsewhere: Mutex<HashMap<String, usize>>,
+    /// Whether other nodes are alive (set by the cluster loop each tick).
+    clustered: std::sync::atomic::AtomicBool,
+    /// Slots of tasks that left this node for another, held until the
+    /// cluster loop has read the others' counts twice (see [`TenantLedger::park`]).
+    parked: Mutex<Vec<TenantSlot>>,
 }
 
 /// One outstanding task of a tenant; gives its count back when dropped, so
@@ -86,6 +91,32 @@ impl TenantLedger {
     pub(crate) fn take(self: &Arc<Self>, tenant: &str) -> TenantSlot {
         self.try_take(tenant, usize::MAX)
             .expect("an unbounded take cannot fail")
+    }
+
+    /// Holds the slot of a task that left this node for another (a start
+    /// that found it claimed) until the cluster loop has read the others'
+    /// counts twice: the claimer may not have published its count yet at
+    /// the first read, and until it has, dropping the slot would count the
+    /// task on no node and let a quota admit one too many. Alone, there is
+    /// nobody to wait for: the slot is dropped at once.
+    pub(crate) fn park(&self, slot: TenantSlot) {
+        if self.clustered.load(Ordering::Relaxed) {
+            self.parked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot);
+        }
+    }
+
+    /// The slots parked since the last call (the cluster loop holds them
+    /// past its next read).
+    pub(crate) fn take_parked(&self) -> Vec<TenantSlot> {
+        std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether other nodes are alive (so slots leaving are parked).
+    pub(crate) fn set_clustered(&self, clustered: bool) {
+        self.clustered.store(clustered, Ordering::Relaxed);
     }
 
     /// This node's outstanding tasks per tenant (what it tells the others).

@@ -656,6 +656,12 @@ impl Lifecycle {
 
     /// After a guarded write was refused: publishes what the store has, or
     /// forgets a task another node now owns. Returns the stored task.
+    /// Holds the tenant slot of a task that left this node (see
+    /// [`TenantLedger::park`]).
+    pub(crate) fn park(&self, slot: TenantSlot) {
+        self.tenants.park(slot);
+    }
+
     async fn resolve(&self, id: TaskId) -> Option<Task> {
         match self.store.get_owned(id).await {
             Ok(Some((t, owner))) => {

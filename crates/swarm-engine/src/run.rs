@@ -57,7 +57,12 @@ impl TaskRun {
         let instance = pool.pick_instance().to_string();
         let (running, cancel) = match lifecycle.start(&mut queued, &instance).await {
             Begun::Running(t, c) => (*t, c),
-            Begun::Gone => return,
+            Begun::Gone => {
+                // Claimed by another node (or ended there): its tenant slot
+                // counts until the cluster has the claimer's count.
+                lifecycle.park(queued.slot);
+                return;
+            }
             Begun::Retry => {
                 // Without holding a slot; the dispatcher waits for the
                 // database before it takes work again.
@@ -133,7 +138,7 @@ impl TaskRun {
         .await;
         // Spent before the permit frees, so the next start already sees
         // a budget this run filled.
-        spend_tokens(&env, &pool, &running, &finished.ended);
+        env.spend_tokens(&pool, &running.tenant, &running.args, &finished.ended);
         let typical = Duration::from_micros(pool.limiter().snapshot().rtt_us);
         permit.record(finished.sample(env.classifier(), typical));
         drop(global);
@@ -183,23 +188,6 @@ impl TaskRun {
         lifecycle
             .finish(&pool, &queued, running, verdict, finished.at)
             .await;
-    }
-}
-
-/// Charges what an attempt spent to its department's and its tenant's
-/// token budgets: the provider's reported usage, else (no usage, an error,
-/// a cut-off stream) the estimate, which is the most it could have cost.
-fn spend_tokens(env: &RunEnv, pool: &Pool, task: &swarm_core::Task, ended: &Ended) {
-    let tenant = env.tenant_tokens().get(&task.tenant);
-    if pool.tokens().is_none() && tenant.is_none() {
-        return;
-    }
-    let reported = match ended {
-        Ended::Returned(Ok(v)) => swarm_agents::reported_tokens(v),
-        _ => None,
-    };
-    if let Some(n) = reported.or_else(|| pool.agent().token_estimate(&task.args)) {
-        crate::tokens::spend(pool.tokens().into_iter().chain(tenant.as_ref()), n);
     }
 }
 

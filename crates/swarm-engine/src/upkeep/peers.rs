@@ -258,6 +258,9 @@ impl Peers {
             // others' tenant counts. Slots parted before it began are
             // counted by their claimers in what it reads.
             let parted = std::mem::take(&mut parting);
+            // Slots of tasks a start found claimed: kept past this read too,
+            // since their claimer may publish only after it began.
+            parting.extend(self.tenants.take_parked());
             let nodes = match self.store.nodes().await {
                 Ok(n) => n,
                 Err(e) => {
@@ -288,6 +291,7 @@ impl Peers {
             heard.retain(|_, at| now.duration_since(*at) < HEARD_FOR);
             let alive: Vec<&NodeRow> = others.iter().copied().filter(|n| n.alive).collect();
             self.count_tokens_elsewhere(&alive);
+            self.tenants.set_clustered(peers > 0);
             if peers == 0 {
                 self.tenants.set_elsewhere(HashMap::new());
                 drop(parted);
