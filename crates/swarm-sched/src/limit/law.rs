@@ -83,6 +83,20 @@ const AIMD_SS_EXIT: f64 = 1.25;
 /// three calls each 25% over the bar are rarely jitter (the confidence
 /// test of a window still judges the milder cases).
 const AIMD_SS_STREAK: u32 = 3;
+/// Below this limit each call is a large step in load (one call over a
+/// knee of 2 adds 50% to every RTT, far above ordinary jitter), and a
+/// round trip holds too few calls for a streak: slow start there ends on
+/// one clearly queued call, when the limit or the concurrency the call met
+/// is below this (see [`Law::ss_streak_needed`]), and below this limit,
+/// before any baseline, a call is clearly queued at [`AIMD_SS_EXIT`] ×
+/// `queue_tolerance` × the fastest RTT (1.31×), not × `tolerance` (1.5)
+/// as well (1.875×). With the loose bar and a streak of three, against a
+/// knee of 2 the calls at 3 in flight (1.5× the no-load RTT) passed, the
+/// limit climbed to 6-8 and was cut only in round trip 4-6 (p99 2.8-3.3×).
+/// At larger limits calls cross the knee one by one, so the milder,
+/// jitter-proof rule sees the queue in time. The price: at a small limit
+/// in slow start, jitter over 31% of the fastest RTT reads as queueing.
+const AIMD_SMALL: f64 = 8.0;
 
 /// AIMD's current window: the successes of calls that started at or after
 /// `start` (the last cut or probe edge), so each decision judges the limit
@@ -410,6 +424,19 @@ impl Law {
         // sees the round trips at low concurrency.
         let raw = sample.rtt.as_secs_f64().max(MIN_RTT_S);
         self.fastest = self.fastest.min(raw);
+        // AIMD slow start's bar and no-load RTT for this call, as known
+        // before it (a window it closes must not judge it: at a small limit
+        // the first window holds the first queued calls, and its upper
+        // bound would pass them). A baseline from before an outage has
+        // expired by now.
+        let ss_bar = (self.slow_start && self.algorithm == Algorithm::Aimd).then(|| {
+            self.aimd_base.roll(now);
+            let bar = match self.aimd_base.get() {
+                Some(b) => self.queue_tolerance * b,
+                None => self.tolerance * self.fastest,
+            };
+            (bar, self.aimd_base.get().unwrap_or(self.fastest))
+        });
         let judged = if self.algorithm == Algorithm::Aimd {
             self.aimd_window(now, started, raw, app_limited, in_flight_at_start)
         } else {
@@ -429,17 +456,17 @@ impl Law {
             // factor; calls that queued must not add to it). Before any
             // baseline, the fastest call so far, with `tolerance` for
             // jitter, stands in.
-            // A baseline from before an outage has expired by now.
-            self.aimd_base.roll(now);
-            let bar = match self.aimd_base.get() {
-                Some(b) => self.queue_tolerance * b,
-                None => self.tolerance * self.fastest,
-            };
+            let (bar, base) = ss_bar.unwrap_or((f64::INFINITY, self.fastest));
             self.ss_queued |= raw > bar;
-            if raw > AIMD_SS_EXIT * bar {
+            let clear = if self.limit < AIMD_SMALL {
+                AIMD_SS_EXIT * self.queue_tolerance * base
+            } else {
+                AIMD_SS_EXIT * bar
+            };
+            let queued = raw > clear;
+            if queued {
                 // What the backend would have served without queueing, by
                 // Little's law: the concurrency met × no-load RTT ÷ RTT.
-                let base = self.aimd_base.get().unwrap_or(self.fastest);
                 self.ss_streak += 1;
                 self.ss_est += in_flight_at_start.max(1) as f64 * base / raw;
             } else {
@@ -451,16 +478,19 @@ impl Law {
                     self.slow_start = false;
                     self.limit = self.aimd(now, judged);
                 }
-                _ if self.ss_streak >= AIMD_SS_STREAK && judged.is_none() => {
+                _ if self.ss_streak >= self.ss_streak_needed(in_flight_at_start) => {
                     self.slow_start = false;
-                    let est = self.ss_est / f64::from(self.ss_streak);
+                    // To the nearest whole call: the limit in force is the
+                    // floor, which at a knee of 2 would turn an estimate of
+                    // 1.9 into half the knee.
+                    let est = (self.ss_est / f64::from(self.ss_streak)).round();
                     self.limit = est.clamp(self.limit * AIMD_MAX_CUT, self.limit);
                     self.window.reset(now);
                 }
                 // Only while the limit binds: with the clients' demand
                 // below it (a start far above the knee), raising it admits
                 // nothing and only deepens the cut that follows.
-                _ if in_use + 1.0 >= self.limit.floor() && raw <= bar => {
+                _ if in_use + 1.0 >= self.limit.floor() && raw <= bar && !queued => {
                     // At least one more than in use, or a limit of 1 would
                     // stop at 1.5.
                     let g = self.slow_gain();
@@ -497,6 +527,18 @@ impl Law {
         };
         self.limit = if app_limited { new.min(old) } else { new };
         self.clamp(now);
+    }
+
+    /// Clearly queued calls in a row that end AIMD's slow start:
+    /// [`AIMD_SS_STREAK`], or one below [`AIMD_SMALL`] (the limit, or the
+    /// concurrency the call met: a call that queued beside a few others
+    /// places the knee below them).
+    fn ss_streak_needed(&self, in_flight_at_start: usize) -> u32 {
+        if self.limit < AIMD_SMALL || (in_flight_at_start as f64) < AIMD_SMALL {
+            1
+        } else {
+            AIMD_SS_STREAK
+        }
     }
 
     /// The gain per unqueued success in this round trip of slow start.
@@ -938,6 +980,53 @@ mod tests {
         assert!(!law.in_slow_start());
         // ...with a cut in proportion: a third of what ran, not ×0.9.
         assert!(law.limit() < before / 2, "{before} -> {}", law.limit());
+    }
+
+    #[test]
+    fn slow_start_at_a_small_limit_ends_on_one_clearly_queued_call() {
+        let mut now = Instant::now();
+        let c = LimitConfig {
+            slow_start: true,
+            initial: 1,
+            min: 1,
+            ..cfg(Algorithm::Aimd)
+        };
+        let mut law = Law::new(&c, now);
+        // One call at 100 ms: ×3.
+        now += ms(100);
+        law.on_sample(now, now - ms(100), 1, 1, Sample::success(ms(100)));
+        assert_eq!(law.limit(), 3);
+        // Against a knee of 2, the third call of the burst meets a queue:
+        // 150 ms, 1.5× the fastest (over the jitter-proof 1.875× before a
+        // baseline, but one call over a knee this small is plain). It ends
+        // slow start at once, cut to 3 × 100 ÷ 150 = 2 by Little's law.
+        now += ms(150);
+        law.on_sample(now, now - ms(150), 3, 3, Sample::success(ms(150)));
+        assert!(!law.in_slow_start());
+        assert_eq!(law.limit(), 2);
+    }
+
+    #[test]
+    fn slow_start_at_a_small_limit_rides_out_jitter() {
+        let mut now = Instant::now();
+        let c = LimitConfig {
+            slow_start: true,
+            initial: 1,
+            min: 1,
+            ..cfg(Algorithm::Aimd)
+        };
+        let mut law = Law::new(&c, now);
+        // 100-125 ms whatever the concurrency: within 1.25 × 1.05 of the
+        // fastest, never a queue, so slow start goes on past the small
+        // limits.
+        for i in 0..40u64 {
+            now += ms(10);
+            let l = law.limit();
+            let rtt = ms(100 + (i * 7) % 26);
+            law.on_sample(now, now - rtt, l, l, Sample::success(rtt));
+        }
+        assert!(law.in_slow_start());
+        assert!(law.limit() >= AIMD_SMALL as usize, "{}", law.limit());
     }
 
     #[test]
