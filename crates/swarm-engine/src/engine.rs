@@ -698,7 +698,12 @@ impl Engine {
             tenant,
             Duration::from_millis(timeout_ms),
             run_after.is_some(),
-            pool.agent().token_estimate(spec.args()),
+            // Estimated only when a budget counts it (parsing a prompt
+            // costs more than the rest of admission).
+            c.admission
+                .charges_tokens(pool, tenant)
+                .then(|| pool.agent().token_estimate(spec.args()))
+                .flatten(),
         )?;
         // A delayed task's deadline counts from its start time.
         let begins = run_after.unwrap_or(now);
