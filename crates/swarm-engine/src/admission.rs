@@ -266,11 +266,6 @@ impl Admission {
 }
 
 impl Admission {
-    /// Whether a task of `tenant` in `pool` is charged to a token budget.
-    pub(crate) fn charges_tokens(&self, pool: &Pool, tenant: &str) -> bool {
-        pool.tokens().is_some() || self.tokens.get(tenant).is_some()
-    }
-
     /// Reserves `estimate` tokens in `budgets`, or says why not.
     fn reserve(
         &self,

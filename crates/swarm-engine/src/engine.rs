@@ -700,8 +700,8 @@ impl Engine {
             run_after.is_some(),
             // Estimated only when a budget counts it (parsing a prompt
             // costs more than the rest of admission).
-            c.admission
-                .charges_tokens(pool, tenant)
+            c.tenant_tokens
+                .charges(pool.tokens(), tenant)
                 .then(|| pool.agent().token_estimate(spec.args()))
                 .flatten(),
         )?;

@@ -50,7 +50,7 @@ impl RunEnv {
 
     /// Whether a run of `tenant` in `pool` is charged to a token budget.
     pub(crate) fn charges_tokens(&self, pool: &Pool, tenant: &str) -> bool {
-        pool.tokens().is_some() || self.tenant_tokens.get(tenant).is_some()
+        self.tenant_tokens.charges(pool.tokens(), tenant)
     }
 
     /// Charges what an attempt (of a task or a child call) spent to its

@@ -147,6 +147,17 @@ impl TenantBudgets {
         *m = next;
     }
 
+    /// Whether a run of `tenant` under a department budget `pool` (if
+    /// any) is charged to a budget at all.
+    pub(crate) fn charges(&self, pool: Option<&Budget>, tenant: &str) -> bool {
+        pool.is_some()
+            || self
+                .by_tenant
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(tenant)
+    }
+
     /// `tenant`'s budget, if it has one.
     pub(crate) fn get(&self, tenant: &str) -> Option<Budget> {
         self.by_tenant
