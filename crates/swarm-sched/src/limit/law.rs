@@ -982,16 +982,21 @@ mod tests {
         assert!(law.limit() < before / 2, "{before} -> {}", law.limit());
     }
 
-    #[test]
-    fn slow_start_at_a_small_limit_ends_on_one_clearly_queued_call() {
-        let mut now = Instant::now();
+    /// AIMD in slow start from a limit of 1.
+    fn small_aimd(now: Instant) -> Law {
         let c = LimitConfig {
             slow_start: true,
             initial: 1,
             min: 1,
             ..cfg(Algorithm::Aimd)
         };
-        let mut law = Law::new(&c, now);
+        Law::new(&c, now)
+    }
+
+    #[test]
+    fn slow_start_at_a_small_limit_ends_on_one_clearly_queued_call() {
+        let mut now = Instant::now();
+        let mut law = small_aimd(now);
         // One call at 100 ms: ×3.
         now += ms(100);
         law.on_sample(now, now - ms(100), 1, 1, Sample::success(ms(100)));
@@ -1009,13 +1014,7 @@ mod tests {
     #[test]
     fn slow_start_at_a_small_limit_rides_out_jitter() {
         let mut now = Instant::now();
-        let c = LimitConfig {
-            slow_start: true,
-            initial: 1,
-            min: 1,
-            ..cfg(Algorithm::Aimd)
-        };
-        let mut law = Law::new(&c, now);
+        let mut law = small_aimd(now);
         // 100-125 ms whatever the concurrency: within 1.25 × 1.05 of the
         // fastest, never a queue, so slow start goes on past the small
         // limits.
