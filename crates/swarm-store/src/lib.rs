@@ -94,6 +94,8 @@ impl Store {
         tokio::spawn(
             Writer {
                 db: db.clone(),
+                kept: Default::default(),
+                max_life: Some(std::time::Duration::from_millis(cfg.max_lifetime_ms)),
                 lanes: Lanes {
                     urgent: urgent_rx,
                     admit: admit_rx,

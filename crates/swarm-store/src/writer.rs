@@ -34,9 +34,11 @@
 //! reason is retried op by op, so one bad write cannot fail its neighbours.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
@@ -210,6 +212,145 @@ pub(crate) struct WriterStats {
     pub(crate) retries: AtomicU64,
 }
 
+/// The SQLite writer's own connection, detached from the pool and kept
+/// between batches.
+///
+/// A pooled connection cost two extra round trips per batch: sqlx pings it
+/// when it is acquired (`test_before_acquire`) and again, unconditionally,
+/// when it is returned, and the return is a spawned task. On SQLite a round
+/// trip is a hand-off to the connection's worker thread and back, and so
+/// are `BEGIN` and `COMMIT` through sqlx's transaction API, which also
+/// block the worker until the answer is taken. A kept connection is pinged
+/// by nothing and its transaction is plain `BEGIN` / `COMMIT` statements:
+/// safe because a kept connection is only put back after a batch
+/// committed. One that failed, or whose batch was dropped half way, is
+/// dropped, which closes it and rolls back; the batch's next run takes a
+/// fresh one (`Commit::run_with_retries`), which is all the pings guarded
+/// against. Measured with echo at 2,000 tasks/s and `wait_ms`
+/// (BENCHMARKS.md, "A lean LLM path"): p50 3.4-4.0 -> 2.2-2.6 ms.
+///
+/// PostgreSQL keeps its pooled connections: kept ones measured slower
+/// there (2.5-2.8k against 3.3-6.2k echo tasks/s at 100 clients), and a
+/// pooled one is closed rather than returned when its batch fails or is
+/// dropped (`Lease`), so a plain `BEGIN` never leaks into the pool.
+#[derive(Default)]
+pub(crate) struct Kept {
+    sqlite: Mutex<Option<KeptConn>>,
+}
+
+/// The kept SQLite connection and when it was opened.
+pub(crate) struct KeptConn {
+    conn: sqlx::SqliteConnection,
+    opened: Instant,
+}
+
+/// How the writer holds a connection for one batch, per backend.
+trait WriteConn: sqlx::Database {
+    type Held: std::ops::DerefMut<Target = Self::Connection> + Send;
+    /// A connection for the next batch.
+    fn take(
+        kept: &Kept,
+        pool: &sqlx::Pool<Self>,
+    ) -> impl Future<Output = Result<Self::Held, sqlx::Error>> + Send;
+    /// The batch committed: keep `held` (or let it go back to the pool).
+    fn keep(kept: &Kept, held: Self::Held, max_life: Option<Duration>);
+    /// The batch failed or was dropped: `held` must never be used again.
+    fn discard(held: &mut Self::Held);
+}
+
+impl std::ops::Deref for KeptConn {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &sqlx::SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for KeptConn {
+    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl WriteConn for sqlx::Sqlite {
+    type Held = KeptConn;
+    async fn take(kept: &Kept, pool: &sqlx::Pool<Self>) -> Result<KeptConn, sqlx::Error> {
+        let k = kept
+            .sqlite
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match k {
+            Some(k) => Ok(k),
+            None => Ok(KeptConn {
+                conn: pool.acquire().await?.detach(),
+                opened: Instant::now(),
+            }),
+        }
+    }
+    fn keep(kept: &Kept, held: KeptConn, max_life: Option<Duration>) {
+        // Like a pooled connection, a kept one lives at most
+        // `database.max_lifetime_ms`; dropping it closes it.
+        if max_life.is_none_or(|m| held.opened.elapsed() < m) {
+            *kept.sqlite.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+        }
+    }
+    fn discard(_: &mut KeptConn) {
+        // Not put back, so dropped, which closes it.
+    }
+}
+
+impl WriteConn for sqlx::Postgres {
+    type Held = sqlx::pool::PoolConnection<sqlx::Postgres>;
+    async fn take(_: &Kept, pool: &sqlx::Pool<Self>) -> Result<Self::Held, sqlx::Error> {
+        pool.acquire().await
+    }
+    fn keep(_: &Kept, held: Self::Held, _: Option<Duration>) {
+        drop(held);
+    }
+    fn discard(held: &mut Self::Held) {
+        held.close_on_drop();
+    }
+}
+
+/// A connection for one batch from `pool` (kept or pooled, by backend).
+async fn lease<'k, DB: WriteConn>(
+    kept: &'k Kept,
+    pool: &sqlx::Pool<DB>,
+) -> Result<Lease<'k, DB>, sqlx::Error> {
+    Ok(Lease {
+        held: Some(DB::take(kept, pool).await?),
+        kept,
+    })
+}
+
+/// A batch's connection: discarded on drop unless the batch committed.
+struct Lease<'k, DB: WriteConn> {
+    held: Option<DB::Held>,
+    kept: &'k Kept,
+}
+
+impl<DB: WriteConn> Lease<'_, DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        self.held
+            .as_mut()
+            .expect("a lease holds its connection until done")
+    }
+
+    fn committed(mut self, max_life: Option<Duration>) {
+        if let Some(h) = self.held.take() {
+            DB::keep(self.kept, h, max_life);
+        }
+    }
+}
+
+impl<DB: WriteConn> Drop for Lease<'_, DB> {
+    fn drop(&mut self) {
+        if let Some(h) = self.held.as_mut() {
+            DB::discard(h);
+        }
+    }
+}
+
 /// The receiving ends of the three lanes.
 pub(crate) struct Lanes {
     pub(crate) urgent: mpsc::Receiver<Op>,
@@ -219,8 +360,12 @@ pub(crate) struct Lanes {
 
 /// The group-commit writer: one per store.
 pub(crate) struct Writer {
-    /// The pool it writes through.
+    /// The pool it takes its connections from.
     pub(crate) db: Db,
+    /// The connections it keeps (see [`Kept`]).
+    pub(crate) kept: Arc<Kept>,
+    /// How long it keeps one (`database.max_lifetime_ms`; `None`: forever).
+    pub(crate) max_life: Option<Duration>,
     /// Where ops arrive.
     pub(crate) lanes: Lanes,
     /// Most ops in one transaction.
@@ -291,6 +436,8 @@ impl Writer {
             self.fill(&mut batch);
             let ctx = Commit {
                 db: self.db.clone(),
+                kept: self.kept.clone(),
+                max_life: self.max_life,
                 stats: self.stats.clone(),
                 health: self.health.clone(),
             };
@@ -371,6 +518,8 @@ impl Writer {
 /// by side.
 struct Commit {
     db: Db,
+    kept: Arc<Kept>,
+    max_life: Option<Duration>,
     stats: Arc<WriterStats>,
     health: Health,
 }
@@ -426,7 +575,7 @@ impl Commit {
     async fn run_with_retries(&self, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
         let mut in_doubt = false;
         for attempt in 1..=ATTEMPTS {
-            match apply(&self.db, ops, &self.stats).await {
+            match apply(&self.db, &self.kept, self.max_life, ops, &self.stats).await {
                 // Only the probe ends an outage: a batch that wrote nothing
                 // (a refused start, say) commits even on a full disk.
                 Ok(answers) => return Ok(answers),
@@ -454,7 +603,13 @@ impl Commit {
 }
 
 /// Applies `ops` in one transaction; answers are in the ops' order.
-async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, Failed> {
+async fn apply(
+    db: &Db,
+    kept: &Kept,
+    max_life: Option<Duration>,
+    ops: &[Op],
+    stats: &WriterStats,
+) -> Result<Vec<Answer>, Failed> {
     let before = |error| Failed {
         error,
         at_commit: false,
@@ -487,10 +642,12 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
 
     with_db!(db, pool => {
         let asked = std::time::Instant::now();
-        let mut conn = pool.acquire().await.map_err(before)?;
+        let mut lease = lease(kept, pool).await.map_err(before)?;
         stats.acquires.fetch_add(1, Ordering::Relaxed);
         let outcome = async {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(before)?;
+        // Plain statements, not sqlx's transaction API: see `Kept`.
+        let tx = lease.conn();
+        sqlx::raw_sql("BEGIN").execute(&mut *tx).await.map_err(before)?;
         stats
             .acquire_us
             .fetch_add(asked.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -734,16 +891,18 @@ async fn apply(db: &Db, ops: &[Op], stats: &WriterStats) -> Result<Vec<Answer>, 
             Ok::<(), sqlx::Error>(())
         };
         work.await.map_err(before)?;
-        tx.commit().await.map_err(|error| Failed { error, at_commit: true })?;
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| Failed { error, at_commit: true })?;
         Ok::<(), Failed>(())
         }
         .await;
-        if outcome.is_err() {
-            // A connection whose transaction failed may still hold it
-            // open (SQLite rolls back some failures by itself, and the
-            // driver's count of open transactions then drifts); a fresh
-            // connection is cheaper than a lock held in the pool.
-            conn.close_on_drop();
+        // A connection whose batch failed is closed (`Lease`): it may still
+        // hold the transaction open, or be broken; the next run takes a
+        // fresh one.
+        if outcome.is_ok() {
+            lease.committed(max_life);
         }
         outcome?;
     });
