@@ -94,8 +94,9 @@ impl Store {
         tokio::spawn(
             Writer {
                 db: db.clone(),
-                kept: Default::default(),
-                max_life: Some(std::time::Duration::from_millis(cfg.max_lifetime_ms)),
+                kept: Arc::new(writer::Kept::new(std::time::Duration::from_millis(
+                    cfg.max_lifetime_ms,
+                ))),
                 lanes: Lanes {
                     urgent: urgent_rx,
                     admit: admit_rx,

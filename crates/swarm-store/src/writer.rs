@@ -226,20 +226,31 @@ pub(crate) struct WriterStats {
 /// committed. One that failed, or whose batch was dropped half way, is
 /// dropped, which closes it and rolls back; the batch's next run takes a
 /// fresh one (`Commit::run_with_retries`), which is all the pings guarded
-/// against. Measured with echo at 2,000 tasks/s and `wait_ms`
-/// (BENCHMARKS.md, "A lean LLM path"): p50 3.4-4.0 -> 2.2-2.6 ms.
+/// against. Kept connections live at most `database.max_lifetime_ms`, like
+/// pooled ones. Measured with echo at 2,000 tasks/s and `wait_ms`
+/// (BENCHMARKS.md, "A lean LLM path"): p50 3.6-5.1 -> 2.6-3.4 ms.
 ///
 /// PostgreSQL keeps its pooled connections: kept ones measured slower
 /// there (2.5-2.8k against 3.3-6.2k echo tasks/s at 100 clients), and a
 /// pooled one is closed rather than returned when its batch fails or is
 /// dropped (`Lease`), so a plain `BEGIN` never leaks into the pool.
-#[derive(Default)]
 pub(crate) struct Kept {
     sqlite: Mutex<Option<KeptConn>>,
+    /// `database.max_lifetime_ms`.
+    max_life: Duration,
+}
+
+impl Kept {
+    pub(crate) fn new(max_life: Duration) -> Self {
+        Self {
+            sqlite: Mutex::new(None),
+            max_life,
+        }
+    }
 }
 
 /// The kept SQLite connection and when it was opened.
-pub(crate) struct KeptConn {
+struct KeptConn {
     conn: sqlx::SqliteConnection,
     opened: Instant,
 }
@@ -253,7 +264,7 @@ trait WriteConn: sqlx::Database {
         pool: &sqlx::Pool<Self>,
     ) -> impl Future<Output = Result<Self::Held, sqlx::Error>> + Send;
     /// The batch committed: keep `held` (or let it go back to the pool).
-    fn keep(kept: &Kept, held: Self::Held, max_life: Option<Duration>);
+    fn keep(kept: &Kept, held: Self::Held);
     /// The batch failed or was dropped: `held` must never be used again.
     fn discard(held: &mut Self::Held);
 }
@@ -287,10 +298,9 @@ impl WriteConn for sqlx::Sqlite {
             }),
         }
     }
-    fn keep(kept: &Kept, held: KeptConn, max_life: Option<Duration>) {
-        // Like a pooled connection, a kept one lives at most
-        // `database.max_lifetime_ms`; dropping it closes it.
-        if max_life.is_none_or(|m| held.opened.elapsed() < m) {
+    fn keep(kept: &Kept, held: KeptConn) {
+        // Past its lifetime it is dropped, which closes it.
+        if held.opened.elapsed() < kept.max_life {
             *kept.sqlite.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
         }
     }
@@ -304,7 +314,7 @@ impl WriteConn for sqlx::Postgres {
     async fn take(_: &Kept, pool: &sqlx::Pool<Self>) -> Result<Self::Held, sqlx::Error> {
         pool.acquire().await
     }
-    fn keep(_: &Kept, held: Self::Held, _: Option<Duration>) {
+    fn keep(_: &Kept, held: Self::Held) {
         drop(held);
     }
     fn discard(held: &mut Self::Held) {
@@ -336,9 +346,9 @@ impl<DB: WriteConn> Lease<'_, DB> {
             .expect("a lease holds its connection until done")
     }
 
-    fn committed(mut self, max_life: Option<Duration>) {
+    fn committed(mut self) {
         if let Some(h) = self.held.take() {
-            DB::keep(self.kept, h, max_life);
+            DB::keep(self.kept, h);
         }
     }
 }
@@ -362,10 +372,8 @@ pub(crate) struct Lanes {
 pub(crate) struct Writer {
     /// The pool it takes its connections from.
     pub(crate) db: Db,
-    /// The connections it keeps (see [`Kept`]).
+    /// The connection it keeps (see [`Kept`]).
     pub(crate) kept: Arc<Kept>,
-    /// How long it keeps one (`database.max_lifetime_ms`; `None`: forever).
-    pub(crate) max_life: Option<Duration>,
     /// Where ops arrive.
     pub(crate) lanes: Lanes,
     /// Most ops in one transaction.
@@ -437,7 +445,6 @@ impl Writer {
             let ctx = Commit {
                 db: self.db.clone(),
                 kept: self.kept.clone(),
-                max_life: self.max_life,
                 stats: self.stats.clone(),
                 health: self.health.clone(),
             };
@@ -519,7 +526,6 @@ impl Writer {
 struct Commit {
     db: Db,
     kept: Arc<Kept>,
-    max_life: Option<Duration>,
     stats: Arc<WriterStats>,
     health: Health,
 }
@@ -575,7 +581,7 @@ impl Commit {
     async fn run_with_retries(&self, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
         let mut in_doubt = false;
         for attempt in 1..=ATTEMPTS {
-            match apply(&self.db, &self.kept, self.max_life, ops, &self.stats).await {
+            match apply(&self.db, &self.kept, ops, &self.stats).await {
                 // Only the probe ends an outage: a batch that wrote nothing
                 // (a refused start, say) commits even on a full disk.
                 Ok(answers) => return Ok(answers),
@@ -606,7 +612,6 @@ impl Commit {
 async fn apply(
     db: &Db,
     kept: &Kept,
-    max_life: Option<Duration>,
     ops: &[Op],
     stats: &WriterStats,
 ) -> Result<Vec<Answer>, Failed> {
@@ -902,7 +907,7 @@ async fn apply(
         // hold the transaction open, or be broken; the next run takes a
         // fresh one.
         if outcome.is_ok() {
-            lease.committed(max_life);
+            lease.committed();
         }
         outcome?;
     });
