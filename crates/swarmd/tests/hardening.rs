@@ -285,19 +285,21 @@ async fn streams_and_waiters_are_capped_per_tenant() {
             .send();
         tokio::spawn(req)
     };
-    let mut held = 0;
+    // The waiter's slot is taken before its task is stored, so both are
+    // awaited: the occupying task and the waiter's make two.
+    let (mut held, mut before) = (0, 0);
     for _ in 0..100 {
         let st = s.get("/api/status").await;
         held = st.body["long_requests"]["waiters"]["open"]
             .as_u64()
             .unwrap();
-        if held == 1 {
+        before = s.get("/api/tasks?limit=500").await.list_len();
+        if held == 1 && before == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(held, 1);
-    let before = s.get("/api/tasks?limit=500").await.list_len();
+    assert_eq!((held, before), (1, 2));
     let r = s
         .post(
             "/api/tasks",
