@@ -19,10 +19,12 @@ fn scenario(url: &str, extra: &str) -> Scenario {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_against_swarmd_measures_and_follows_tasks() {
-    let Some(s) = TestServer::start(Backend::Sqlite, "").await else {
-        return;
-    };
     for e2e in ["none", "wait", "poll", "sse"] {
+        // A server per mode: the backlog that "none" leaves (its acks do not
+        // wait for the runs) would otherwise be shed against the next mode.
+        let Some(s) = TestServer::start(Backend::Sqlite, "").await else {
+            return;
+        };
         let sc = scenario(
             &s.base,
             &format!(
@@ -40,8 +42,18 @@ async fn closed_loop_against_swarmd_measures_and_follows_tasks() {
         .unwrap();
         let step = &r.steps[0];
         assert!(step.sent > 10, "{e2e}: {step:?}");
-        assert_eq!(step.accepted, step.sent, "{e2e}: all accepted");
-        assert_eq!(step.errors, 0);
+        assert_eq!(step.errors, 0, "{e2e}: {:?}", step.codes);
+        // The server may shed some (503): acks that do not wait for the
+        // runs outpace them, and a machine busy with other tests trips
+        // its overload guard. How many depends on the machine, so only
+        // the split of what was sent is checked.
+        assert!(step.accepted > 10, "{e2e}: {:?}", step.codes);
+        assert_eq!(
+            step.accepted + step.rejected,
+            step.sent,
+            "{e2e}: {:?}",
+            step.codes
+        );
         match sc.request.e2e {
             E2e::None => {
                 let submit = step.submit.unwrap();
