@@ -488,18 +488,35 @@ pub(crate) const SQL_GET_OWNED: &str = "SELECT id, tenant, type, status, priorit
      instance, title, description, args, result, error, idempotency_key, timeout_ms, deadline_at, \
      created_at, started_at, finished_at, attempts, timings, owner, nodes, retry, run_after, history, callback_url, callback_state FROM tasks WHERE id = $1";
 
-/// Startup claim on SQLite: one process owns the file (see the lock file),
-/// so everything unfinished is ours.
-pub(crate) const SQL_CLAIM_ALL: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
-     WHERE status IN ('queued', 'running') RETURNING id, tenant, type, status, priority, \
-     department, agent, instance, title, description, args, result, error, idempotency_key, \
-     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
+/// Startup claim on SQLite, first step: one process owns the file (see the
+/// lock file), so everything unfinished is ours. Only rows that change are
+/// written (a task left `running`, or queued under another node id): the
+/// rest of a backlog is read, not rewritten.
+pub(crate) const SQL_CLAIM_ALL_FIX: &str = "UPDATE tasks SET status = 'queued', owner = $1 \
+     WHERE status IN ('queued', 'running') AND (status = 'running' OR owner IS NOT $1)";
 
-/// Startup claim on PostgreSQL: this node's own leftovers (it restarted).
-pub(crate) const SQL_CLAIM_OWN: &str = "UPDATE tasks SET status = 'queued' \
-     WHERE owner = $1 AND status IN ('queued', 'running') RETURNING id, tenant, type, status, \
+/// Startup claim on SQLite, second step: everything unfinished, now queued
+/// and ours. (The `IN` lets SQLite use the partial `tasks_unfinished`.)
+pub(crate) const SQL_CLAIM_ALL_READ: &str = "SELECT id, tenant, type, status, priority, \
+     department, agent, instance, title, description, args, result, error, idempotency_key, \
+     timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, \
+     run_after, history, callback_url, callback_state FROM tasks WHERE status IN ('queued', 'running')";
+
+/// Startup claim on PostgreSQL: this node's own leftovers (it restarted),
+/// in one statement. Only the tasks left `running` are updated; the queued
+/// ones are read as they are. An `UPDATE` of a row to the values it holds
+/// still writes a new row version in PostgreSQL, so setting every leftover
+/// `queued` made a 1M-task take-back write 1M rows before the first start.
+/// The `SELECT` arm sees the statement's snapshot, from before the update,
+/// so a task the update requeues comes back once, from `back`.
+pub(crate) const SQL_CLAIM_OWN: &str = "WITH back AS (UPDATE tasks SET status = 'queued' \
+     WHERE owner = $1 AND status = 'running' RETURNING id, tenant, type, status, \
      priority, department, agent, instance, title, description, args, result, error, \
-     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state";
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state) \
+     SELECT * FROM back UNION ALL SELECT id, tenant, type, status, \
+     priority, department, agent, instance, title, description, args, result, error, \
+     idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state \
+     FROM tasks WHERE owner = $1 AND status = 'queued'";
 
 /// The ids of this node's unfinished tasks (the sweep compares them with
 /// what the node holds in memory).

@@ -478,13 +478,21 @@ impl Store {
     /// left `running` (by a process that died) back to `queued`.
     pub async fn claim_at_start(&self, node: &str) -> Result<Vec<Task>, StoreError> {
         let rows = match &self.inner.db {
-            Db::Sqlite(p) => sqlx::query(db::SQL_CLAIM_ALL)
-                .bind(node.to_string())
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(task_from_row)
-                .collect::<Result<Vec<_>, _>>()?,
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(db::SQL_CLAIM_ALL_FIX)
+                    .bind(node.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(db::SQL_CLAIM_ALL_READ)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(task_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().await?;
+                rows
+            }
             Db::Pg(p) => sqlx::query(db::SQL_CLAIM_OWN)
                 .bind(node.to_string())
                 .fetch_all(p)
