@@ -91,6 +91,23 @@ struct Queues {
     /// The target `codel` was built with; `None` while an automatic target
     /// waits for its first measurement (no shedding on a guess).
     codel_target: Option<Duration>,
+    /// At most the earliest deadline (epoch ms) of a task in `tasks`: every
+    /// push lowers it, and a look at the whole queue (`Pool::tend`) sets it
+    /// exactly. Removals leave it low, which costs at most one look too
+    /// many. Until it passes, nothing in the queue can have expired, so the
+    /// governor's tick does not walk a deep backlog (a million tasks took a
+    /// core of memmove at four looks a second).
+    expiry_bound: i64,
+}
+
+impl Queues {
+    /// Queues `q` at the back of its class and tenant.
+    fn push(&mut self, q: Queued) {
+        let (class, tenant) = (q.task.priority.index(), q.task.tenant.clone());
+        self.expiry_bound = self.expiry_bound.min(q.task.deadline_at);
+        // The queue is unbounded (see `Pool::new`), so this cannot be refused.
+        let _ = self.tasks.push(class, &tenant, q);
+    }
 }
 
 /// What admission reads of a pool's queue for one submission.
@@ -338,6 +355,7 @@ impl Pool {
                 children: VecDeque::new(),
                 codel: CoDel::new(target, interval),
                 codel_target: codel_fixed,
+                expiry_bound: i64::MAX,
             }),
             codel_fixed,
             codel_on,
@@ -564,10 +582,7 @@ impl Pool {
     }
 
     pub(crate) fn push(&self, q: Queued) {
-        let class = q.task.priority.index();
-        let tenant = q.task.tenant.clone();
-        // The queue is unbounded (see `new`), so this cannot be refused.
-        let _ = lock(&self.queues).tasks.push(class, &tenant, q);
+        lock(&self.queues).push(q);
         self.notify.notify_one();
     }
 
@@ -577,7 +592,10 @@ impl Pool {
         let class = q.task.priority.index();
         let tenant = q.task.tenant.clone();
         let at = q.enqueued_at;
-        lock(&self.queues).tasks.push_front(class, &tenant, at, q);
+        let mut queues = lock(&self.queues);
+        queues.expiry_bound = queues.expiry_bound.min(q.task.deadline_at);
+        queues.tasks.push_front(class, &tenant, at, q);
+        drop(queues);
         self.notify.notify_one();
     }
 
@@ -656,9 +674,7 @@ impl Pool {
             // Its queue wait starts now, not at the commit before its delay.
             item.enqueued_at = Instant::now();
             item.stored_at = Some(item.enqueued_at);
-            let class = item.task.priority.index();
-            let tenant = item.task.tenant.clone();
-            let _ = q.tasks.push(class, &tenant, item);
+            q.push(item);
             moved = true;
         }
         let next = q.later.keys().next().map(|k| k.0);
@@ -788,12 +804,21 @@ impl Pool {
         // `later` needs no look: a task there is due before its deadline
         // (a retry is not scheduled past it, a delayed task's deadline
         // counts from its start), so it is promoted before it can expire.
-        lock(&self.queues)
-            .tasks
-            .retain(|q, _| q.task.deadline_at > wall_ms)
-            .into_iter()
-            .map(|(q, _)| q)
-            .collect()
+        let mut q = lock(&self.queues);
+        if q.expiry_bound > wall_ms {
+            return Vec::new();
+        }
+        let mut earliest = i64::MAX;
+        let expired = q.tasks.retain(|q, _| {
+            let keep = q.task.deadline_at > wall_ms;
+            if keep {
+                earliest = earliest.min(q.task.deadline_at);
+            }
+            keep
+        });
+        q.expiry_bound = earliest;
+        drop(q);
+        expired.into_iter().map(|(q, _)| q).collect()
     }
 
     /// Marks the tenants asking for less than their fair share of what the

@@ -581,20 +581,26 @@ async fn deadlines_fire_in_queue_and_in_run(backend: Backend) {
     let run_ms = r.body["timings"]["run_ms"].as_f64().unwrap();
     assert!((250.0..5000.0).contains(&run_ms), "run_ms {run_ms}");
 
-    // A task whose deadline passes while it waits is never started.
-    s.occupy("slow", 1500).await;
-    let late = s
-        .post_with(
-            "/api/tasks",
-            &json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 1}, "wait_ms": 10000}),
-            &[("request-timeout", "200")],
-        )
-        .await;
-    assert_eq!(late.body["status"], "timed_out", "{}", late.text);
-    assert_eq!(late.body["error"]["stage"], "queue");
-    assert_eq!(late.body["timeout_ms"], 200);
-    assert_eq!(late.body["started_at"], Value::Null);
-    assert_eq!(late.body["attempts"], 0);
+    // A task whose deadline passes while it waits is never started, and
+    // it ends while it waits (the blocker still runs), not when its turn
+    // comes. Twice: the queue's expiry bookkeeping is reset by the first.
+    let blocker = s.occupy("slow", 3000).await;
+    for _ in 0..2 {
+        let late = s
+            .post_with(
+                "/api/tasks",
+                &json!({"type": "sim", "agent": "slow", "args": {"latency_ms": 1}, "wait_ms": 10000}),
+                &[("request-timeout", "200")],
+            )
+            .await;
+        assert_eq!(late.body["status"], "timed_out", "{}", late.text);
+        assert_eq!(late.body["error"]["stage"], "queue");
+        assert_eq!(late.body["timeout_ms"], 200);
+        assert_eq!(late.body["started_at"], Value::Null);
+        assert_eq!(late.body["attempts"], 0);
+        let b = s.get(&format!("/api/tasks/{blocker}")).await;
+        assert_eq!(b.body["status"], "running", "{}", b.text);
+    }
 }
 
 async fn failures_say_why(backend: Backend) {
