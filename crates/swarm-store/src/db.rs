@@ -518,6 +518,9 @@ pub(crate) const SQL_CLAIM_OWN: &str = "WITH back AS (UPDATE tasks SET status = 
      idempotency_key, timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, run_after, history, callback_url, callback_state \
      FROM tasks WHERE owner = $1 AND status = 'queued'";
 
+/// Lifts `statement_timeout` for the rest of a transaction.
+pub(crate) const SQL_NO_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = 0";
+
 /// The ids of this node's unfinished tasks (the sweep compares them with
 /// what the node holds in memory).
 pub(crate) const SQL_OWN_UNFINISHED: &str =

@@ -493,13 +493,25 @@ impl Store {
                 tx.commit().await?;
                 rows
             }
-            Db::Pg(p) => sqlx::query(db::SQL_CLAIM_OWN)
-                .bind(node.to_string())
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(task_from_row)
-                .collect::<Result<Vec<_>, _>>()?,
+            Db::Pg(p) => {
+                // However deep the backlog, the take-back must finish: past
+                // `statement_timeout` the node could not start at all (a
+                // million leftovers took 43 to 59 s here with the earlier
+                // statement, against the 30 s default).
+                let mut tx = p.begin().await?;
+                sqlx::raw_sql(db::SQL_NO_STATEMENT_TIMEOUT)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(db::SQL_CLAIM_OWN)
+                    .bind(node.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(task_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().await?;
+                rows
+            }
         };
         Ok(rows)
     }
