@@ -30,7 +30,11 @@ pub enum TaskEvent {
 
 struct Entry {
     current: Arc<Task>,
-    tx: broadcast::Sender<TaskEvent>,
+    /// Made by the first subscriber: a channel allocates all its slots at
+    /// once (about 3.5 KiB at [`CHANNEL`]), and most tasks are never
+    /// watched, so a deep backlog held that much per queued task for
+    /// nothing. Events before the first subscriber have no one to reach.
+    tx: Option<broadcast::Sender<TaskEvent>>,
     /// Fired to cancel the task, whoever holds it at the moment (the queue,
     /// a start in progress, the run).
     cancel: CancellationToken,
@@ -85,13 +89,12 @@ impl Hub {
         if shard.contains_key(&task.id) {
             return None;
         }
-        let (tx, _) = broadcast::channel(CHANNEL);
         let cancel = CancellationToken::new();
         shard.insert(
             task.id,
             Entry {
                 current: Arc::new(task),
-                tx,
+                tx: None,
                 cancel: cancel.clone(),
                 recent: VecDeque::new(),
             },
@@ -106,8 +109,10 @@ impl Hub {
         let task = Arc::new(task);
         let mut shard = self.shard(&id);
         if let Some(entry) = shard.get_mut(&id) {
-            entry.current = task.clone();
-            let _ = entry.tx.send(TaskEvent::State(task));
+            if let Some(tx) = &entry.tx {
+                let _ = tx.send(TaskEvent::State(task.clone()));
+            }
+            entry.current = task;
             if terminal {
                 shard.remove(&id);
             }
@@ -128,18 +133,23 @@ impl Hub {
                 entry.recent.pop_front();
             }
             let value = Arc::new(value);
-            entry.recent.push_back(value.clone());
-            let _ = entry.tx.send(TaskEvent::Progress(value));
+            if let Some(tx) = &entry.tx {
+                let _ = tx.send(TaskEvent::Progress(value.clone()));
+            }
+            entry.recent.push_back(value);
         }
     }
 
     /// The current state, recent progress and a receiver for what follows,
     /// if tracked here.
     pub(crate) fn subscribe(&self, id: TaskId) -> Option<Subscription> {
-        self.shard(&id).get(&id).map(|e| Subscription {
+        self.shard(&id).get_mut(&id).map(|e| Subscription {
             current: e.current.clone(),
             recent: e.recent.iter().cloned().collect(),
-            rx: e.tx.subscribe(),
+            rx: e
+                .tx
+                .get_or_insert_with(|| broadcast::channel(CHANNEL).0)
+                .subscribe(),
         })
     }
 
