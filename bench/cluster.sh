@@ -20,10 +20,14 @@
 #
 #   bench/cluster.sh                 # all three
 #   bench/cluster.sh echo scaling    # some
+#   BIN=/tmp/swarmd-old BURN=300000 bench/cluster.sh burndown
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p swarmd
-bin=$PWD/target/release/swarmd
+# BIN=path runs another build (e.g. an older one, side by side).
+if [ -n "${BIN:-}" ]; then bin=$BIN; else
+    cargo build --release -q -p swarmd
+    bin=$PWD/target/release/swarmd
+fi
 rounds=${ROUNDS:-3}
 burn=${BURN:-1000000}
 pg_admin=${SWARMD_BENCH_PG_URL:-${SWARMD_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}}
@@ -190,8 +194,8 @@ burndown)
     sql "VACUUM ANALYZE tasks" > /dev/null
     t0=$(now_ms)
     start_node b1 18970 "$dir/burn.toml"
-    # Ready once it has taken its leftovers back (one UPDATE … RETURNING of
-    # every row) and queued them.
+    # Ready once it has taken its leftovers back (the tasks left running
+    # requeued, the queued ones read) and queued them.
     t_ready=$(now_ms)
     while :; do
         left=$(sql "SELECT count(*) FROM tasks WHERE owner IS NOT NULL")
