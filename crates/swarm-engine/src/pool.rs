@@ -108,6 +108,13 @@ impl Queues {
         // The queue is unbounded (see `Pool::new`), so this cannot be refused.
         let _ = self.tasks.push(class, &tenant, q);
     }
+
+    /// Puts `q` back at the head of its class, keeping its enqueue time.
+    fn push_front(&mut self, q: Queued) {
+        let (class, tenant) = (q.task.priority.index(), q.task.tenant.clone());
+        self.expiry_bound = self.expiry_bound.min(q.task.deadline_at);
+        self.tasks.push_front(class, &tenant, q.enqueued_at, q);
+    }
 }
 
 /// What admission reads of a pool's queue for one submission.
@@ -589,13 +596,7 @@ impl Pool {
     /// Puts a task back at the head of its class (a start that could not
     /// be stored), keeping its place in CoDel's view.
     pub(crate) fn push_front(&self, q: Queued) {
-        let class = q.task.priority.index();
-        let tenant = q.task.tenant.clone();
-        let at = q.enqueued_at;
-        let mut queues = lock(&self.queues);
-        queues.expiry_bound = queues.expiry_bound.min(q.task.deadline_at);
-        queues.tasks.push_front(class, &tenant, at, q);
-        drop(queues);
+        lock(&self.queues).push_front(q);
         self.notify.notify_one();
     }
 

@@ -496,11 +496,13 @@ pub(crate) const SQL_CLAIM_ALL_FIX: &str = "UPDATE tasks SET status = 'queued', 
      WHERE status IN ('queued', 'running') AND (status = 'running' OR owner IS NOT $1)";
 
 /// Startup claim on SQLite, second step: everything unfinished, now queued
-/// and ours. (The `IN` lets SQLite use the partial `tasks_unfinished`.)
+/// and ours (`$1`, as on PostgreSQL). The `IN` lets SQLite use the partial
+/// `tasks_unfinished`.
 pub(crate) const SQL_CLAIM_ALL_READ: &str = "SELECT id, tenant, type, status, priority, \
      department, agent, instance, title, description, args, result, error, idempotency_key, \
      timeout_ms, deadline_at, created_at, started_at, finished_at, attempts, timings, nodes, retry, \
-     run_after, history, callback_url, callback_state FROM tasks WHERE status IN ('queued', 'running')";
+     run_after, history, callback_url, callback_state FROM tasks \
+     WHERE owner = $1 AND status IN ('queued', 'running')";
 
 /// Startup claim on PostgreSQL: this node's own leftovers (it restarted),
 /// in one statement. Only the tasks left `running` are updated; the queued

@@ -477,43 +477,40 @@ impl Store {
     /// At start: takes the unfinished tasks this node should run, setting any
     /// left `running` (by a process that died) back to `queued`.
     pub async fn claim_at_start(&self, node: &str) -> Result<Vec<Task>, StoreError> {
-        let rows = match &self.inner.db {
-            Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(db::SQL_CLAIM_ALL_FIX)
-                    .bind(node.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let rows = sqlx::query(db::SQL_CLAIM_ALL_READ)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(task_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                tx.commit().await?;
-                rows
-            }
-            Db::Pg(p) => {
+        let backend = self.backend();
+        let read = match backend {
+            Backend::Sqlite => db::SQL_CLAIM_ALL_READ,
+            Backend::Postgres => db::SQL_CLAIM_OWN,
+        };
+        Ok(with_db!(&self.inner.db, p => {
+            let mut tx = p.begin().await?;
+            match backend {
+                Backend::Sqlite => {
+                    sqlx::query(db::SQL_CLAIM_ALL_FIX)
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 // However deep the backlog, the take-back must finish: past
                 // `statement_timeout` the node could not start at all (a
                 // million leftovers took 43 to 59 s here with the earlier
                 // statement, against the 30 s default).
-                let mut tx = p.begin().await?;
-                sqlx::raw_sql(db::SQL_NO_STATEMENT_TIMEOUT)
-                    .execute(&mut *tx)
-                    .await?;
-                let rows = sqlx::query(db::SQL_CLAIM_OWN)
-                    .bind(node.to_string())
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(task_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                tx.commit().await?;
-                rows
+                Backend::Postgres => {
+                    sqlx::raw_sql(db::SQL_NO_STATEMENT_TIMEOUT)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-        };
-        Ok(rows)
+            let rows = sqlx::query(read)
+                .bind(node)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(task_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            rows
+        }))
     }
 
     /// Takes up to `limit` unfinished tasks of nodes whose last heartbeat is
