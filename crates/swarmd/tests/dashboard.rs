@@ -263,15 +263,18 @@ async fn the_page_polls_and_charts_a_busy_pool() {
     let load = keep_busy(&s);
     // Let a queue build first, so every poll the page makes sees work.
     let mut busy = false;
+    let mut last = serde_json::Value::Null;
     for _ in 0..200 {
         let st = s.get("/api/status").await.body;
-        if pool(&st, "busy")["queued"].as_u64().unwrap_or(0) >= 10 {
+        last = pool(&st, "busy").clone();
+        if last["queued"].as_u64().unwrap_or(0) >= 10 {
             busy = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(busy, "no queue built up in the busy pool");
+    // The pool as last seen says why (refusals by reason, limit, counts).
+    assert!(busy, "no queue built up in the busy pool: {last}");
 
     let scratch = Scratch::new("busy");
     let page = open(&browser, &s.url("/dashboard"), &scratch, 8_000).await;
